@@ -1,0 +1,46 @@
+"""Command-line entry point. Every command is registered in ``COMMANDS`` below."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import traceback
+from collections.abc import Sequence
+
+from ensemble import __version__
+from ensemble.errors import EnsembleError
+
+# Module names under ensemble.cli, in the order the pipeline runs: data -> ... -> submission.
+COMMANDS: tuple[str, ...] = ("data", "submission")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with one sub-command per registered module entry."""
+    parser = argparse.ArgumentParser(
+        prog="ensemble",
+        description="Ensemble AutoML for Kaggle's Digit Recognizer: data -> search -> ensemble -> report -> submission.",
+    )
+    parser.add_argument("--version", action="version", version=f"ensemble {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        importlib.import_module(f"ensemble.cli.{name}").register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the process exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except EnsembleError as exc:
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

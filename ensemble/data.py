@@ -1,0 +1,316 @@
+"""Kaggle Digit Recognizer data: locate, parse, validate and fingerprint.
+
+A dataset is given as a directory holding ``train.csv``/``test.csv`` (plain or
+``.gz``) or as Kaggle's ``digit-recognizer.zip``. Parsing is a vectorised NumPy
+pass over blocks of bytes; when a block does not parse cleanly a slow, exact
+pass over that block finds the first bad line and column for the error message.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import zipfile
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+
+from ensemble.errors import DataError
+
+N_PIXELS = 784
+PIXEL_COLUMNS = tuple(f"pixel{i}" for i in range(N_PIXELS))
+TRAIN_COLUMNS = ("label", *PIXEL_COLUMNS)
+TEST_COLUMNS = PIXEL_COLUMNS
+BLOCK_BYTES = 2 << 20
+_NAN_WORDS = {b"nan", b"na", b"n/a", b"null", b"none"}
+
+
+@dataclass(frozen=True)
+class Member:
+    """One CSV inside a dataset: a display name and a way to open its bytes."""
+
+    name: str
+    open: Callable[[], IO[bytes]]
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a dataset lives: its train and test members."""
+
+    path: Path
+    train: Member
+    test: Member
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Parsed competition data: uint8 images of shape (N, 28, 28) and labels."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    source: str
+    _hash: list[str] = field(default_factory=list, repr=False, compare=False)
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 of the parsed arrays: the same for csv, csv.gz and zip forms."""
+        if not self._hash:
+            self._hash.append(fingerprint(self.x_train, self.y_train, self.x_test))
+        return self._hash[0]
+
+
+def fingerprint(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray) -> str:
+    """Return the sha256 hex digest identifying a dataset's content."""
+    h = hashlib.sha256()
+    for tag, arr in ((b"x_train", x_train), (b"y_train", y_train), (b"x_test", x_test)):
+        h.update(tag + str(arr.shape).encode())
+        h.update(np.ascontiguousarray(arr, dtype=np.uint8).data)
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- locate
+
+
+def file_member(path: Path) -> Member:
+    """A plain or gzipped CSV file on disk."""
+    if path.suffix == ".gz":
+        return Member(path.name, lambda: gzip.open(path, "rb"))
+    return Member(path.name, lambda: open(path, "rb"))
+
+
+def _zip_member(zpath: Path, inner: str) -> Member:
+    def opener() -> IO[bytes]:
+        zf = zipfile.ZipFile(zpath)
+        stream = zf.open(inner)
+        return gzip.GzipFile(fileobj=stream) if inner.endswith(".gz") else stream
+
+    return Member(f"{zpath.name}:{inner}", opener)
+
+
+def _find_in_zip(zpath: Path, names: list[str], stem: str) -> Member:
+    for cand in (f"{stem}.csv", f"{stem}.csv.gz"):
+        hits = [n for n in names if n == cand or n.endswith("/" + cand)]
+        if hits:
+            return _zip_member(zpath, hits[0])
+    raise DataError(f"{zpath}: zip has no '{stem}.csv' member (members: {', '.join(names) or 'none'})")
+
+
+def locate(path: str | Path) -> Source:
+    """Find train and test CSVs in a directory or a Kaggle zip."""
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"{p}: no such file or directory")
+    if p.is_dir():
+        zips = [p / "digit-recognizer.zip"]
+        for stem in ("train", "test"):
+            if not any((p / f"{stem}.csv{ext}").exists() for ext in ("", ".gz")) and zips[0].exists():
+                return locate(zips[0])
+        members = []
+        for stem in ("train", "test"):
+            found = [p / f"{stem}.csv{ext}" for ext in ("", ".gz") if (p / f"{stem}.csv{ext}").exists()]
+            if not found:
+                raise DataError(f"{p / (stem + '.csv')}: missing file (looked for {stem}.csv and {stem}.csv.gz)")
+            members.append(file_member(found[0]))
+        return Source(p, members[0], members[1])
+    if zipfile.is_zipfile(p) or p.suffix == ".zip":
+        try:
+            with zipfile.ZipFile(p) as zf:
+                names = [n for n in zf.namelist() if not n.endswith("/")]
+        except (zipfile.BadZipFile, OSError) as exc:
+            raise DataError(f"{p}: corrupt zip file ({exc})") from exc
+        return Source(p, _find_in_zip(p, names, "train"), _find_in_zip(p, names, "test"))
+    raise DataError(f"{p}: expected a directory with train.csv/test.csv or a digit-recognizer.zip")
+
+
+# ---------------------------------------------------------------------------- parse
+
+
+def _blocks(stream: IO[bytes], name: str) -> Iterator[bytes]:
+    """Yield chunks of whole lines (each ends with ``\\n``), header included."""
+    tail = b""
+    while True:
+        try:
+            chunk = stream.read(BLOCK_BYTES)
+        except (EOFError, zlib.error, gzip.BadGzipFile, zipfile.BadZipFile, OSError) as exc:
+            raise DataError(f"{name}: truncated or corrupt compressed data ({exc})") from exc
+        if not chunk:
+            break
+        buf = tail + chunk
+        cut = buf.rfind(b"\n") + 1
+        tail = buf[cut:]
+        if cut:
+            yield buf[:cut]
+    rest = tail.rstrip(b"\r\n \t")
+    if rest:
+        yield rest + b"\n"
+
+
+def _fast_block(buf: bytes, ncols: int) -> np.ndarray | None:
+    """Parse a block of lines of small non-negative integers; None if anything is off."""
+    a = np.frombuffer(buf, np.uint8)
+    sep = (a == 44) | (a == 10)
+    if np.any(~sep & ((a - np.uint8(48)) > 9)):
+        return None
+    ends = np.flatnonzero(sep)
+    rows = ends.size // ncols
+    if rows == 0 or ends.size != rows * ncols:
+        return None
+    kinds = a[ends].reshape(rows, ncols)
+    if np.any(kinds[:, -1] != 10) or np.any(kinds[:, :-1] != 44):
+        return None
+    lens = np.diff(ends, prepend=-1) - 1
+    if lens.min() < 1 or lens.max() > 3:
+        return None
+    v = (a[ends - 1] - np.uint8(48)).astype(np.uint16)
+    v += np.where(lens >= 2, (a[ends - 2] - np.uint8(48)).astype(np.uint16) * 10, 0).astype(np.uint16)
+    v += np.where(lens >= 3, (a[ends - 3] - np.uint8(48)).astype(np.uint16) * 100, 0).astype(np.uint16)
+    return v.reshape(rows, ncols)
+
+
+def _cell_error(raw: bytes, column: str, limit: int) -> str | None:
+    s = raw.strip()
+    if not s:
+        return "empty cell"
+    if s.lower() in _NAN_WORDS:
+        return f"NaN value '{s.decode(errors='replace')}'"
+    try:
+        value = int(s)
+    except ValueError:
+        text = s.decode(errors="replace")
+        try:
+            f = float(s)
+        except ValueError:
+            return f"non-numeric value '{text}'"
+        return f"NaN value '{text}'" if f != f else f"non-integer value '{text}'"
+    if not 0 <= value <= limit:
+        what = "label" if column == "label" else "pixel"
+        return f"{what} value {value} outside 0-{limit}"
+    return None
+
+
+def _diagnose(buf: bytes, first_line: int, name: str, header: tuple[str, ...], header_raw: bytes) -> DataError:
+    """Find the first bad line of a block the fast path refused."""
+    for i, line in enumerate(buf.split(b"\n")[:-1]):
+        lineno = first_line + i
+        line = line.rstrip(b"\r")
+        if line.strip() == header_raw:
+            return DataError(f"{name}: line {lineno}: duplicated header row")
+        fields = line.split(b",")
+        if len(fields) != len(header):
+            return DataError(f"{name}: line {lineno}: {len(fields)} columns, expected {len(header)}")
+        for j, raw in enumerate(fields):
+            col = header[j]
+            msg = _cell_error(raw, col, 9 if col == "label" else 255)
+            if msg:
+                return DataError(f"{name}: line {lineno}, column {j + 1} '{col}': {msg}")
+    return DataError(f"{name}: lines {first_line}+: could not parse block")
+
+
+def _check_header(name: str, line: bytes, expected: tuple[str, ...]) -> None:
+    cols = [c.strip().strip('"') for c in line.decode("utf-8-sig", errors="replace").strip().split(",")]
+    if tuple(cols) == expected:
+        return
+    is_test = expected[0] != "label"
+    if is_test and cols and cols[0] == "label":
+        raise DataError(f"{name}: line 1, column 1: test file has a 'label' column; the test set must be unlabeled")
+    if not is_test and tuple(cols) == PIXEL_COLUMNS:
+        raise DataError(f"{name}: line 1, column 1: no 'label' column; train must start with 'label'")
+    if len(cols) != len(expected):
+        raise DataError(
+            f"{name}: line 1: header has {len(cols)} columns, expected {len(expected)} "
+            f"({expected[0]}, ..., {expected[-1]})"
+        )
+    j = next(i for i, (a, b) in enumerate(zip(cols, expected)) if a != b)
+    raise DataError(f"{name}: line 1, column {j + 1}: expected '{expected[j]}', found '{cols[j]}'")
+
+
+def parse_csv(member: Member, expected: tuple[str, ...]) -> np.ndarray:
+    """Parse one competition CSV into a (rows, len(expected)) uint8 array."""
+    name = member.name
+    ncols = len(expected)
+    limits = np.full(ncols, 255, np.uint16)
+    if expected[0] == "label":
+        limits[0] = 9
+    parts: list[np.ndarray] = []
+    header_raw = b""
+    next_line = 1
+    try:
+        stream = member.open()
+    except FileNotFoundError as exc:
+        raise DataError(f"{name}: missing file") from exc
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise DataError(f"{name}: cannot open ({exc})") from exc
+    with stream:
+        for buf in _blocks(stream, name):
+            if b"\r" in buf:
+                buf = buf.replace(b"\r\n", b"\n")
+            if not header_raw:
+                cut = buf.index(b"\n")
+                header_raw = buf[:cut].strip()
+                if not header_raw.strip():
+                    raise DataError(f"{name}: file is empty")
+                _check_header(name, header_raw, expected)
+                buf = buf[cut + 1 :]
+                next_line = 2
+                if not buf:
+                    continue
+            values = _fast_block(buf, ncols)
+            if values is None:
+                raise _diagnose(buf, next_line, name, expected, header_raw)
+            over = values > limits
+            if over.any():
+                r, c = np.argwhere(over)[0]
+                what = "label" if expected[c] == "label" else "pixel"
+                raise DataError(
+                    f"{name}: line {next_line + r}, column {c + 1} '{expected[c]}': "
+                    f"{what} value {values[r, c]} outside 0-{limits[c]}"
+                )
+            parts.append(values.astype(np.uint8))
+            next_line += values.shape[0]
+    if not header_raw:
+        raise DataError(f"{name}: file is empty")
+    if not parts:
+        raise DataError(f"{name}: header only, no data rows")
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+def load_train(member: Member) -> tuple[np.ndarray, np.ndarray]:
+    """Return (images (N, 28, 28) uint8, labels (N,) uint8) from a train CSV."""
+    table = parse_csv(member, TRAIN_COLUMNS)
+    labels = np.ascontiguousarray(table[:, 0])
+    images = np.ascontiguousarray(table[:, 1:]).reshape(-1, 28, 28)
+    return images, labels
+
+
+def load_test(member: Member) -> np.ndarray:
+    """Return test images (M, 28, 28) uint8 from a test CSV."""
+    return parse_csv(member, TEST_COLUMNS).reshape(-1, 28, 28)
+
+
+def load_dataset(path: str | Path) -> Dataset:
+    """Locate, parse and validate a full competition dataset."""
+    src = locate(path)
+    x_train, y_train = load_train(src.train)
+    x_test = load_test(src.test)
+    return Dataset(x_train=x_train, y_train=y_train, x_test=x_test, source=str(src.path))
+
+
+def summarize(ds: Dataset) -> dict[str, object]:
+    """Facts that ``ensemble data check`` prints."""
+    counts = np.bincount(ds.y_train, minlength=10)
+    nbytes = ds.x_train.nbytes + ds.y_train.nbytes + ds.x_test.nbytes
+    return {
+        "source": ds.source,
+        "train_rows": int(ds.x_train.shape[0]),
+        "test_rows": int(ds.x_test.shape[0]),
+        "label_counts": {str(i): int(c) for i, c in enumerate(counts)},
+        "pixel_min": int(min(ds.x_train.min(), ds.x_test.min())),
+        "pixel_max": int(max(ds.x_train.max(), ds.x_test.max())),
+        "memory_mb": round(nbytes / 2**20, 1),
+        "fingerprint": ds.fingerprint,
+    }

@@ -1,0 +1,25 @@
+"""One exception hierarchy for everything the CLI reports as a one-line error."""
+
+from __future__ import annotations
+
+
+class EnsembleError(Exception):
+    """Base class: the CLI prints the message on one line and exits with ``exit_code``."""
+
+    exit_code = 2
+
+
+class DataError(EnsembleError):
+    """Input data is missing, malformed or changed (names file, line and column)."""
+
+
+class UsageError(EnsembleError):
+    """The command line or the run folder is inconsistent with what was asked."""
+
+
+class SpaceError(EnsembleError):
+    """A search-space file is invalid (names the file and the key)."""
+
+
+class ArtifactError(EnsembleError):
+    """A saved model, manifest or prediction file is missing or does not match its hash."""
