@@ -46,7 +46,9 @@ def write_demo(out: str | Path, *, seed: int = 0) -> Path:
 
 def demo_cache_dir() -> Path:
     """Where the offline default demo dataset is kept ($ENSEMBLE_CACHE or ~/.cache/ensemble)."""
-    base = os.environ.get("ENSEMBLE_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ensemble"
+    base = (
+        os.environ.get("ENSEMBLE_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ensemble"
+    )
     return Path(base) / "demo-digits"
 
 

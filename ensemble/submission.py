@@ -70,7 +70,5 @@ def check_submission(path: str | Path, n_rows: int = KAGGLE_TEST_ROWS) -> np.nda
         labels[image_id - 1] = label
     if len(seen_at) != n_rows:
         missing = np.flatnonzero(labels < 0) + 1
-        raise DataError(
-            f"{p}: {n_rows - len(seen_at)} of {n_rows} ImageIds missing (first: {missing[0]})"
-        )
+        raise DataError(f"{p}: {n_rows - len(seen_at)} of {n_rows} ImageIds missing (first: {missing[0]})")
     return labels

