@@ -79,8 +79,8 @@ def fingerprint(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray) ->
 def file_member(path: Path) -> Member:
     """A plain or gzipped CSV file on disk."""
     if path.suffix == ".gz":
-        return Member(path.name, lambda: gzip.open(path, "rb"))
-    return Member(path.name, lambda: open(path, "rb"))
+        return Member(str(path), lambda: gzip.open(path, "rb"))
+    return Member(str(path), lambda: open(path, "rb"))
 
 
 def _zip_member(zpath: Path, inner: str) -> Member:
@@ -89,7 +89,7 @@ def _zip_member(zpath: Path, inner: str) -> Member:
         stream = zf.open(inner)
         return gzip.GzipFile(fileobj=stream) if inner.endswith(".gz") else stream
 
-    return Member(f"{zpath.name}:{inner}", opener)
+    return Member(f"{zpath}:{inner}", opener)
 
 
 def _find_in_zip(zpath: Path, names: list[str], stem: str) -> Member:

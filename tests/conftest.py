@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ensemble.data import PIXEL_COLUMNS, TRAIN_COLUMNS
+
+REPO = Path(__file__).resolve().parents[1]
+REAL_DATA = REPO.parent / "shared" / "data" / "digit-recognizer"
+
+
+def synthetic_digits(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Tiny class-dependent 28x28 images: a bright bar whose position encodes the label."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 10
+    rng.shuffle(y)
+    x = rng.integers(0, 40, size=(n, 28, 28)).astype(np.uint8)
+    for i, c in enumerate(y):
+        x[i, 2 + 2 * c : 4 + 2 * c, 4:24] = 200 + rng.integers(0, 55)
+    return x, y.astype(np.uint8)
+
+
+def csv_text(header: tuple[str, ...], rows: np.ndarray, newline: str = "\n") -> str:
+    lines = [",".join(header)] + [",".join(map(str, r)) for r in rows.tolist()]
+    return newline.join(lines) + newline
+
+
+def write_dataset(folder: Path, n_train: int = 60, n_test: int = 20, *, gz: bool = False, seed: int = 0) -> Path:
+    """Write a Kaggle-format train/test pair into ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    x, y = synthetic_digits(n_train + n_test, seed)
+    train = np.column_stack([y[:n_train], x[:n_train].reshape(n_train, -1)])
+    test = x[n_train:].reshape(n_test, -1)
+    for name, header, rows in (("train", TRAIN_COLUMNS, train), ("test", PIXEL_COLUMNS, test)):
+        text = csv_text(header, rows).encode()
+        if gz:
+            (folder / f"{name}.csv.gz").write_bytes(gzip.compress(text))
+        else:
+            (folder / f"{name}.csv").write_bytes(text)
+    return folder
+
+
+@pytest.fixture
+def dataset(tmp_path: Path) -> Path:
+    return write_dataset(tmp_path / "data")
+
+
+@pytest.fixture
+def runs_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Isolate runs/ and the demo cache inside tmp_path."""
+    monkeypatch.setenv("ENSEMBLE_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setenv("ENSEMBLE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("ENSEMBLE_DATA", raising=False)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path / "runs"

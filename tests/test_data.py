@@ -1,0 +1,220 @@
+from __future__ import annotations
+
+import gzip
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import REAL_DATA, write_dataset
+
+from ensemble.cli import main
+from ensemble.data import load_dataset, summarize
+from ensemble.errors import DataError
+
+
+def _edit(name: str, fn: Callable[[list[str]], list[str]]) -> Callable[[Path], Path]:
+    def apply(folder: Path) -> Path:
+        f = folder / name
+        lines = f.read_text().splitlines()
+        f.write_text("\n".join(fn(lines)) + ("\n" if fn(lines) else ""))
+        return folder
+
+    return apply
+
+
+def _cell(name: str, line: int, col: int, value: str) -> Callable[[Path], Path]:
+    def fn(lines: list[str]) -> list[str]:
+        cells = lines[line - 1].split(",")
+        cells[col - 1] = value
+        lines[line - 1] = ",".join(cells)
+        return lines
+
+    return _edit(name, fn)
+
+
+def _header(name: str, fn: Callable[[list[str]], list[str]]) -> Callable[[Path], Path]:
+    def apply(lines: list[str]) -> list[str]:
+        return [",".join(fn(lines[0].split(",")))] + lines[1:]
+
+    return _edit(name, apply)
+
+
+def _swap(cols: list[str]) -> list[str]:
+    cols[4], cols[5] = cols[5], cols[4]
+    return cols
+
+
+def _remove(name: str) -> Callable[[Path], Path]:
+    def apply(folder: Path) -> Path:
+        (folder / name).unlink()
+        return folder
+
+    return apply
+
+
+def _truncate_gz(folder: Path) -> Path:
+    write_dataset(folder, gz=True)
+    (folder / "train.csv").unlink()
+    (folder / "test.csv").unlink()
+    raw = (folder / "train.csv.gz").read_bytes()
+    (folder / "train.csv.gz").write_bytes(raw[: len(raw) // 2])
+    return folder
+
+
+def _corrupt_zip(folder: Path) -> Path:
+    z = folder.parent / "digit-recognizer.zip"
+    z.write_bytes(b"PK\x03\x04" + b"garbage" * 100)
+    return z
+
+
+def _zip_without_test(folder: Path) -> Path:
+    z = folder.parent / "digit-recognizer.zip"
+    with zipfile.ZipFile(z, "w") as zf:
+        zf.write(folder / "train.csv", "train.csv")
+        zf.write(folder / "train.csv", "sample_submission.csv")
+    return z
+
+
+BAD_INPUTS = {
+    "missing file": (_remove("test.csv"), r"test\.csv: missing file"),
+    "empty file": (_edit("train.csv", lambda lines: []), r"train\.csv: file is empty"),
+    "header only": (_edit("train.csv", lambda lines: lines[:1]), r"train\.csv: header only, no data rows"),
+    "wrong column count": (_header("train.csv", lambda c: c[:-1]), r"train\.csv: line 1: header has 784 columns"),
+    "wrong column name": (_header("train.csv", lambda c: [c[0], "px0", *c[2:]]), r"column 2: expected 'pixel0'"),
+    "shuffled pixel order": (_header("train.csv", _swap), r"line 1, column 5: expected 'pixel3', found 'pixel4'"),
+    "label in test": (_header("test.csv", lambda c: ["label", *c[1:]]), r"test\.csv: line 1.*'label' column"),
+    "no label in train": (_header("train.csv", lambda c: ["pixel0", *c[1:]]), r"train\.csv: line 1.*expected 'label'"),
+    "train missing label": (
+        _edit("train.csv", lambda ls: [",".join(x.split(",")[1:]) for x in ls]),
+        r"train\.csv: line 1, column 1: no 'label' column",
+    ),
+    "non-numeric": (
+        _cell("train.csv", 4, 10, "abc"),
+        r"train\.csv: line 4, column 10 'pixel8': non-numeric value 'abc'",
+    ),
+    "non-integer": (_cell("test.csv", 3, 2, "1.5"), r"test\.csv: line 3, column 2 'pixel1': non-integer value '1\.5'"),
+    "NaN": (_cell("train.csv", 5, 3, "NaN"), r"train\.csv: line 5, column 3 'pixel1': NaN value"),
+    "empty cell": (_cell("train.csv", 6, 7, ""), r"train\.csv: line 6, column 7 'pixel5': empty cell"),
+    "pixel too big": (
+        _cell("train.csv", 2, 100, "256"),
+        r"line 2, column 100 'pixel98': pixel value 256 outside 0-255",
+    ),
+    "pixel negative": (
+        _cell("test.csv", 7, 5, "-1"),
+        r"test\.csv: line 7, column 5 'pixel4': pixel value -1 outside 0-255",
+    ),
+    "label out of range": (
+        _cell("train.csv", 9, 1, "10"),
+        r"train\.csv: line 9, column 1 'label': label value 10 outside 0-9",
+    ),
+    "short row": (_edit("train.csv", lambda ls: [*ls[:2], ls[2].rsplit(",", 1)[0], *ls[3:]]), r"line 3: 784 columns"),
+    "duplicated header": (_edit("train.csv", lambda ls: [ls[0], *ls]), r"train\.csv: line 2: duplicated header row"),
+    "truncated gz": (_truncate_gz, r"train\.csv\.gz: truncated or corrupt compressed data"),
+    "corrupt zip": (_corrupt_zip, r"digit-recognizer\.zip: corrupt zip"),
+    "zip without test": (_zip_without_test, r"digit-recognizer\.zip: zip has no 'test\.csv' member"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_is_a_data_error(case: str, dataset: Path) -> None:
+    breaker, pattern = BAD_INPUTS[case]
+    path = breaker(dataset)
+    with pytest.raises(DataError, match=pattern):
+        load_dataset(path)
+
+
+@pytest.mark.parametrize("case", ["non-numeric", "truncated gz", "corrupt zip"])
+def test_cli_shows_one_line_and_exit_2(case: str, dataset: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    breaker, pattern = BAD_INPUTS[case]
+    path = breaker(dataset)
+    assert main(["data", "check", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ")
+    assert "Traceback" not in err
+
+
+def test_debug_shows_traceback(dataset: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    BAD_INPUTS["non-numeric"][0](dataset)
+    assert main(["--debug", "data", "check", str(dataset)]) == 2
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_all_forms_load_identically(tmp_path: Path) -> None:
+    plain = load_dataset(write_dataset(tmp_path / "plain"))
+    gz = load_dataset(write_dataset(tmp_path / "gz", gz=True))
+    z = tmp_path / "digit-recognizer.zip"
+    with zipfile.ZipFile(z, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name in ("train.csv", "test.csv"):
+            zf.write(tmp_path / "plain" / name, name)
+    zipped = load_dataset(z)
+    in_dir = tmp_path / "kaggle"
+    in_dir.mkdir()
+    (in_dir / "digit-recognizer.zip").write_bytes(z.read_bytes())
+    assert plain.fingerprint == gz.fingerprint == zipped.fingerprint == load_dataset(in_dir).fingerprint
+    assert plain.x_train.shape == (60, 28, 28) and plain.x_train.dtype == np.uint8
+    assert plain.x_test.shape == (20, 28, 28)
+
+
+def test_round_trip_values(tmp_path: Path) -> None:
+    from conftest import synthetic_digits
+
+    folder = write_dataset(tmp_path / "d", n_train=60, n_test=20, seed=3)
+    x, y = synthetic_digits(80, seed=3)
+    ds = load_dataset(folder)
+    np.testing.assert_array_equal(ds.x_train, x[:60])
+    np.testing.assert_array_equal(ds.y_train, y[:60])
+    np.testing.assert_array_equal(ds.x_test, x[60:])
+
+
+def test_crlf_and_no_final_newline(dataset: Path) -> None:
+    ref = load_dataset(dataset)
+    for name in ("train.csv", "test.csv"):
+        f = dataset / name
+        f.write_bytes(f.read_bytes().rstrip(b"\n").replace(b"\n", b"\r\n"))
+    assert load_dataset(dataset).fingerprint == ref.fingerprint
+
+
+def test_gzip_stream_larger_than_one_block(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("ensemble.data.BLOCK_BYTES", 4096)
+    folder = write_dataset(tmp_path / "d", n_train=200, n_test=30, gz=True)
+    ds = load_dataset(folder)
+    assert ds.x_train.shape == (200, 28, 28)
+    with gzip.open(folder / "train.csv.gz", "rt") as fh:
+        assert sum(1 for _ in fh) == 201
+
+
+def test_error_line_numbers_across_blocks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("ensemble.data.BLOCK_BYTES", 4096)
+    folder = write_dataset(tmp_path / "d", n_train=200)
+    _cell("train.csv", 150, 20, "x")(folder)
+    with pytest.raises(DataError, match=r"line 150, column 20 'pixel18'"):
+        load_dataset(folder)
+
+
+def test_summary_and_cli_check(dataset: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    s = summarize(load_dataset(dataset))
+    assert s["train_rows"] == 60 and s["test_rows"] == 20
+    assert sum(s["label_counts"].values()) == 60
+    assert main(["data", "check", str(dataset)]) == 0
+    out = capsys.readouterr().out
+    assert "train rows   60" in out and f"fingerprint  {s['fingerprint']}" in out
+
+
+def test_demo_dataset_is_real_digits(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["data", "demo", "--out", str(tmp_path / "demo")]) == 0
+    ds = load_dataset(tmp_path / "demo")
+    assert ds.x_train.shape == (4000, 28, 28) and ds.x_test.shape == (1000, 28, 28)
+    assert np.bincount(ds.y_train, minlength=10).min() > 300
+    assert ds.x_train.max() == 255 and (ds.x_train > 0).mean() > 0.1
+    assert (tmp_path / "demo" / "sample_submission.csv").read_text().startswith("ImageId,Label\n1,0\n")
+
+
+@pytest.mark.skipif(not REAL_DATA.exists(), reason="real Kaggle data not present in ../shared")
+def test_real_kaggle_files() -> None:
+    ds = load_dataset(REAL_DATA)
+    assert ds.x_train.shape == (42_000, 28, 28)
+    assert ds.x_test.shape == (28_000, 28, 28)
+    counts = np.bincount(ds.y_train, minlength=10)
+    assert counts[1] == 4684 and counts.sum() == 42_000
