@@ -1,0 +1,345 @@
+"""Classical baselines as tuned Optuna studies, one study ``baseline-<family>`` per family.
+
+Search trials fit on a stratified subsample of the training part (``search_rows`` in the
+family's search-space file) and are scored on the validation part. After the search, the
+best search trial's params are refitted on the whole training part as one more trial of
+the same study (``user_attrs['stage'] == 'refit'``). The holdout is only predicted.
+
+Trials run in joblib/loky worker processes (``jobs``), each limited to
+``cores // jobs`` BLAS/OpenMP threads; all of them write the run's journal storage.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ensemble.artifacts import save_probas, trial_dir
+from ensemble.baselines_models import FAMILIES, Family, FitContext, full_proba, save_model, space_keys, xgboost_device
+from ensemble.errors import SpaceError, UsageError
+from ensemble.space import Space, load_space
+from ensemble.storage import open_storage
+
+if TYPE_CHECKING:
+    import optuna
+
+    from ensemble.runs import Run
+
+SPACES_DIR = Path("search_spaces")
+
+
+@dataclass(frozen=True)
+class Parts:
+    """The arrays a trial needs, plus the run folder (duck-types ``Run.path`` for storage/artifacts)."""
+
+    root: Path
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    x_holdout: np.ndarray
+    x_test: np.ndarray
+
+    @classmethod
+    def from_run(cls, run: Run) -> Parts:
+        (xt, yt), (xv, yv), (xh, _) = run.part("train"), run.part("val"), run.part("holdout")
+        return cls(run.root.resolve(), xt, yt, xv, yv, xh, run.x_test)
+
+    def path(self, *parts: str) -> Path:
+        return self.root.joinpath(*parts)
+
+
+@dataclass(frozen=True)
+class Task:
+    """One trial to run in a worker: a search trial, or the refit of search trial ``refit_of``."""
+
+    family: str
+    space_path: Path
+    storage: str | None
+    seed: int
+    threads: int
+    data_seed: int = 0
+    deadline: float | None = None
+    refit_of: int | None = None
+    refit_params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def stage(self) -> str:
+        return "search" if self.refit_of is None else "refit"
+
+
+@dataclass
+class TaskResult:
+    """What a worker reports back about its trial."""
+
+    family: str
+    stage: str
+    state: str  # complete | failed | skipped
+    number: int | None = None
+    val_accuracy: float | None = None
+    seconds: float = 0.0
+    n_train: int | None = None
+    error: str | None = None
+
+
+def space_path(family: str, spaces_dir: str | Path | None = None) -> Path:
+    """``search_spaces/<family>.yaml`` (relative to the current folder unless ``spaces_dir``)."""
+    return Path(spaces_dir or SPACES_DIR) / f"{family}.yaml"
+
+
+def load_family_space(family: Family, path: Path) -> Space:
+    """Load and validate a family's search space, including a dry build of its fixed values and choices."""
+    from ensemble.baselines_models import check_params
+    from ensemble.preprocess import make_preprocessor, split_params
+
+    space = load_space(path, known=space_keys(family))
+    base = space.defaults()
+    trials = [("", base)] + [
+        (key, {**base, key: choice})
+        for key, spec in space.params.items()
+        if isinstance(spec, dict) and spec["type"] == "categorical"
+        for choice in spec["choices"]
+    ]
+    for key, params in trials:
+        pre, model = split_params(params)
+        model.pop("search_rows", None)
+        try:
+            make_preprocessor(**pre)
+            check_params(family, model)
+        except Exception as exc:  # sklearn raises several kinds
+            where = f"key '{key}': value {params[key]!r}" if key else "fixed values"
+            raise SpaceError(f"{path}: {where} rejected by {family.name}: {exc}") from exc
+    rows = base.get("search_rows")
+    if rows is not None and (isinstance(rows, bool) or not isinstance(rows, int) or rows < 0):
+        raise SpaceError(f"{path}: key 'search_rows': must be a whole number >= 0 (0: all rows), got {rows!r}")
+    return space
+
+
+def parse_models(text: str | None) -> list[str]:
+    """Validate a comma list of family names (None or 'all': every family)."""
+    if text is None or text.strip() == "all":
+        return list(FAMILIES)
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    bad = [n for n in names if n not in FAMILIES]
+    if bad or not names:
+        raise UsageError(f"unknown model(s) {', '.join(bad) or repr(text)}; valid: {', '.join(FAMILIES)}")
+    return list(dict.fromkeys(names))
+
+
+def subsample(y: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Sorted indices of a class-stratified random subsample of ``n`` rows (all rows if n >= len(y))."""
+    if not n or n >= len(y):
+        return np.arange(len(y))
+    rng = np.random.default_rng(seed)
+    classes, counts = np.unique(y, return_counts=True)
+    share = n * counts / len(y)
+    take = np.floor(share).astype(int)
+    take[np.argsort(take - share)[: n - take.sum()]] += 1  # largest remainders get the leftover rows
+    picks = [rng.choice(np.flatnonzero(y == c), size=k, replace=False) for c, k in zip(classes, take)]
+    return np.sort(np.concatenate(picks))
+
+
+def _fit_and_predict(parts: Parts, family: Family, params: dict[str, Any], rows: np.ndarray, task: Task) -> dict:
+    from threadpoolctl import threadpool_limits
+
+    from ensemble.preprocess import fit_preprocessor, split_params
+
+    pre_params, model_params = split_params(params)
+    x, y = parts.x_train[rows], parts.y_train[rows]
+    device = xgboost_device()[0] if family.kind == "xgboost" else "cpu"
+    with threadpool_limits(limits=task.threads), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        t0 = time.perf_counter()
+        pre = fit_preprocessor(x, seed=task.seed, **pre_params)
+        xf = pre.transform(x)
+        ctx = FitContext(task.threads, task.seed, device, xf.shape[1], float(xf.var()))
+        model = family.build(model_params, ctx).fit(xf, y)
+        fit_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        probas = {
+            k: full_proba(model, pre.transform(a))
+            for k, a in (("val", parts.x_val), ("holdout", parts.x_holdout), ("test", parts.x_test))
+        }
+        predict_s = time.perf_counter() - t0
+    notes = sorted({f"{w.category.__name__}: {str(w.message).splitlines()[0]}" for w in caught})
+    return {"pre": pre, "model": model, "probas": probas, "fit_s": fit_s, "predict_s": predict_s, "notes": notes}
+
+
+def _write_artifacts(folder: Path, family: Family, out: dict, config: dict) -> None:
+    """Write into ``folder.partial`` and rename, so a failed trial leaves no model folder."""
+    tmp = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        files = save_model(tmp, family, out["pre"], out["model"])
+        save_probas(tmp, out["probas"])
+        (tmp / "config.json").write_text(json.dumps({**config, "files": files}, indent=2, default=str) + "\n")
+        if folder.exists():
+            shutil.rmtree(folder)
+        tmp.rename(folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def objective(trial: optuna.Trial, *, parts: Parts, family: Family, space: Space, task: Task) -> float:
+    """Fit one configuration, save its artifacts, record user_attrs; returns validation accuracy."""
+    from sklearn.metrics import log_loss
+
+    stage = trial.user_attrs.get("stage", "search")
+    params = space.suggest(trial)
+    search_rows = params.pop("search_rows", 0)
+    rows = subsample(parts.y_train, 0 if stage == "refit" else search_rows, seed=task.data_seed)
+    folder = trial_dir(parts, family.study_name, trial.number)
+    try:
+        out = _fit_and_predict(parts, family, params, rows, task)
+        p_val = out["probas"]["val"]
+        acc = float((p_val.argmax(1) == parts.y_val).mean())
+        loss = float(log_loss(parts.y_val, np.clip(p_val, 1e-7, 1.0), labels=list(range(10))))
+        from ensemble.preprocess import describe
+
+        config = {
+            "family": family.name,
+            "kind": family.kind,
+            "study": family.study_name,
+            "trial": trial.number,
+            "stage": stage,
+            "params": params,
+            "preprocessing": describe(out["pre"]),
+            "n_train": int(len(rows)),
+            "val_accuracy": acc,
+            "val_logloss": loss,
+        }
+        _write_artifacts(folder, family, out, config)
+    except BaseException as exc:
+        shutil.rmtree(folder, ignore_errors=True)
+        trial.set_user_attr("error", f"{type(exc).__name__}: {exc}"[:500])
+        raise
+    attrs = {
+        "family": family.name,
+        "stage": stage,
+        "n_train": int(len(rows)),
+        "val_accuracy": acc,
+        "val_logloss": loss,
+        "fit_seconds": round(out["fit_s"], 3),
+        "predict_seconds": round(out["predict_s"], 3),
+        "artifact_dir": str(folder),
+        "preprocessing": config["preprocessing"],
+    }
+    if out["notes"]:
+        attrs["warnings"] = "; ".join(out["notes"])[:500]
+    for k, v in attrs.items():
+        trial.set_user_attr(k, v)
+    return acc
+
+
+def make_sampler(seed: int) -> optuna.samplers.BaseSampler:
+    """TPE with a short random start: the baselines run few trials per family."""
+    import optuna
+
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=4)
+
+
+def run_task(parts: Parts, task: Task) -> TaskResult:
+    """Run one trial (in a worker process); failures are recorded, not raised."""
+    import optuna
+
+    if task.refit_of is None and task.deadline is not None and time.time() > task.deadline:
+        return TaskResult(task.family, task.stage, "skipped")
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    family = FAMILIES[task.family]
+    space = load_space(task.space_path, known=space_keys(family))
+    storage = open_storage(parts, task.storage)
+    study = optuna.load_study(study_name=family.study_name, storage=storage, sampler=make_sampler(task.seed))
+    if task.refit_of is not None:
+        study.enqueue_trial(task.refit_params, user_attrs={"stage": "refit", "refit_of": task.refit_of})
+    seen: list[optuna.trial.FrozenTrial] = []
+    t0 = time.perf_counter()
+
+    def func(trial: optuna.Trial) -> float:
+        return objective(trial, parts=parts, family=family, space=space, task=task)
+
+    study.optimize(func, n_trials=1, catch=(Exception,), callbacks=[lambda _s, t: seen.append(t)])
+    t = seen[-1]
+    ok = t.state == optuna.trial.TrialState.COMPLETE
+    return TaskResult(
+        task.family,
+        t.user_attrs.get("stage", task.stage),
+        "complete" if ok else "failed",
+        number=t.number,
+        val_accuracy=t.value if ok else None,
+        seconds=time.perf_counter() - t0,
+        n_train=t.user_attrs.get("n_train"),
+        error=t.user_attrs.get("error"),
+    )
+
+
+def run_parallel(parts: Parts, tasks: list[Task], jobs: int) -> Iterator[TaskResult]:
+    """Run tasks over ``jobs`` loky workers (in-process when jobs == 1), yielding results as they finish."""
+    if jobs <= 1 or len(tasks) <= 1:
+        for task in tasks:
+            yield run_task(parts, task)
+        return
+    from joblib import Parallel, delayed
+
+    par = Parallel(n_jobs=min(jobs, len(tasks)), backend="loky", return_as="generator_unordered")
+    yield from par(delayed(run_task)(parts, t) for t in tasks)
+
+
+def ensure_studies(parts: Parts, families: Iterable[Family], spaces: dict[str, Space], storage: str | None) -> dict:
+    """Create (or load) one maximize study per family; a fresh study first tries the space's defaults."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    st = open_storage(parts, storage)
+    studies = {}
+    for fam in families:
+        study = optuna.create_study(study_name=fam.study_name, storage=st, direction="maximize", load_if_exists=True)
+        if not study.trials:
+            space = spaces[fam.name]
+            first = {k: v for k, v in space.defaults().items() if isinstance(space.params[k], dict)}
+            study.enqueue_trial(first, user_attrs={"stage": "search"})
+        studies[fam.name] = study
+    return studies
+
+
+def refit_tasks(studies: dict, spaces: dict[str, Space], parts: Parts, make: Callable[..., Task]) -> list[Task]:
+    """One refit per family whose best search trial used a subsample and has no completed refit yet."""
+    import optuna
+
+    tasks = []
+    for name, study in studies.items():
+        done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        search = [t for t in done if t.user_attrs.get("stage", "search") == "search"]
+        if not search:
+            continue
+        best = max(search, key=lambda t: t.value)
+        if best.user_attrs.get("n_train", 0) >= len(parts.y_train):
+            continue
+        if any(t.user_attrs.get("refit_of") == best.number for t in done):
+            continue
+        tasks.append(make(name, refit_of=best.number, refit_params=dict(best.params)))
+    return tasks
+
+
+def family_summary(study: optuna.Study) -> dict[str, Any]:
+    """Counts and best trial of one study."""
+    import optuna
+
+    trials = study.get_trials(deepcopy=False)
+    done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    best = max(done, key=lambda t: t.value) if done else None
+    return {
+        "complete": len(done),
+        "failed": sum(t.state == optuna.trial.TrialState.FAIL for t in trials),
+        "best": best,
+        "compute_s": sum(t.user_attrs.get("fit_seconds", 0) + t.user_attrs.get("predict_seconds", 0) for t in done),
+    }
