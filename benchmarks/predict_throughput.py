@@ -1,0 +1,133 @@
+"""Throughput of ``ensemble predict``: 28,000 images x 5 members x 8 TTA views (target <= 60 s).
+
+Builds an ensemble folder of randomly initialised CNNs of a chosen size (speed does not depend
+on the weights), then times the real predict path (hash check, load, TTA, soft voting) on random
+images. Prints time, images/s and each member's parameters and FLOPs per image.
+
+    python benchmarks/predict_throughput.py                      # default member: 16-32 filters, dense 64
+    python benchmarks/predict_throughput.py --filters 32,64 --dense 128
+    python benchmarks/predict_throughput.py --sweep --images 4000 # several sizes, extrapolated to 28,000
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ensemble.build import write_manifest
+from ensemble.predict import FORMAT, INPUT_SPEC, load_ensemble, model_cost, predict_proba
+from ensemble.tta import CANDIDATES
+
+VIEWS8 = list(CANDIDATES[:8])  # identity, 4 one-pixel shifts, rot +-8, zoom 1.1
+SWEEP = [("8,16", 32), ("16,32", 64), ("32,64", 128), ("32,64,128", 128)]
+
+
+def make_cnn(filters: list[int], dense: int, seed: int = 0):
+    """Conv(3x3, same)-BN-ReLU-MaxPool blocks, then Flatten-Dense-Softmax; input raw 0..255 pixels."""
+    import keras
+    from keras import layers
+
+    keras.utils.set_random_seed(seed)
+    x = inp = keras.Input((28, 28, 1))
+    x = layers.Rescaling(1 / 255.0)(x)
+    for f in filters:
+        x = layers.Conv2D(f, 3, padding="same", use_bias=False)(x)
+        x = layers.BatchNormalization()(x)
+        x = layers.ReLU()(x)
+        x = layers.MaxPooling2D()(x)
+    x = layers.Flatten()(x)
+    x = layers.Dense(dense, activation="relu")(x)
+    return keras.Model(inp, layers.Dense(10, activation="softmax")(x))
+
+
+def write_ensemble(folder: Path, models: list, views: list[str]) -> None:
+    """A minimal ensemble folder in the format ``ensemble build`` writes."""
+    import keras
+
+    (folder / "members").mkdir(parents=True, exist_ok=True)
+    members = []
+    for i, m in enumerate(models):
+        rel = f"members/bench-{i}.keras"
+        m.save(folder / rel)
+        members.append({"name": f"bench-{i}", "kind": "cnn", "weight": 1.0 / len(models), "file": rel})
+    manifest = {
+        "format": FORMAT,
+        "members": members,
+        "tta": {"mode": "list", "views": views},
+        "preprocessing": {"input": INPUT_SPEC},
+        "keras": {"backend": keras.backend.backend(), "version": keras.version()},
+        "data": {"fingerprint": "benchmark", "test_fingerprint": None, "n_test": None},
+    }
+    write_manifest(folder, manifest)
+
+
+def bench(filters: list[int], dense: int, members: int, views: list[str], n: int, batch_size: int) -> dict:
+    import keras
+
+    models = [make_cnn(filters, dense, seed=i) for i in range(members)]
+    cost = model_cost(models[0])
+    images = np.random.default_rng(0).integers(0, 256, (n, 28, 28), dtype=np.uint8)
+    with tempfile.TemporaryDirectory() as tmp:
+        write_ensemble(Path(tmp), models, views)
+        t0 = time.perf_counter()
+        ens = load_ensemble(tmp)
+        t_load = time.perf_counter() - t0
+        predict_proba(ens, images[: min(n, batch_size)], batch_size=batch_size)  # warm-up: trace/compile
+        t1 = time.perf_counter()
+        p = predict_proba(ens, images, batch_size=batch_size, progress=sys.stderr.isatty())
+        sec = time.perf_counter() - t1
+    assert p.shape == (n, 10)
+    passes = n * members * len(views)
+    return {
+        "backend": keras.backend.backend(),
+        "filters": filters,
+        "dense": dense,
+        **cost,
+        "load_s": t_load,
+        "seconds": sec,
+        "images_per_s": n / sec,
+        "passes_per_s": passes / sec,
+        "gflops_per_s": passes * cost["flops"] / sec / 1e9,
+        "n": n,
+    }
+
+
+def report(r: dict, members: int, n_views: int, target_n: int) -> None:
+    est = r["seconds"] * target_n / r["n"]
+    print(
+        f"[{r['backend']}] member conv {r['filters']} dense {r['dense']}: {r['params']:,} params, "
+        f"{r['flops'] / 1e6:.2f} MFLOPs/image | {r['n']:,} images x {members} members x {n_views} views: "
+        f"{r['seconds']:.1f}s, {r['images_per_s']:,.0f} images/s, {r['passes_per_s']:,.0f} model-passes/s, "
+        f"{r['gflops_per_s']:.1f} GFLOP/s | load {r['load_s']:.1f}s"
+        + (f" | est. {est:.0f}s for {target_n:,}" if r["n"] != target_n else "")
+        + (" | OK <= 60s" if est <= 60 else " | OVER 60s")
+    )
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--images", type=int, default=28_000)
+    ap.add_argument("--members", type=int, default=5)
+    ap.add_argument("--views", type=int, default=8, help="first N of identity,shift x4,rot +-8,zoom 1.1,zoom 0.9")
+    ap.add_argument("--filters", default="16,32", help="conv filters per block, comma-separated")
+    ap.add_argument("--dense", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=128, help="images per batch (x views per model call)")
+    ap.add_argument("--sweep", action="store_true", help=f"try member sizes {SWEEP}")
+    args = ap.parse_args()
+    views = list(CANDIDATES[: args.views])
+    print(f"Keras backend {os.environ.get('KERAS_BACKEND', 'tensorflow')}, {os.cpu_count()} CPUs, views {views}")
+    sizes = SWEEP if args.sweep else [(args.filters, args.dense)]
+    for filters, dense in sizes:
+        f = [int(v) for v in filters.split(",")]
+        report(bench(f, dense, args.members, views, args.images, args.batch_size), args.members, len(views), 28_000)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,360 @@
+"""``ensemble build``: top-k CNN trials -> TTA views -> soft-voting weights -> ``runs/NAME/ensemble/``.
+
+Selection (members, views, weights) uses validation probabilities only; the holdout is
+predicted for reporting and never trains or selects anything. With ``refit`` each kept CNN is
+retrained on train + validation with its own config for its best epoch count; its validation
+probabilities then come from the pre-refit model (the refit one has seen those rows).
+"""
+
+from __future__ import annotations
+
+import platform
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ensemble import __version__
+from ensemble.artifacts import load_proba, sha256_file
+from ensemble.errors import ArtifactError, DataError, UsageError
+from ensemble.io import read_json, write_json
+from ensemble.predict import (
+    FORMAT,
+    INPUT_SPEC,
+    MANIFEST,
+    images_fingerprint,
+    load_keras_model,
+    member_probas,
+    model_cost,
+    progress_bar,
+    save_npy,
+)
+from ensemble.tta import CANDIDATES, IDENTITY, parse_views, select_views
+from ensemble.voting import SoftVoter, accuracy, log_loss
+
+if TYPE_CHECKING:
+    from ensemble.runs import Run
+
+CNN_STUDY = "cnn"
+BASELINE_PREFIX = "baseline-"
+#: Files of a saved baseline model (ensemble.baselines_models.save_model), copied so predict can run it.
+BASELINE_MODEL_FILES = ("model.joblib", "model.ubj", "preprocess.joblib")
+
+
+@dataclass
+class Candidate:
+    """A completed trial that may join the ensemble."""
+
+    name: str
+    kind: str  # "cnn" or "baseline"
+    study: str
+    number: int
+    folder: Path
+    val_accuracy: float
+    val_logloss: float
+    attrs: dict[str, Any]
+
+
+def _candidates(storage: Any, study_name: str, kind: str) -> list[Candidate]:
+    import optuna
+
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    out = []
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        a = t.user_attrs
+        if not {"val_accuracy", "val_logloss", "artifact_dir"} <= set(a):
+            continue
+        label = CNN_STUDY if kind == "cnn" else study_name
+        name = f"{label}-trial-{t.number:04d}"
+        out.append(
+            Candidate(name, kind, study_name, t.number, Path(a["artifact_dir"]), a["val_accuracy"], a["val_logloss"], a)
+        )
+    return sorted(out, key=lambda c: (-c.val_accuracy, c.val_logloss, c.number))
+
+
+def find_candidates(run: Run, storage: Any, top_k: int, include_baselines: bool) -> tuple[list, list]:
+    """Top-k CNN trials by validation accuracy (log loss breaks ties), and the best trial per baseline study."""
+    import optuna
+
+    if top_k < 1:
+        raise UsageError(f"--top-k must be >= 1, got {top_k}")
+    names = optuna.get_all_study_names(storage=storage)
+    if CNN_STUDY not in names:
+        raise UsageError(f"run '{run.name}' has no '{CNN_STUDY}' study; run the CNN search first")
+    cnns = _candidates(storage, CNN_STUDY, "cnn")[:top_k]
+    if not cnns:
+        raise UsageError(f"run '{run.name}': the '{CNN_STUDY}' study has no completed trial with saved artifacts")
+    baselines = []
+    if include_baselines:
+        for s in sorted(n for n in names if n.startswith(BASELINE_PREFIX)):
+            baselines += _candidates(storage, s, "baseline")[:1]
+    for c in cnns + baselines:
+        check_trial(run, c)
+    return cnns, baselines
+
+
+def check_trial(run: Run, c: Candidate) -> None:
+    """A trial's files exist and were made from this run's data and split."""
+    fp = c.attrs.get("data_fingerprint")
+    if fp and fp != run.meta["data"]["fingerprint"]:
+        raise DataError(
+            f"{c.folder}: trial {c.name} was trained on data {str(fp)[:16]}, "
+            f"but run '{run.name}' has data fingerprint {str(run.meta['data']['fingerprint'])[:16]}"
+        )
+    if c.kind == "cnn" and not (c.folder / "model.keras").is_file():
+        raise ArtifactError(f"{c.folder / 'model.keras'}: missing model of trial {c.name}")
+    for part, n in (("val", len(run.split.val)), ("holdout", len(run.split.holdout)), ("test", len(run.x_test))):
+        p = load_proba(c.folder, part)
+        if p.shape != (n, 10):
+            raise DataError(
+                f"{c.folder / f'proba_{part}.npy'}: shape {p.shape}, but run '{run.name}' has {n} {part} rows: "
+                "the trial was made from other data or another split"
+            )
+
+
+def _tta_plan(tta: str) -> tuple[str, list[str]]:
+    """(mode, views to predict): auto tries every candidate; identity is always predicted, for the gain."""
+    t = tta.strip().lower()
+    if t == "auto":
+        return "auto", list(CANDIDATES)
+    if t == "none":
+        return "none", [IDENTITY]
+    return "list", parse_views(tta)
+
+
+def _metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
+    return {"accuracy": round(accuracy(y, p), 6), "logloss": round(log_loss(y, p), 6)}
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    import keras
+
+    out = {"python": platform.python_version(), "ensemble": __version__, "numpy": np.__version__}
+    out["keras"] = keras.version()
+    for pkg in ("tensorflow", "tensorflow-cpu", "jax", "torch", "optuna"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def refit_member(config: dict[str, Any], x: np.ndarray, y: np.ndarray, epochs: int, seed: int) -> Any:
+    """Retrain a CNN on ``x, y`` with its own config (``ensemble.cnn.fit_model``)."""
+    import keras
+
+    try:
+        from ensemble.cnn import fit_model
+    except ImportError as exc:
+        raise UsageError(f"--refit needs ensemble.cnn.fit_model (the CNN search): {exc}") from exc
+    keras.utils.set_random_seed(seed)
+    out = fit_model(config, x, y, epochs=epochs)
+    return out[0] if isinstance(out, tuple) else out  # fit_model returns (model, info)
+
+
+def write_manifest(folder: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Record the sha256 of every file in ``folder`` (by relative path) and write ``manifest.json``."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
+    manifest["artifacts"] = {p.relative_to(folder).as_posix(): sha256_file(p) for p in files}
+    write_json(folder / MANIFEST, manifest)
+    return manifest
+
+
+def build_ensemble(
+    run: Run,
+    *,
+    top_k: int = 5,
+    weights: str = "greedy",
+    tta: str = "auto",
+    include_baselines: bool = False,
+    refit: bool = False,
+    seed: int = 0,
+    n_iter: int = 50,
+    batch_size: int = 128,
+    storage_url: str | None = None,
+    progress: bool = True,
+    say: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Build ``runs/NAME/ensemble/`` and return its manifest."""
+    import keras
+
+    from ensemble.storage import open_storage
+
+    if weights not in ("equal", "greedy"):
+        raise UsageError(f"--weights must be equal or greedy, got '{weights}'")
+    t0 = time.perf_counter()
+    mode, views_all = _tta_plan(tta)
+    predicted = [IDENTITY] + [v for v in views_all if v != IDENTITY]
+    cnns, baselines = find_candidates(run, open_storage(run, storage_url), top_k, include_baselines)
+    extra = f" + baselines {', '.join(b.name for b in baselines)}" if baselines else ""
+    say(f"members: top-{top_k} CNN trials {', '.join(c.name for c in cnns)}{extra}")
+    models = [load_keras_model(c.folder / "model.keras", c.name) for c in cnns]
+    (x_val, y_val), (x_hold, y_hold) = run.part("val"), run.part("holdout")
+    n_ev = len(x_val) + len(x_hold)
+    with progress_bar(n_ev, f"validate {len(models)} models x {len(predicted)} views", progress) as adv:
+        pv = member_probas(models, x_val, predicted, batch_size=batch_size, advance=adv, names=[c.name for c in cnns])
+        ph = member_probas(models, x_hold, predicted, batch_size=batch_size, advance=adv, names=[c.name for c in cnns])
+    for c, p in zip(cnns, pv):
+        diff = float(np.abs(p[0] - load_proba(c.folder, "val")).max())
+        if diff > 1e-3:
+            say(f"WARNING: {c.name}: model.keras differs from its saved proba_val.npy by up to {diff:.3g}")
+
+    # TTA views, chosen on the equal-weight CNN ensemble's validation probabilities.
+    vidx = {v: i for i, v in enumerate(predicted)}
+    eq_val = {v: pv[:, i].mean(axis=0) for v, i in vidx.items()}
+    if mode == "auto":
+        views, steps = select_views(eq_val, y_val)
+    else:
+        views, steps = (views_all, []) if mode == "list" else ([IDENTITY], [])
+    sel = [vidx[v] for v in views]
+    tta_val = pv[:, sel].mean(axis=1)  # (M, N, 10) per-member TTA probabilities
+    tta_hold = ph[:, sel].mean(axis=1)
+
+    # Weights over CNN members (+ baselines' saved probabilities).
+    members = cnns + baselines
+    val_all = list(tta_val) + [load_proba(b.folder, "val") for b in baselines]
+    hold_all = list(tta_hold) + [load_proba(b.folder, "holdout") for b in baselines]
+    voter = SoftVoter(weights=weights, n_iter=n_iter, seed=seed).fit(val_all, y_val)
+    w = voter.weights_
+    final_val, final_hold = voter.predict_proba(val_all), voter.predict_proba(hold_all)
+    comparison = {
+        "best_single": {
+            "member": cnns[0].name,
+            "val": _metrics(y_val, pv[0, 0]),
+            "holdout": _metrics(y_hold, ph[0, 0]),
+        },
+        "top_k_equal": {"val": _metrics(y_val, pv[:, 0].mean(0)), "holdout": _metrics(y_hold, ph[:, 0].mean(0))},
+        "top_k_equal_tta": {"val": _metrics(y_val, tta_val.mean(0)), "holdout": _metrics(y_hold, tta_hold.mean(0))},
+        f"top_k_{weights}_tta": {"val": _metrics(y_val, final_val), "holdout": _metrics(y_hold, final_hold)},
+    }
+    keep = [i for i in range(len(members)) if w[i] > 0]
+    say(f"weights ({weights}): " + ", ".join(f"{members[i].name}={w[i]:.3f}" for i in keep))
+    say(f"TTA ({mode}): {','.join(views)}")
+
+    kept_models = [models[i] for i in keep if i < len(cnns)]
+    refit_info: dict[str, Any] = {}
+    if refit:
+        (x_tr, y_tr) = run.part("train")
+        x_tv, y_tv = np.concatenate([x_tr, x_val]), np.concatenate([y_tr, y_val])
+        kept_models = []
+        for i in [i for i in keep if i < len(cnns)]:
+            c = cnns[i]
+            epochs = int(c.attrs.get("best_epoch") or c.attrs.get("epochs_run") or 1)
+            say(f"refit {c.name}: {len(x_tv):,} train+val images, {epochs} epochs")
+            kept_models.append(refit_member(read_json(c.folder / "config.json"), x_tv, y_tv, max(1, epochs), seed))
+            refit_info[c.name] = {"epochs": max(1, epochs), "rows": len(x_tv)}
+    kept_cnn = [i for i in keep if i < len(cnns)]
+    kept_base = [i for i in keep if i >= len(cnns)]
+    wk = {i: float(w[i]) for i in keep}
+
+    def ensemble_proba(x: np.ndarray, label: str, part: str) -> np.ndarray:
+        total = np.zeros((len(x), 10))
+        if kept_models:
+            with progress_bar(len(x), label, progress) as adv:
+                p = member_probas(kept_models, x, views, batch_size=batch_size, advance=adv)
+            total += np.tensordot([wk[i] for i in kept_cnn], p.mean(axis=1), axes=1)
+        for i in kept_base:
+            total += wk[i] * load_proba(members[i].folder, part)
+        return (total / sum(wk.values())).astype(np.float32)
+
+    if refit:
+        final_hold = ensemble_proba(x_hold, "holdout (refit)", "holdout")
+        comparison[f"top_k_{weights}_tta_refit"] = {"holdout": _metrics(y_hold, final_hold)}
+    proba_test = ensemble_proba(run.x_test, f"test {len(kept_models)} models x {len(views)} views", "test")
+
+    # Write the folder next to the final one, then swap it in.
+    final = run.path("ensemble")
+    tmp = run.path(f".ensemble-tmp-{time.time_ns()}")
+    (tmp / "members").mkdir(parents=True)
+    entries = []
+    try:
+        for j, i in enumerate(kept_cnn):
+            c = cnns[i]
+            rel = f"members/{c.name}.keras"
+            if refit:
+                kept_models[j].save(tmp / rel)
+            else:
+                shutil.copy2(c.folder / "model.keras", tmp / rel)
+            shutil.copy2(c.folder / "config.json", tmp / f"members/{c.name}.config.json")
+            entries.append(
+                {
+                    "name": c.name,
+                    "kind": "cnn",
+                    "weight": wk[i],
+                    "file": rel,
+                    "config": f"members/{c.name}.config.json",
+                    "study": c.study,
+                    "trial": c.number,
+                    "val_accuracy": c.val_accuracy,
+                    "val_logloss": c.val_logloss,
+                    "refit": refit_info.get(c.name),
+                    **model_cost(kept_models[j]),
+                }
+            )
+        for i in kept_base:
+            b = members[i]
+            (tmp / "members" / b.name).mkdir()
+            probas = {}
+            for part in ("val", "holdout", "test"):
+                probas[part] = f"members/{b.name}/proba_{part}.npy"
+                shutil.copy2(b.folder / f"proba_{part}.npy", tmp / probas[part])
+            model_files = [f.name for f in b.folder.iterdir() if f.is_file() and f.name in BASELINE_MODEL_FILES]
+            for f in model_files + ["config.json"] * (b.folder / "config.json").is_file():
+                shutil.copy2(b.folder / f, tmp / "members" / b.name / f)
+            entry = {"name": b.name, "kind": "baseline", "weight": wk[i], "probas": probas, "study": b.study}
+            if model_files:
+                entry["model_dir"] = f"members/{b.name}"
+            entries.append({**entry, "trial": b.number, "val_accuracy": b.val_accuracy, "val_logloss": b.val_logloss})
+        for part, p in (("val", final_val), ("holdout", final_hold), ("test", proba_test)):
+            save_npy(tmp / f"proba_{part}.npy", np.asarray(p, np.float32))
+        manifest = {
+            "format": FORMAT,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "run": run.name,
+            "members": entries,
+            "weights": {
+                "mode": weights,
+                "seed": seed,
+                "n_iter": n_iter,
+                **(
+                    {"val_logloss_per_iter": voter.greedy_.losses, "best_iter": voter.greedy_.best_iter}
+                    if weights == "greedy"
+                    else {}
+                ),
+            },
+            "tta": {
+                "mode": mode,
+                "views": views,
+                "candidates": predicted,
+                "steps": steps,
+                "gain_val": {"identity": _metrics(y_val, eq_val[IDENTITY]), "tta": _metrics(y_val, tta_val.mean(0))},
+            },
+            "preprocessing": {"input": INPUT_SPEC, "views": "applied to raw pixels before each model"},
+            "keras": {"backend": keras.backend.backend(), "version": keras.version()},
+            "versions": _versions(),
+            "data": {
+                "fingerprint": run.meta["data"]["fingerprint"],
+                "test_fingerprint": images_fingerprint(run.x_test),
+                "n_test": len(run.x_test),
+                "split": {k: len(getattr(run.split, k)) for k in ("train", "val", "holdout")},
+            },
+            "selection": "members, views and weights chosen on validation; holdout only reported",
+            "metrics": comparison,
+            "artifacts": {},
+        }
+        write_manifest(tmp, manifest)
+        old = run.path(f".ensemble-old-{time.time_ns()}")
+        if final.exists():
+            final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    manifest["seconds"] = round(time.perf_counter() - t0, 1)
+    return manifest

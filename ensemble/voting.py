@@ -1,0 +1,160 @@
+"""Soft voting over class probabilities, with equal weights or Caruana greedy selection.
+
+``SoftVoter`` follows scikit-learn's ``VotingClassifier(voting="soft")`` conventions
+(keyword-only parameters, validation in ``fit``, ``weights_`` learnt attribute) but works on
+members' saved probabilities rather than on estimators, so members of any kind (Keras CNNs,
+scikit-learn or XGBoost baselines) can be mixed.
+
+Greedy selection is Caruana et al. (2004) forward selection *with replacement*, as in
+auto-sklearn's and AutoGluon's ensemble selection: start empty, repeatedly add the member
+(possibly again) whose addition gives the lowest validation log loss of the running average,
+and keep the iteration with the lowest loss. Ties are broken by a seeded random order, so the
+result is deterministic for a given seed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+EPS = 1e-7
+
+
+def _as_stack(probas: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
+    """(M, N, C) float64 array from a list of (N, C) probability arrays, validated."""
+    arrs = [np.asarray(p, dtype=np.float64) for p in probas]
+    if not arrs:
+        raise ValueError("soft voting needs at least one member's probabilities")
+    shape = arrs[0].shape
+    for i, a in enumerate(arrs):
+        if a.ndim != 2 or a.shape != shape:
+            raise ValueError(f"member {i}: probabilities of shape {a.shape}, expected {shape} (N, classes)")
+        if not np.all(np.isfinite(a)):
+            raise ValueError(f"member {i}: probabilities contain NaN or infinity")
+    return np.stack(arrs)
+
+
+def check_weights(weights: Sequence[float] | np.ndarray | None, n_members: int) -> np.ndarray:
+    """Weights as a float64 vector summing to 1 (None: equal)."""
+    if weights is None:
+        return np.full(n_members, 1.0 / n_members)
+    w = np.asarray(weights, dtype=np.float64)
+    if w.shape != (n_members,):
+        raise ValueError(f"got {w.size} weights for {n_members} members")
+    if not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
+        raise ValueError(f"weights must be finite, non-negative and not all zero: {w.tolist()}")
+    return w / w.sum()
+
+
+def soft_vote(
+    probas: Sequence[np.ndarray] | np.ndarray, weights: Sequence[float] | np.ndarray | None = None
+) -> np.ndarray:
+    """Weighted average of members' probabilities (weights are normalised to sum to 1)."""
+    stack = _as_stack(probas)
+    w = check_weights(weights, len(stack))
+    return np.tensordot(w, stack, axes=1)
+
+
+def log_loss(y: np.ndarray, p: np.ndarray) -> float:
+    """Mean negative log probability of the true class (rows renormalised, clipped at 1e-7)."""
+    p = np.asarray(p, dtype=np.float64)
+    y = np.asarray(y, dtype=np.int64)
+    true = p[np.arange(len(y)), y] / np.maximum(p.sum(axis=1), EPS)
+    return float(-np.mean(np.log(np.clip(true, EPS, 1.0))))
+
+
+def accuracy(y: np.ndarray, p: np.ndarray) -> float:
+    """Fraction of rows whose most probable class is the label."""
+    return float(np.mean(np.argmax(p, axis=1) == np.asarray(y)))
+
+
+@dataclass(frozen=True)
+class GreedyResult:
+    """Outcome of greedy selection: normalised weights, pick counts and the loss per iteration."""
+
+    weights: np.ndarray
+    counts: np.ndarray
+    losses: list[float]
+    best_iter: int
+
+
+def greedy_weights(
+    probas: Sequence[np.ndarray] | np.ndarray, y: np.ndarray, *, n_iter: int = 50, seed: int = 0
+) -> GreedyResult:
+    """Caruana forward selection with replacement, minimising validation log loss."""
+    stack = _as_stack(probas)
+    y = np.asarray(y, dtype=np.int64)
+    if len(y) != stack.shape[1]:
+        raise ValueError(f"{len(y)} labels for probabilities of {stack.shape[1]} rows")
+    if n_iter < 1:
+        raise ValueError(f"n_iter must be >= 1, got {n_iter}")
+    order = np.random.default_rng(seed).permutation(len(stack))  # tie-break order
+    rows = np.arange(len(y))
+    true = stack[:, rows, y] / np.maximum(stack.sum(axis=2), EPS)  # (M, N): p(true class)
+    running = np.zeros(len(y))
+    counts = np.zeros(len(stack), dtype=np.int64)
+    picks: list[int] = []
+    losses: list[float] = []
+    for k in range(1, n_iter + 1):
+        cand = (running[None, :] + true) / k
+        loss = -np.mean(np.log(np.clip(cand, EPS, 1.0)), axis=1)
+        best = min(order, key=lambda m: round(float(loss[m]), 12))  # first in seeded order wins ties
+        picks.append(int(best))
+        running += true[best]
+        losses.append(float(loss[best]))
+    best_iter = int(np.argmin(np.round(losses, 12))) + 1
+    for m in picks[:best_iter]:
+        counts[m] += 1
+    return GreedyResult(counts / counts.sum(), counts, losses, best_iter)
+
+
+class SoftVoter:
+    """Soft voting over precomputed member probabilities.
+
+    Parameters (keyword-only): ``weights`` is ``"equal"``, ``"greedy"`` or an explicit sequence;
+    ``n_iter`` and ``seed`` control greedy selection. ``fit(probas, y)`` sets ``weights_`` (sum 1)
+    and, for greedy, ``greedy_`` (a :class:`GreedyResult`).
+    """
+
+    def __init__(self, *, weights: str | Sequence[float] = "equal", n_iter: int = 50, seed: int = 0) -> None:
+        self.weights = weights
+        self.n_iter = n_iter
+        self.seed = seed
+
+    def _validate(self) -> None:
+        if isinstance(self.weights, str) and self.weights not in ("equal", "greedy"):
+            raise ValueError(f"weights must be 'equal', 'greedy' or a sequence of numbers, got {self.weights!r}")
+        if not isinstance(self.n_iter, int | np.integer) or self.n_iter < 1:
+            raise ValueError(f"n_iter must be a positive integer, got {self.n_iter!r}")
+
+    def fit(self, probas: Sequence[np.ndarray] | np.ndarray, y: np.ndarray) -> SoftVoter:
+        self._validate()
+        stack = _as_stack(probas)
+        if len(np.asarray(y)) != stack.shape[1]:
+            raise ValueError(f"{len(np.asarray(y))} labels for probabilities of {stack.shape[1]} rows")
+        if isinstance(self.weights, str) and self.weights == "greedy":
+            self.greedy_ = greedy_weights(stack, y, n_iter=self.n_iter, seed=self.seed)
+            self.weights_ = self.greedy_.weights
+        elif isinstance(self.weights, str):
+            self.weights_ = check_weights(None, len(stack))
+        else:
+            self.weights_ = check_weights(self.weights, len(stack))
+        self.n_members_ = len(stack)
+        return self
+
+    def _check_fitted(self, probas: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
+        if not hasattr(self, "weights_"):
+            raise ValueError("SoftVoter is not fitted yet; call fit(probas, y) first")
+        stack = _as_stack(probas)
+        if len(stack) != self.n_members_:
+            raise ValueError(f"fitted on {self.n_members_} members, got {len(stack)}")
+        return stack
+
+    def predict_proba(self, probas: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
+        stack = self._check_fitted(probas)
+        return np.tensordot(self.weights_, stack, axes=1)
+
+    def predict(self, probas: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
+        return np.argmax(self.predict_proba(probas), axis=1)

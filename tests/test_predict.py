@@ -1,0 +1,183 @@
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ensemble.cli import main
+from ensemble.errors import ArtifactError, DataError, UsageError
+from ensemble.predict import as_images, load_ensemble, member_probas, model_cost, predict_proba
+
+keras = pytest.importorskip("keras")
+
+
+def tiny(seed: int):
+    from keras import layers
+
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((28, 28, 1))
+    h = layers.Rescaling(1 / 255.0)(inp)
+    h = layers.Conv2D(4, 3, activation="relu")(h)
+    h = layers.GlobalAveragePooling2D()(h)
+    return keras.Model(inp, layers.Dense(10, activation="softmax")(h))
+
+
+def make_ensemble(folder: Path, n: int = 2, views: list[str] | None = None, weights: list[float] | None = None) -> Path:
+    from ensemble.build import write_manifest
+    from ensemble.predict import FORMAT
+
+    (folder / "members").mkdir(parents=True)
+    members = []
+    for i in range(n):
+        tiny(i).save(folder / f"members/m{i}.keras")
+        w = weights[i] if weights else 1.0 / n
+        members.append({"name": f"m{i}", "kind": "cnn", "weight": w, "file": f"members/m{i}.keras"})
+    manifest = {
+        "format": FORMAT,
+        "members": members,
+        "tta": {"mode": "list", "views": views or ["identity", "shift:1:0", "rot:8"]},
+        "keras": {"backend": keras.backend.backend(), "version": keras.version()},
+        "data": {"fingerprint": "f" * 64, "test_fingerprint": None, "n_test": None},
+    }
+    write_manifest(folder, manifest)
+    return folder
+
+
+def images(n: int = 12, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, 28, 28), dtype=np.uint8)
+
+
+def test_weighted_tta_average(tmp_path: Path) -> None:
+    ens = load_ensemble(make_ensemble(tmp_path / "e", weights=[3.0, 1.0]))
+    x = images()
+    p = member_probas([m.model for m in ens.members], x, ens.views, batch_size=5)
+    assert p.shape == (2, 3, 12, 10)
+    expected = 0.75 * p[0].mean(0) + 0.25 * p[1].mean(0)
+    np.testing.assert_allclose(predict_proba(ens, x, batch_size=5), expected, atol=1e-6)
+    direct = ens.members[0].model.predict_on_batch(x[..., None].astype("float32"))
+    np.testing.assert_allclose(p[0, 0], direct, atol=1e-6)  # identity view = plain prediction
+
+
+def test_tampered_artifact_is_refused(tmp_path: Path, capsys) -> None:
+    folder = make_ensemble(tmp_path / "e")
+    f = folder / "members" / "m1.keras"
+    raw = bytearray(f.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF  # flip one byte
+    f.write_bytes(bytes(raw))
+    with pytest.raises(ArtifactError, match=r"m1\.keras: sha256 .* does not match manifest\.json"):
+        load_ensemble(folder)
+    test = tmp_path / "test.csv"
+    from ensemble.data import PIXEL_COLUMNS
+
+    rows = images(5).reshape(5, -1)
+    test.write_text(",".join(PIXEL_COLUMNS) + "\n" + "\n".join(",".join(map(str, r)) for r in rows) + "\n")
+    out = tmp_path / "s.csv"
+    assert main(["predict", "--ensemble", str(folder), "--test", str(test), "--out", str(out)]) == 2
+    assert "m1.keras: sha256" in capsys.readouterr().err
+    assert not out.exists()
+    f.unlink()
+    with pytest.raises(ArtifactError, match="m1.keras: missing, but listed"):
+        load_ensemble(folder)
+
+
+def test_manifest_edits_are_refused(tmp_path: Path) -> None:
+    folder = make_ensemble(tmp_path / "e")
+    m = json.loads((folder / "manifest.json").read_text())
+    m["artifacts"]["../outside"] = "0" * 64
+    (folder / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ArtifactError, match="leaves the ensemble folder"):
+        load_ensemble(folder)
+    del m["artifacts"]["../outside"]
+    del m["artifacts"]["members/m0.keras"]
+    (folder / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ArtifactError, match="m0.keras: member m0's file has no sha256"):
+        load_ensemble(folder)
+    with pytest.raises(ArtifactError, match="missing; expected an ensemble folder"):
+        load_ensemble(tmp_path)
+
+
+def test_wrong_input_shape_is_a_clear_error(tmp_path: Path) -> None:
+    ens = load_ensemble(make_ensemble(tmp_path / "e", n=1))
+    with pytest.raises(DataError, match=r"expected shape \(N, 28, 28\) or \(N, 784\).*got \(3, 27, 27\)"):
+        predict_proba(ens, np.zeros((3, 27, 27), np.uint8))
+    with pytest.raises(DataError, match="raw 0-255"):
+        as_images(np.full((2, 784), 300.0))
+    assert as_images(np.zeros((2, 784), np.float32)).shape == (2, 28, 28)
+    with pytest.raises(UsageError, match="batch-size"):
+        predict_proba(ens, images(), batch_size=0)
+    # a member built for other inputs is refused when loaded
+    from ensemble.build import write_manifest
+
+    folder = tmp_path / "e"
+    bad = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Flatten(), keras.layers.Dense(10, "softmax")])
+    bad.save(folder / "members" / "m0.keras")
+    write_manifest(folder, json.loads((folder / "manifest.json").read_text()))
+    with pytest.raises(ArtifactError, match=r"expects input \(None, 32, 32, 3\)"):
+        load_ensemble(folder)
+
+
+def test_baseline_member_needs_the_runs_test_set(tmp_path: Path) -> None:
+    from ensemble.build import write_manifest
+    from ensemble.predict import images_fingerprint
+
+    folder = make_ensemble(tmp_path / "e", n=1)
+    x = images(6)
+    (folder / "members" / "b").mkdir()
+    stored = np.full((6, 10), 0.1, np.float32)
+    np.save(folder / "members" / "b" / "proba_test.npy", stored)
+    m = json.loads((folder / "manifest.json").read_text())
+    m["members"].append(
+        {"name": "b", "kind": "baseline", "weight": 0.5, "probas": {"test": "members/b/proba_test.npy"}}
+    )
+    m["members"][0]["weight"] = 0.5
+    m["data"]["test_fingerprint"], m["data"]["n_test"] = images_fingerprint(x), 6
+    write_manifest(folder, m)
+    ens = load_ensemble(folder)
+    p = predict_proba(ens, x)
+    cnn = member_probas([ens.members[0].model], x, ens.views)[0].mean(0)
+    np.testing.assert_allclose(p, 0.5 * cnn + 0.5 * stored, atol=1e-6)
+    with pytest.raises(DataError, match="baseline with stored probabilities only.*fingerprint"):
+        predict_proba(ens, images(6, seed=1))
+
+
+def test_model_cost_counts_conv_and_dense() -> None:
+    c = model_cost(tiny(0))
+    # Conv2D 3x3x1x4 on 26x26 outputs + Dense 4x10
+    assert c["flops"] == 2 * (26 * 26 * 9 * 4 + 4 * 10)
+    assert c["params"] == 9 * 4 + 4 + 4 * 10 + 10
+
+
+def test_predicts_under_another_backend(tmp_path: Path) -> None:
+    """A .keras saved under this backend predicts the same under JAX or torch, when one is installed."""
+    import importlib.util
+
+    others = [b for b in ("jax", "torch") if b != keras.backend.backend() and importlib.util.find_spec(b)]
+    if not others:
+        pytest.skip("no second Keras backend (jax or torch) installed")
+    folder = make_ensemble(tmp_path / "e")
+    x = images(7)
+    np.save(tmp_path / "x.npy", x)
+    here = predict_proba(load_ensemble(folder), x)
+    code = (
+        "import sys, numpy as np, keras; from ensemble.predict import load_ensemble, predict_proba; "
+        "p = predict_proba(load_ensemble(sys.argv[1]), np.load(sys.argv[2])); "
+        "np.save(sys.argv[3], p); print(keras.backend.backend())"
+    )
+    for backend in others:
+        env = {**os.environ, "KERAS_BACKEND": backend}
+        out = tmp_path / f"p_{backend}.npy"
+        r = subprocess.run(
+            [sys.executable, "-c", code, str(folder), str(tmp_path / "x.npy"), str(out)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert r.stdout.strip().endswith(backend)
+        np.testing.assert_allclose(np.load(out), here, atol=1e-5)
