@@ -312,10 +312,13 @@ def ensure_studies(parts: Parts, families: Iterable[Family], spaces: dict[str, S
 
 
 def refit_tasks(studies: dict, spaces: dict[str, Space], parts: Parts, make: Callable[..., Task]) -> list[Task]:
-    """One refit per family whose best search trial used a subsample and has no completed refit yet."""
+    """One refit per family whose best search trial used a subsample and has no completed refit yet.
+
+    Sorted by estimated cost (the best trial's seconds scaled by the row ratio), longest first.
+    """
     import optuna
 
-    tasks = []
+    tasks, cost = [], {}
     for name, study in studies.items():
         done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
         search = [t for t in done if t.user_attrs.get("stage", "search") == "search"]
@@ -327,7 +330,9 @@ def refit_tasks(studies: dict, spaces: dict[str, Space], parts: Parts, make: Cal
         if any(t.user_attrs.get("refit_of") == best.number for t in done):
             continue
         tasks.append(make(name, refit_of=best.number, refit_params=dict(best.params)))
-    return tasks
+        seconds = best.user_attrs.get("fit_seconds", 0) + best.user_attrs.get("predict_seconds", 0)
+        cost[name] = seconds * len(parts.y_train) / max(1, best.user_attrs.get("n_train", 1))
+    return sorted(tasks, key=lambda t: -cost[t.family])  # longest first, so the slowest refit starts at once
 
 
 def family_summary(study: optuna.Study) -> dict[str, Any]:

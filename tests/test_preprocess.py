@@ -33,6 +33,15 @@ def test_no_pca_means_scaling_only():
     assert describe(pre) == "scale/255"
 
 
+def test_appended_pca_keeps_the_pixels():
+    x, _ = synthetic_digits(60, seed=4)
+    pre = fit_preprocessor(x, pca_components=6, pca_append=True)
+    z = pre.transform(x)
+    assert z.shape == (60, 790)
+    np.testing.assert_allclose(z[:, :784], x.reshape(60, -1) / 255, rtol=1e-6)
+    assert describe(pre) == "scale/255 + [pixels, PCA(6)]"
+
+
 def test_whitened_pca_has_unit_variance():
     x, _ = synthetic_digits(200, seed=3)
     z = fit_preprocessor(x, pca_components=5, pca_whiten=True).transform(x)
@@ -46,6 +55,6 @@ def test_bad_pca_components(n):
 
 
 def test_split_params():
-    pre, model = split_params({"pca_components": 40, "pca_whiten": False, "C": 3.0})
-    assert pre == {"pca_components": 40, "pca_whiten": False}
+    pre, model = split_params({"pca_components": 40, "pca_whiten": False, "pca_append": True, "C": 3.0})
+    assert pre == {"pca_components": 40, "pca_whiten": False, "pca_append": True}
     assert model == {"C": 3.0}
