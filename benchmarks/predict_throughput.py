@@ -7,6 +7,9 @@ images. Prints time, images/s and each member's parameters and FLOPs per image.
     python benchmarks/predict_throughput.py                      # default member: 16-32 filters, dense 64
     python benchmarks/predict_throughput.py --filters 32,64 --dense 128
     python benchmarks/predict_throughput.py --sweep --images 4000 # several sizes, extrapolated to 28,000
+    python benchmarks/predict_throughput.py --cnn filters=16,conv_blocks=2,dense_units=64   # ensemble.cnn model
+
+Timings on a shared CPU are noisy: run it twice and compare with the machine's load average.
 """
 
 from __future__ import annotations
@@ -46,6 +49,22 @@ def make_cnn(filters: list[int], dense: int, seed: int = 0):
     return keras.Model(inp, layers.Dense(10, activation="softmax")(x))
 
 
+def parse_cnn(text: str) -> dict:
+    """``key=value,...`` -> a config for ``ensemble.cnn.build_model`` (ints, floats, true/false, words)."""
+    out: dict = {}
+    for item in filter(None, text.split(",")):
+        key, _, raw = item.partition("=")
+        val: object = {"true": True, "false": False}.get(raw.lower(), raw)
+        for cast in (int, float):
+            try:
+                val = cast(raw)
+                break
+            except ValueError:
+                pass
+        out[key.strip()] = val
+    return out
+
+
 def write_ensemble(folder: Path, models: list, views: list[str]) -> None:
     """A minimal ensemble folder in the format ``ensemble build`` writes."""
     import keras
@@ -67,10 +86,20 @@ def write_ensemble(folder: Path, models: list, views: list[str]) -> None:
     write_manifest(folder, manifest)
 
 
-def bench(filters: list[int], dense: int, members: int, views: list[str], n: int, batch_size: int) -> dict:
+def bench(
+    filters: list[int], dense: int, members: int, views: list[str], n: int, batch_size: int, cnn: dict | None = None
+) -> dict:
     import keras
 
-    models = [make_cnn(filters, dense, seed=i) for i in range(members)]
+    if cnn is not None:
+        from ensemble.cnn import build_model
+
+        models = []
+        for i in range(members):
+            keras.utils.set_random_seed(i)
+            models.append(build_model(cnn))
+    else:
+        models = [make_cnn(filters, dense, seed=i) for i in range(members)]
     cost = model_cost(models[0])
     images = np.random.default_rng(0).integers(0, 256, (n, 28, 28), dtype=np.uint8)
     with tempfile.TemporaryDirectory() as tmp:
@@ -86,8 +115,7 @@ def bench(filters: list[int], dense: int, members: int, views: list[str], n: int
     passes = n * members * len(views)
     return {
         "backend": keras.backend.backend(),
-        "filters": filters,
-        "dense": dense,
+        "member": f"ensemble.cnn {cnn}" if cnn is not None else f"conv {filters} dense {dense}",
         **cost,
         "load_s": t_load,
         "seconds": sec,
@@ -101,7 +129,7 @@ def bench(filters: list[int], dense: int, members: int, views: list[str], n: int
 def report(r: dict, members: int, n_views: int, target_n: int) -> None:
     est = r["seconds"] * target_n / r["n"]
     print(
-        f"[{r['backend']}] member conv {r['filters']} dense {r['dense']}: {r['params']:,} params, "
+        f"[{r['backend']}] member {r['member']}: {r['params']:,} params, "
         f"{r['flops'] / 1e6:.2f} MFLOPs/image | {r['n']:,} images x {members} members x {n_views} views: "
         f"{r['seconds']:.1f}s, {r['images_per_s']:,.0f} images/s, {r['passes_per_s']:,.0f} model-passes/s, "
         f"{r['gflops_per_s']:.1f} GFLOP/s | load {r['load_s']:.1f}s"
@@ -119,9 +147,20 @@ def main() -> int:
     ap.add_argument("--dense", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=128, help="images per batch (x views per model call)")
     ap.add_argument("--sweep", action="store_true", help=f"try member sizes {SWEEP}")
+    ap.add_argument(
+        "--cnn", action="append", metavar="K=V,...", help="member = ensemble.cnn.build_model(config) (repeatable)"
+    )
     args = ap.parse_args()
     views = list(CANDIDATES[: args.views])
-    print(f"Keras backend {os.environ.get('KERAS_BACKEND', 'tensorflow')}, {os.cpu_count()} CPUs, views {views}")
+    print(
+        f"Keras backend {os.environ.get('KERAS_BACKEND', 'tensorflow')}, {os.cpu_count()} CPUs, "
+        f"load average {os.getloadavg()[0]:.1f}, views {views}"
+    )
+    if args.cnn:
+        for text in args.cnn:
+            r = bench([], 0, args.members, views, args.images, args.batch_size, cnn=parse_cnn(text))
+            report(r, args.members, len(views), 28_000)
+        return 0
     sizes = SWEEP if args.sweep else [(args.filters, args.dense)]
     for filters, dense in sizes:
         f = [int(v) for v in filters.split(",")]

@@ -147,15 +147,32 @@ def _versions() -> dict[str, str]:
 
 def refit_member(config: dict[str, Any], x: np.ndarray, y: np.ndarray, epochs: int, seed: int) -> Any:
     """Retrain a CNN on ``x, y`` with its own config (``ensemble.cnn.fit_model``)."""
+    import inspect
+
     import keras
 
     try:
-        from ensemble.cnn import fit_model
+        from ensemble import cnn
     except ImportError as exc:
         raise UsageError(f"--refit needs ensemble.cnn.fit_model (the CNN search): {exc}") from exc
+    known = getattr(cnn, "DEFAULTS", None)
+    config = {k: v for k, v in config.items() if known is None or k in known}  # drop e.g. best_epoch
     keras.utils.set_random_seed(seed)
-    out = fit_model(config, x, y, epochs=epochs)
+    extra = {"seed": seed} if "seed" in inspect.signature(cnn.fit_model).parameters else {}
+    out = cnn.fit_model(config, x, y, epochs=epochs, **extra)
     return out[0] if isinstance(out, tuple) else out  # fit_model returns (model, info)
+
+
+def _greedy_record(g: Any, members: list[Candidate], metric: str) -> dict[str, Any]:
+    """The greedy trajectory for the manifest: member picked, val log loss and accuracy per iteration."""
+    return {
+        "metric": metric,
+        "best_iter": g.best_iter,
+        "trajectory": [
+            {"pick": members[m].name, "val_logloss": round(lo, 6), "val_accuracy": round(a, 6)}
+            for m, lo, a in zip(g.picks, g.losses, g.accuracies)
+        ],
+    }
 
 
 def write_manifest(folder: Path, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -176,6 +193,7 @@ def build_ensemble(
     refit: bool = False,
     seed: int = 0,
     n_iter: int = 50,
+    greedy_metric: str = "accuracy",
     batch_size: int = 128,
     storage_url: str | None = None,
     progress: bool = True,
@@ -220,7 +238,7 @@ def build_ensemble(
     members = cnns + baselines
     val_all = list(tta_val) + [load_proba(b.folder, "val") for b in baselines]
     hold_all = list(tta_hold) + [load_proba(b.folder, "holdout") for b in baselines]
-    voter = SoftVoter(weights=weights, n_iter=n_iter, seed=seed).fit(val_all, y_val)
+    voter = SoftVoter(weights=weights, n_iter=n_iter, seed=seed, metric=greedy_metric).fit(val_all, y_val)
     w = voter.weights_
     final_val, final_hold = voter.predict_proba(val_all), voter.predict_proba(hold_all)
     comparison = {
@@ -247,6 +265,8 @@ def build_ensemble(
             c = cnns[i]
             epochs = int(c.attrs.get("best_epoch") or c.attrs.get("epochs_run") or 1)
             say(f"refit {c.name}: {len(x_tv):,} train+val images, {epochs} epochs")
+            if not (c.folder / "config.json").is_file():
+                raise ArtifactError(f"{c.folder / 'config.json'}: missing; --refit needs each member's config")
             kept_models.append(refit_member(read_json(c.folder / "config.json"), x_tv, y_tv, max(1, epochs), seed))
             refit_info[c.name] = {"epochs": max(1, epochs), "rows": len(x_tv)}
     kept_cnn = [i for i in keep if i < len(cnns)]
@@ -281,14 +301,16 @@ def build_ensemble(
                 kept_models[j].save(tmp / rel)
             else:
                 shutil.copy2(c.folder / "model.keras", tmp / rel)
-            shutil.copy2(c.folder / "config.json", tmp / f"members/{c.name}.config.json")
+            has_config = (c.folder / "config.json").is_file()
+            if has_config:
+                shutil.copy2(c.folder / "config.json", tmp / f"members/{c.name}.config.json")
             entries.append(
                 {
                     "name": c.name,
                     "kind": "cnn",
                     "weight": wk[i],
                     "file": rel,
-                    "config": f"members/{c.name}.config.json",
+                    "config": f"members/{c.name}.config.json" if has_config else None,
                     "study": c.study,
                     "trial": c.number,
                     "val_accuracy": c.val_accuracy,
@@ -322,11 +344,7 @@ def build_ensemble(
                 "mode": weights,
                 "seed": seed,
                 "n_iter": n_iter,
-                **(
-                    {"val_logloss_per_iter": voter.greedy_.losses, "best_iter": voter.greedy_.best_iter}
-                    if weights == "greedy"
-                    else {}
-                ),
+                **(_greedy_record(voter.greedy_, members, greedy_metric) if weights == "greedy" else {}),
             },
             "tta": {
                 "mode": mode,

@@ -7,9 +7,9 @@ scikit-learn or XGBoost baselines) can be mixed.
 
 Greedy selection is Caruana et al. (2004) forward selection *with replacement*, as in
 auto-sklearn's and AutoGluon's ensemble selection: start empty, repeatedly add the member
-(possibly again) whose addition gives the lowest validation log loss of the running average,
-and keep the iteration with the lowest loss. Ties are broken by a seeded random order, so the
-result is deterministic for a given seed.
+(possibly again) whose addition gives the best validation score of the running average
+(log loss, or accuracy with log loss breaking ties), and keep the best iteration. Ties are
+broken by a seeded random order, so the result is deterministic for a given seed.
 """
 
 from __future__ import annotations
@@ -72,60 +72,88 @@ def accuracy(y: np.ndarray, p: np.ndarray) -> float:
 
 @dataclass(frozen=True)
 class GreedyResult:
-    """Outcome of greedy selection: normalised weights, pick counts and the loss per iteration."""
+    """Outcome of greedy selection: normalised weights, pick counts, and per iteration the picked
+    member, validation log loss and accuracy of the running average."""
 
     weights: np.ndarray
     counts: np.ndarray
     losses: list[float]
+    accuracies: list[float]
+    picks: list[int]
     best_iter: int
 
 
+METRICS = ("logloss", "accuracy")
+
+
 def greedy_weights(
-    probas: Sequence[np.ndarray] | np.ndarray, y: np.ndarray, *, n_iter: int = 50, seed: int = 0
+    probas: Sequence[np.ndarray] | np.ndarray,
+    y: np.ndarray,
+    *,
+    n_iter: int = 50,
+    seed: int = 0,
+    metric: str = "logloss",
 ) -> GreedyResult:
-    """Caruana forward selection with replacement, minimising validation log loss."""
+    """Caruana forward selection with replacement.
+
+    ``metric="logloss"`` minimises validation log loss; ``"accuracy"`` maximises validation
+    accuracy with log loss breaking ties (AutoGluon selects on its eval metric the same way).
+    """
     stack = _as_stack(probas)
     y = np.asarray(y, dtype=np.int64)
     if len(y) != stack.shape[1]:
         raise ValueError(f"{len(y)} labels for probabilities of {stack.shape[1]} rows")
     if n_iter < 1:
         raise ValueError(f"n_iter must be >= 1, got {n_iter}")
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
     order = np.random.default_rng(seed).permutation(len(stack))  # tie-break order
     rows = np.arange(len(y))
-    true = stack[:, rows, y] / np.maximum(stack.sum(axis=2), EPS)  # (M, N): p(true class)
-    running = np.zeros(len(y))
-    counts = np.zeros(len(stack), dtype=np.int64)
+    stack = stack / np.maximum(stack.sum(axis=2, keepdims=True), EPS)
+    running = np.zeros(stack.shape[1:])
     picks: list[int] = []
     losses: list[float] = []
+    accs: list[float] = []
+    keys: list[tuple[float, ...]] = []
     for k in range(1, n_iter + 1):
-        cand = (running[None, :] + true) / k
-        loss = -np.mean(np.log(np.clip(cand, EPS, 1.0)), axis=1)
-        best = min(order, key=lambda m: round(float(loss[m]), 12))  # first in seeded order wins ties
+        cand = (running[None] + stack) / k  # (M, N, C)
+        loss = -np.mean(np.log(np.clip(cand[:, rows, y], EPS, 1.0)), axis=1)
+        acc = np.mean(cand.argmax(axis=2) == y[None], axis=1)
+        key = [(round(float(-acc[m]), 12), round(float(loss[m]), 12)) for m in range(len(stack))]
+        if metric == "logloss":
+            key = [(kk[1],) for kk in key]
+        best = min(order, key=lambda m: key[m])  # first in seeded order wins ties
         picks.append(int(best))
-        running += true[best]
+        running += stack[best]
         losses.append(float(loss[best]))
-    best_iter = int(np.argmin(np.round(losses, 12))) + 1
-    for m in picks[:best_iter]:
-        counts[m] += 1
-    return GreedyResult(counts / counts.sum(), counts, losses, best_iter)
+        accs.append(float(acc[best]))
+        keys.append(key[best])
+    best_iter = min(range(n_iter), key=lambda i: keys[i]) + 1
+    counts = np.bincount(picks[:best_iter], minlength=len(stack))
+    return GreedyResult(counts / counts.sum(), counts, losses, accs, picks, best_iter)
 
 
 class SoftVoter:
     """Soft voting over precomputed member probabilities.
 
     Parameters (keyword-only): ``weights`` is ``"equal"``, ``"greedy"`` or an explicit sequence;
-    ``n_iter`` and ``seed`` control greedy selection. ``fit(probas, y)`` sets ``weights_`` (sum 1)
-    and, for greedy, ``greedy_`` (a :class:`GreedyResult`).
+    ``n_iter``, ``seed`` and ``metric`` (logloss or accuracy) control greedy selection.
+    ``fit(probas, y)`` sets ``weights_`` (sum 1) and, for greedy, ``greedy_`` (a :class:`GreedyResult`).
     """
 
-    def __init__(self, *, weights: str | Sequence[float] = "equal", n_iter: int = 50, seed: int = 0) -> None:
+    def __init__(
+        self, *, weights: str | Sequence[float] = "equal", n_iter: int = 50, seed: int = 0, metric: str = "logloss"
+    ) -> None:
         self.weights = weights
         self.n_iter = n_iter
         self.seed = seed
+        self.metric = metric
 
     def _validate(self) -> None:
         if isinstance(self.weights, str) and self.weights not in ("equal", "greedy"):
             raise ValueError(f"weights must be 'equal', 'greedy' or a sequence of numbers, got {self.weights!r}")
+        if self.metric not in METRICS:
+            raise ValueError(f"metric must be one of {METRICS}, got {self.metric!r}")
         if not isinstance(self.n_iter, int | np.integer) or self.n_iter < 1:
             raise ValueError(f"n_iter must be a positive integer, got {self.n_iter!r}")
 
@@ -135,7 +163,7 @@ class SoftVoter:
         if len(np.asarray(y)) != stack.shape[1]:
             raise ValueError(f"{len(np.asarray(y))} labels for probabilities of {stack.shape[1]} rows")
         if isinstance(self.weights, str) and self.weights == "greedy":
-            self.greedy_ = greedy_weights(stack, y, n_iter=self.n_iter, seed=self.seed)
+            self.greedy_ = greedy_weights(stack, y, n_iter=self.n_iter, seed=self.seed, metric=self.metric)
             self.weights_ = self.greedy_.weights
         elif isinstance(self.weights, str):
             self.weights_ = check_weights(None, len(stack))

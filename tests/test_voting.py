@@ -90,3 +90,19 @@ def test_metrics() -> None:
     p = np.stack([_row(0, 0.5), _row(2, 0.5)])
     assert accuracy(y, p) == 0.5
     assert log_loss(y, p) == pytest.approx(-(np.log(0.5) + np.log(0.5 / 9)) / 2)
+
+
+def test_greedy_on_accuracy_breaks_ties_with_log_loss() -> None:
+    # A and B are each right on 2 of 3 rows, in different places; C is right on all 3 rows but
+    # barely. By log loss the sharp A wins alone; by accuracy the (always right) C must be picked.
+    y = np.array([0, 1, 2])
+    a = np.stack([_row(0, 0.99), _row(1, 0.99), _row(0, 0.99)])
+    b = np.stack([_row(1, 0.99), _row(1, 0.99), _row(2, 0.99)])
+    c = np.stack([_row(0, 0.2), _row(1, 0.2), _row(2, 0.2)])
+    by_acc = greedy_weights([a, b, c], y, n_iter=10, metric="accuracy")
+    assert accuracy(y, soft_vote([a, b, c], by_acc.weights)) == 1.0
+    assert by_acc.accuracies[by_acc.best_iter - 1] == 1.0
+    by_loss = greedy_weights([a, b, c], y, n_iter=10, metric="logloss")
+    assert by_loss.losses[by_loss.best_iter - 1] == min(by_loss.losses)
+    with pytest.raises(ValueError, match="metric must be one of"):
+        greedy_weights([a], y, metric="f1")

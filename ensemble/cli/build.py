@@ -40,6 +40,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--refit", action="store_true", help="retrain kept CNNs on train+val for their best epoch count")
     p.add_argument("--seed", type=int, default=0, help="seed for greedy tie-breaking and refits (0)")
     p.add_argument("--greedy-iters", type=int, default=50, metavar="N", help="greedy selection rounds (50)")
+    p.add_argument(
+        "--greedy-metric",
+        choices=("logloss", "accuracy"),
+        default="accuracy",
+        help="what greedy selection optimises on validation: accuracy (the Kaggle metric; log loss breaks ties, "
+        "as AutoGluon selects on its eval metric) or log loss (accuracy)",
+    )
     p.add_argument("--batch-size", type=int, default=128, metavar="N", help="images per prediction batch (128)")
     p.set_defaults(func=cmd_build)
 
@@ -58,6 +65,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         refit=args.refit,
         seed=args.seed,
         n_iter=args.greedy_iters,
+        greedy_metric=args.greedy_metric,
         batch_size=args.batch_size,
         storage_url=args.storage,
         progress=sys.stderr.isatty(),
@@ -67,12 +75,12 @@ def cmd_build(args: argparse.Namespace) -> int:
         f"TTA gain on validation: accuracy {gain['identity']['accuracy']:.4f} -> {gain['tta']['accuracy']:.4f}, "
         f"log loss {gain['identity']['logloss']:.4f} -> {gain['tta']['logloss']:.4f}"
     )
-    print(f"{'':26} {'val acc':>8} {'val loss':>9} {'holdout acc':>12} {'holdout loss':>13}")
+    print(f"{'':36} {'val acc':>8} {'val loss':>9} {'holdout acc':>12} {'holdout loss':>13}")
     for name, r in m["metrics"].items():
         v = r.get("val", {})
         h = r["holdout"]
         label = name + (f" ({r['member']})" if "member" in r else "")
         va, vl = (f"{v['accuracy']:.4f}", f"{v['logloss']:.4f}") if v else ("-", "-")
-        print(f"{label[:26]:26} {va:>8} {vl:>9} {h['accuracy']:>12.4f} {h['logloss']:>13.4f}")
+        print(f"{label[:36]:36} {va:>8} {vl:>9} {h['accuracy']:>12.4f} {h['logloss']:>13.4f}")
     print(f"wrote {run.path('ensemble', 'manifest.json')} ({len(m['members'])} members) in {m['seconds']:.1f}s")
     return 0
