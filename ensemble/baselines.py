@@ -294,6 +294,20 @@ def run_parallel(parts: Parts, tasks: list[Task], jobs: int) -> Iterator[TaskRes
     yield from par(delayed(run_task)(parts, t) for t in tasks)
 
 
+def first_params(space: Space) -> dict[str, Any]:
+    """The space's defaults (range midpoints, first choices) for its ranged keys, snapped to int steps."""
+    out = {}
+    for key, value in space.defaults().items():
+        spec = space.params[key]
+        if not isinstance(spec, dict):
+            continue
+        if spec["type"] == "int" and not spec.get("log"):
+            step = spec.get("step", 1)
+            value = min(spec["high"], spec["low"] + step * round((value - spec["low"]) / step))
+        out[key] = value
+    return out
+
+
 def ensure_studies(parts: Parts, families: Iterable[Family], spaces: dict[str, Space], storage: str | None) -> dict:
     """Create (or load) one maximize study per family; a fresh study first tries the space's defaults."""
     import optuna
@@ -304,9 +318,7 @@ def ensure_studies(parts: Parts, families: Iterable[Family], spaces: dict[str, S
     for fam in families:
         study = optuna.create_study(study_name=fam.study_name, storage=st, direction="maximize", load_if_exists=True)
         if not study.trials:
-            space = spaces[fam.name]
-            first = {k: v for k, v in space.defaults().items() if isinstance(space.params[k], dict)}
-            study.enqueue_trial(first, user_attrs={"stage": "search"})
+            study.enqueue_trial(first_params(spaces[fam.name]), user_attrs={"stage": "search"})
         studies[fam.name] = study
     return studies
 

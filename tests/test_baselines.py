@@ -9,12 +9,13 @@ import pytest
 from conftest import write_dataset
 
 from ensemble.artifacts import load_proba
-from ensemble.baselines import load_family_space, parse_models, space_path, subsample
+from ensemble.baselines import first_params, load_family_space, parse_models, space_path, subsample
 from ensemble.baselines_models import FAMILIES, load_model
 from ensemble.cli import main
 from ensemble.cli.baselines import parse_duration
 from ensemble.errors import UsageError
 from ensemble.runs import open_run
+from ensemble.space import load_space
 from ensemble.storage import open_storage
 
 REPO_SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
@@ -160,6 +161,14 @@ def test_shipped_search_spaces_are_valid():
     for family in FAMILIES.values():
         space = load_family_space(family, space_path(family.name, REPO_SPACES))
         assert space.params["search_rows"] >= 0
+
+
+def test_first_trial_uses_midpoints_snapped_to_the_step(tmp_path):
+    f = tmp_path / "rf.yaml"
+    f.write_text(
+        "n_estimators: {type: int, low: 150, high: 300, step: 50}\ncriterion: {type: categorical, choices: [x, y]}\n"
+    )
+    assert first_params(load_space(f)) == {"n_estimators": 250, "criterion": "x"}
 
 
 def test_subsample_is_stratified_and_deterministic():

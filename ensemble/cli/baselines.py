@@ -6,6 +6,7 @@ import argparse
 import os
 import re
 import time
+import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -112,7 +113,7 @@ def cmd_baselines(args: argparse.Namespace) -> int:
     deadline = t_start + timeout if timeout else None
 
     def make(name: str, i: int = 0, **kw: Any) -> Task:
-        base = len(studies[name].trials)
+        base = len(studies[name].trials) + zlib.crc32(name.encode()) % 10_000  # families draw differently
         return bl.Task(
             name, bl.space_path(name, spaces_dir).resolve(), args.storage, seed=args.seed * 100_003 + base + i,
             threads=threads, data_seed=args.seed, deadline=deadline, **kw,
