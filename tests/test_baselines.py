@@ -109,6 +109,13 @@ def test_failed_trial_leaves_no_model_folder(setup, monkeypatch, capsys):
     assert not list(open_run("t").path("models").rglob("trial-*"))
 
 
+def test_timeout_stops_starting_search_trials(setup, capsys):
+    data, spaces = setup
+    assert _cli(data, spaces, "--models", "knn", "--trials", "3", "--timeout", "0.001") == 0
+    assert "3 search trial(s) not started: --timeout reached" in capsys.readouterr().out
+    assert not [t for t in _study("knn").trials if t.state.is_finished()]
+
+
 BAD_SPACES = [
     ("C: 1.0\nCc: {type: float, low: 0.1, high: 1.0}\n", "unknown key 'Cc'"),
     ("C: {type: float, low: 10.0, high: 0.1}\n", "key 'C': low 10.0 is greater than high 0.1"),

@@ -193,8 +193,10 @@ def _summarize(bl: Any, fams: list, studies: dict, results: list, wall: float, r
         )
     print(f"done in {wall:.0f}s wall; time = seconds spent in this invocation's trials per family")
     print(f"inspect: optuna trials --study-name {fams[0].study_name} {optuna_cli_args(run, storage)}")
-    if no_result:
-        errors = [r.error for r in results if r.family in no_result and r.error]
-        first = f": {errors[0]}" if errors else ""
-        raise EnsembleError(f"no completed trial for {', '.join(no_result)}{first}")
+    skipped = sum(r.state == "skipped" for r in results)
+    if skipped:
+        print(f"{skipped} search trial(s) not started: --timeout reached")
+    failed = [r for r in results if r.family in no_result and r.state == "failed"]
+    if failed:
+        raise EnsembleError(f"no completed trial for {', '.join(no_result)}: {failed[0].error}")
     return 0
