@@ -173,21 +173,25 @@ def _fit_and_predict(parts: Parts, family: Family, params: dict[str, Any], rows:
     return {"pre": pre, "model": model, "probas": probas, "fit_s": fit_s, "predict_s": predict_s, "notes": notes}
 
 
-def _write_artifacts(folder: Path, family: Family, out: dict, config: dict) -> None:
-    """Write into ``folder.partial`` and rename, so a failed trial leaves no model folder."""
-    tmp = folder.with_name(folder.name + ".partial")
+def _write_artifacts(parts: Parts, family: Family, number: int, out: dict, config: dict) -> Path:
+    """Write into a hidden ``.trial-NNNN.partial`` folder, then rename it to the trial folder.
+
+    A trial that fails (or a process that is killed) never leaves a ``trial-NNNN`` folder behind.
+    """
+    tmp = parts.path("models", family.study_name, f".trial-{number:04d}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
         files = save_model(tmp, family, out["pre"], out["model"])
         save_probas(tmp, out["probas"])
         (tmp / "config.json").write_text(json.dumps({**config, "files": files}, indent=2, default=str) + "\n")
-        if folder.exists():
-            shutil.rmtree(folder)
+        folder = trial_dir(parts, family.study_name, number)  # created empty by the shared helper
+        shutil.rmtree(folder)
         tmp.rename(folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    return folder
 
 
 def objective(trial: optuna.Trial, *, parts: Parts, family: Family, space: Space, task: Task) -> float:
@@ -198,7 +202,6 @@ def objective(trial: optuna.Trial, *, parts: Parts, family: Family, space: Space
     params = space.suggest(trial)
     search_rows = params.pop("search_rows", 0)
     rows = subsample(parts.y_train, 0 if stage == "refit" else search_rows, seed=task.data_seed)
-    folder = trial_dir(parts, family.study_name, trial.number)
     try:
         out = _fit_and_predict(parts, family, params, rows, task)
         p_val = out["probas"]["val"]
@@ -218,9 +221,8 @@ def objective(trial: optuna.Trial, *, parts: Parts, family: Family, space: Space
             "val_accuracy": acc,
             "val_logloss": loss,
         }
-        _write_artifacts(folder, family, out, config)
+        folder = _write_artifacts(parts, family, trial.number, out, config)
     except BaseException as exc:
-        shutil.rmtree(folder, ignore_errors=True)
         trial.set_user_attr("error", f"{type(exc).__name__}: {exc}"[:500])
         raise
     attrs = {

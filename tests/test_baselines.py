@@ -76,7 +76,7 @@ def test_two_families_two_trials_leave_artifacts_and_user_attrs(setup, capsys):
         files = {p.name for p in Path(trials[0].user_attrs["artifact_dir"]).iterdir()}
         model_files = {"model.ubj", "preprocess.joblib"} if family == "xgboost" else {"model.joblib"}
         assert model_files | {"config.json", "proba_val.npy", "proba_holdout.npy", "proba_test.npy"} == files
-    assert not list(run.path("models").rglob("*.partial"))
+    assert not list(run.path("models").rglob("*.partial"))  # hidden .trial-NNNN.partial work folders
 
 
 def test_rerun_continues_the_study(setup):
@@ -106,7 +106,7 @@ def test_failed_trial_leaves_no_model_folder(setup, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert err.strip().splitlines()[-1] == "error: no completed trial for knn: RuntimeError: model exploded"
     assert [t.state for t in _study("knn").trials] == [optuna.trial.TrialState.FAIL] * 2
-    assert not list(open_run("t").path("models").rglob("trial-*"))
+    assert not list(open_run("t").path("models").rglob("*trial-*"))  # neither trial-NNNN nor .trial-NNNN.partial
 
 
 def test_timeout_stops_starting_search_trials(setup, capsys):
