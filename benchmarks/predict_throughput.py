@@ -87,7 +87,14 @@ def write_ensemble(folder: Path, models: list, views: list[str]) -> None:
 
 
 def bench(
-    filters: list[int], dense: int, members: int, views: list[str], n: int, batch_size: int, cnn: dict | None = None
+    filters: list[int],
+    dense: int,
+    members: int,
+    views: list[str],
+    n: int,
+    batch_size: int,
+    cnn: dict | None = None,
+    workers: int | None = None,
 ) -> dict:
     import keras
 
@@ -109,7 +116,7 @@ def bench(
         t_load = time.perf_counter() - t0
         predict_proba(ens, images[: min(n, batch_size)], batch_size=batch_size)  # warm-up: trace/compile
         t1 = time.perf_counter()
-        p = predict_proba(ens, images, batch_size=batch_size, progress=sys.stderr.isatty())
+        p = predict_proba(ens, images, batch_size=batch_size, progress=sys.stderr.isatty(), workers=workers)
         sec = time.perf_counter() - t1
     assert p.shape == (n, 10)
     passes = n * members * len(views)
@@ -146,6 +153,7 @@ def main() -> int:
     ap.add_argument("--filters", default="16,32", help="conv filters per block, comma-separated")
     ap.add_argument("--dense", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=128, help="images per batch (x views per model call)")
+    ap.add_argument("--workers", type=int, help="batches predicted at once in threads (default 2)")
     ap.add_argument("--sweep", action="store_true", help=f"try member sizes {SWEEP}")
     ap.add_argument(
         "--cnn", action="append", metavar="K=V,...", help="member = ensemble.cnn.build_model(config) (repeatable)"
@@ -158,13 +166,14 @@ def main() -> int:
     )
     if args.cnn:
         for text in args.cnn:
-            r = bench([], 0, args.members, views, args.images, args.batch_size, cnn=parse_cnn(text))
+            r = bench([], 0, args.members, views, args.images, args.batch_size, parse_cnn(text), args.workers)
             report(r, args.members, len(views), 28_000)
         return 0
     sizes = SWEEP if args.sweep else [(args.filters, args.dense)]
     for filters, dense in sizes:
         f = [int(v) for v in filters.split(",")]
-        report(bench(f, dense, args.members, views, args.images, args.batch_size), args.members, len(views), 28_000)
+        r = bench(f, dense, args.members, views, args.images, args.batch_size, workers=args.workers)
+        report(r, args.members, len(views), 28_000)
     return 0
 
 

@@ -178,3 +178,46 @@ def test_refit_uses_train_plus_val_and_keeps_holdout_out(run, monkeypatch: pytes
     assert all(e["refit"]["rows"] == n_tv for e in m["members"])
     assert "top_k_equal_tta_refit" in m["metrics"]
     load_ensemble(run.path("ensemble"))  # refit models saved and hash-listed
+
+
+def _flatten(x):
+    return np.asarray(x, np.float32).reshape(len(x), -1) / 255.0
+
+
+def test_greedy_can_pull_in_a_baseline(run, tmp_path: Path) -> None:
+    """A baseline-* study member (saved probabilities + model.joblib) joins when it helps."""
+    import joblib
+    import optuna
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    from ensemble.artifacts import save_probas, trial_dir
+    from ensemble.build import build_ensemble
+    from ensemble.predict import load_ensemble, predict_proba
+    from ensemble.storage import open_storage
+    from ensemble.voting import accuracy, log_loss
+
+    x_tr, y_tr = run.part("train")
+    pipe = make_pipeline(FunctionTransformer(_flatten), LogisticRegression(max_iter=300)).fit(x_tr, y_tr)
+    folder = trial_dir(run, "baseline-logreg", 0)
+    joblib.dump(pipe, folder / "model.joblib")
+    y_val = run.part("val")[1]
+    probas = {"val": np.eye(10, dtype=np.float32)[y_val] * 0.99999 + 1e-6}  # a (too) good validation score
+    probas["holdout"] = pipe.predict_proba(run.part("holdout")[0])
+    probas["test"] = pipe.predict_proba(run.x_test)
+    save_probas(folder, probas)
+    st = optuna.create_study(study_name="baseline-logreg", storage=open_storage(run), direction="maximize")
+    attrs = {"val_accuracy": accuracy(y_val, probas["val"]), "val_logloss": log_loss(y_val, probas["val"])}
+    st.add_trial(optuna.trial.create_trial(value=1.0, user_attrs={**attrs, "artifact_dir": str(folder)}))
+
+    m = build_ensemble(run, top_k=2, weights="greedy", tta="none", include_baselines=True, progress=False, say=print)
+    base = [e for e in m["members"] if e["kind"] == "baseline"]
+    assert base and base[0]["name"] == "baseline-logreg-trial-0000" and base[0]["weight"] > 0.5
+    assert base[0]["model_dir"] == "members/baseline-logreg-trial-0000"
+    ens = load_ensemble(run.path("ensemble"))
+    np.testing.assert_allclose(
+        predict_proba(ens, run.x_test), np.load(run.path("ensemble", "proba_test.npy")), atol=1e-5
+    )
+    other = np.random.default_rng(5).integers(0, 256, (9, 28, 28), dtype=np.uint8)
+    assert predict_proba(ens, other).shape == (9, 10)  # the baseline's own model predicts new images

@@ -181,3 +181,33 @@ def test_predicts_under_another_backend(tmp_path: Path) -> None:
         assert r.returncode == 0, r.stderr[-2000:]
         assert r.stdout.strip().endswith(backend)
         np.testing.assert_allclose(np.load(out), here, atol=1e-5)
+
+
+def test_inference_model_folds_batchnorm_and_keeps_outputs() -> None:
+    from keras import layers
+
+    from ensemble.predict import inference_model
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((28, 28, 1))
+    h = layers.Rescaling(1 / 255.0)(inp)
+    h = layers.RandomRotation(0.05)(h)
+    h = layers.Conv2D(4, 3, use_bias=False)(h)
+    h = layers.BatchNormalization()(h)
+    h = layers.Activation("relu")(h)
+    h = layers.Dropout(0.2)(h)
+    h = layers.Flatten()(h)
+    h = layers.Dense(8)(h)
+    h = layers.BatchNormalization()(h)
+    model = keras.Model(inp, layers.Dense(10, activation="softmax")(h))
+    rng = np.random.default_rng(0)
+    for bn in [x for x in model.layers if isinstance(x, layers.BatchNormalization)]:
+        n = bn.gamma.shape[0]
+        bn.set_weights([rng.random(n) + 0.5, rng.random(n), rng.random(n), rng.random(n) + 0.5])
+    fast = inference_model(model)
+    kinds = [type(x).__name__ for x in fast.layers]
+    assert fast is not model and "BatchNormalization" not in kinds and "Dropout" not in kinds
+    x = images(16).astype("float32")[..., None]
+    np.testing.assert_allclose(fast.predict_on_batch(x), model.predict_on_batch(x), atol=1e-5)
+    seq = keras.Sequential([keras.Input((28, 28, 1)), layers.Flatten(), layers.BatchNormalization(), layers.Dense(10)])
+    assert inference_model(seq) is seq

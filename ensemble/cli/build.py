@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from ensemble.cli.data import add_run_args
@@ -23,7 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--weights",
         choices=("equal", "greedy"),
         default="greedy",
-        help="equal weights, or Caruana greedy forward selection with replacement on validation log loss (greedy)",
+        help="equal weights, or Caruana greedy forward selection with replacement on validation, "
+        "scored by --greedy-metric (greedy)",
     )
     p.add_argument(
         "--tta",
@@ -35,7 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--include-baselines",
         action="store_true",
-        help="also offer the best trial of each baseline-* study (saved probabilities, no TTA)",
+        help="also offer the best trial of each baseline-* study to the weights (no TTA; its saved model "
+        "files are copied so predict can run it on other test sets)",
     )
     p.add_argument("--refit", action="store_true", help="retrain kept CNNs on train+val for their best epoch count")
     p.add_argument("--seed", type=int, default=0, help="seed for greedy tie-breaking and refits (0)")
@@ -52,6 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow start-up chatter
     from ensemble.build import build_ensemble
     from ensemble.runs import open_run
 

@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,8 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from ensemble.predict import run_predict
-
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow start-up chatter
     run_predict(
         args.ensemble,
         args.test,
@@ -36,3 +42,54 @@ def cmd_predict(args: argparse.Namespace) -> int:
         progress=sys.stderr.isatty(),
     )
     return 0
+
+
+def read_test(path: str | Path) -> np.ndarray:
+    """Test images from a test CSV (.csv/.csv.gz) or a dataset folder/zip."""
+    from ensemble.data import file_member, load_test, locate
+
+    p = Path(path)
+    if p.is_file() and not p.name.endswith(".zip"):
+        return load_test(file_member(p))
+    return load_test(locate(p).test)
+
+
+def run_predict(
+    ensemble_dir: str | Path,
+    test: str | Path,
+    out: str | Path,
+    *,
+    proba_path: str | Path | None = None,
+    tta: bool = True,
+    batch_size: int = 128,
+    progress: bool = True,
+    say: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """The ``ensemble predict`` pipeline: verify, load, predict, write the submission atomically."""
+    from ensemble.predict import IDENTITY, N_CLASSES, load_ensemble, predict_proba, save_npy
+    from ensemble.submission import write_submission
+
+    t0 = time.perf_counter()
+    ens = load_ensemble(ensemble_dir)
+    images = read_test(test)
+    import keras
+
+    views = ens.views if tta else [IDENTITY]
+    say(
+        f"ensemble {ens.folder}: {len(ens.members)} members, sha256 verified; TTA views {','.join(views)}; "
+        f"Keras {keras.version()} backend {keras.backend.backend()} (built under {ens.manifest['keras']['backend']})"
+    )
+    say(f"test {test}: {len(images):,} images")
+    t1 = time.perf_counter()
+    proba = predict_proba(ens, images, tta=tta, batch_size=batch_size, progress=progress)
+    seconds = time.perf_counter() - t1
+    labels = np.argmax(proba, axis=1)
+    write_submission(out, labels)
+    if proba_path:
+        save_npy(proba_path, proba)
+    counts = " ".join(f"{k}:{c}" for k, c in enumerate(np.bincount(labels, minlength=N_CLASSES)))
+    say(f"wrote {out}: {len(labels):,} rows; predicted labels {counts}")
+    if proba_path:
+        say(f"wrote {proba_path}: probabilities float32 {proba.shape}")
+    say(f"predicted in {seconds:.1f}s ({len(images) / seconds:,.0f} images/s), total {time.perf_counter() - t0:.1f}s")
+    return {"labels": labels, "proba": proba, "seconds": seconds, "views": views}
