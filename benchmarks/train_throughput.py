@@ -1,0 +1,264 @@
+"""Benchmark: training images/s and time-to-99.3% validation accuracy, ours vs the classic Kaggle kernel.
+
+Reference (same run, same data, same backend): the classic Kaggle Keras kernel —
+2x Conv32 5x5, max-pool, dropout .25; 2x Conv64 3x3, max-pool, dropout .25; Dense 256,
+dropout .5; RMSprop, batch 86, NumPy-side augmentation (rotation 10, zoom .1, shift .1) per batch.
+Ours: ``ensemble.cnn`` with in-graph augmentation and a one-cycle schedule (config below).
+
+    python benchmarks/train_throughput.py                     # full: time-to-99.3% for both (real data)
+    python benchmarks/train_throughput.py --throughput-only   # images/s only, every installed backend
+
+The backend is $KERAS_BACKEND (or --backend). Data: ../shared/data/digit-recognizer if present,
+else the offline demo digits (time-to-target is then not meaningful).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "digit-recognizer"
+TARGET = 0.993
+OURS = {
+    "conv_blocks": 3,
+    "filters": 24,
+    "kernel_size": 3,
+    "batch_norm": True,
+    "downsample": "maxpool",
+    "conv_dropout": 0.1,
+    "dense_units": 128,
+    "dense_dropout": 0.3,
+    "optimizer": "adamw",
+    "learning_rate": 4e-3,
+    "lr_schedule": "onecycle",
+    "weight_decay": 1e-4,
+    "label_smoothing": 0.05,
+    "batch_size": 128,
+    "epochs": 8,
+    "rotation": 8.0,
+    "zoom": 0.08,
+    "shift": 0.08,
+}
+
+
+def load_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    from ensemble.data import load_dataset
+    from ensemble.demo import ensure_demo
+    from ensemble.split import stratified_split
+
+    ds = load_dataset(REAL if REAL.exists() else ensure_demo())
+    s = stratified_split(ds.y_train, seed=0, val_frac=0.1, holdout_frac=0.0)
+    return ds.x_train[s.train], ds.y_train[s.train], ds.x_train[s.val], ds.y_train[s.val]
+
+
+def reference_model():
+    import keras
+    from keras import layers
+
+    m = keras.Sequential(
+        [
+            keras.Input((28, 28, 1)),
+            layers.Conv2D(32, 5, padding="same", activation="relu"),
+            layers.Conv2D(32, 5, padding="same", activation="relu"),
+            layers.MaxPooling2D(2),
+            layers.Dropout(0.25),
+            layers.Conv2D(64, 3, padding="same", activation="relu"),
+            layers.Conv2D(64, 3, padding="same", activation="relu"),
+            layers.MaxPooling2D(2, strides=2),
+            layers.Dropout(0.25),
+            layers.Flatten(),
+            layers.Dense(256, activation="relu"),
+            layers.Dropout(0.5),
+            layers.Dense(10, activation="softmax"),
+        ]
+    )
+    opt = keras.optimizers.RMSprop(learning_rate=0.001, rho=0.9, epsilon=1e-8)
+    m.compile(optimizer=opt, loss="categorical_crossentropy", metrics=["accuracy"])
+    return m
+
+
+def numpy_augment(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """ImageDataGenerator-style per-image affine warp in NumPy/SciPy (the reference's CPU-side augmentation)."""
+    from scipy.ndimage import affine_transform
+
+    out = np.empty_like(x)
+    c = np.array([13.5, 13.5])
+    for i in range(len(x)):
+        a = np.deg2rad(rng.uniform(-10, 10))
+        z = rng.uniform(0.9, 1.1)
+        rot = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]]) / z
+        shift = rng.uniform(-0.1, 0.1, 2) * 28
+        out[i, :, :, 0] = affine_transform(x[i, :, :, 0], rot, offset=c - rot @ c - shift, order=1, mode="constant")
+    return out
+
+
+def fit_reference(x, y, xv, yv, epochs: int, target: float | None) -> dict:
+    import keras
+
+    from ensemble.cnn import one_hot
+
+    class Batches(keras.utils.PyDataset):
+        def __init__(self) -> None:
+            super().__init__()
+            self.x = x.astype(np.float32)[..., None] / 255.0
+            self.y = one_hot(y)
+            self.rng = np.random.default_rng(0)
+            self.order = self.rng.permutation(len(x))
+
+        def __len__(self) -> int:
+            return int(np.ceil(len(self.x) / 86))
+
+        def __getitem__(self, i: int):
+            idx = self.order[i * 86 : (i + 1) * 86]
+            return numpy_augment(self.x[idx], self.rng), self.y[idx]
+
+        def on_epoch_end(self) -> None:
+            self.order = self.rng.permutation(len(self.x))
+
+    keras.utils.set_random_seed(0)
+    model = reference_model()
+    return _timed_fit(
+        lambda cb, n: model.fit(
+            Batches(),
+            epochs=n,
+            validation_data=(xv.astype(np.float32)[..., None] / 255.0, one_hot(yv)),
+            callbacks=[cb],
+            verbose=0,
+        ),
+        len(x),
+        epochs,
+        target,
+        model.count_params(),
+    )
+
+
+def fit_ours(x, y, xv, yv, epochs: int, target: float | None) -> dict:
+    import keras
+
+    from ensemble.cnn import as_input, build_model, compile_model, one_hot
+
+    keras.utils.set_random_seed(0)
+    cfg = {**OURS, "epochs": epochs}
+    model = build_model(cfg)
+    compile_model(model, cfg, len(x))
+    return _timed_fit(
+        lambda cb, n: model.fit(
+            as_input(x),
+            one_hot(y),
+            batch_size=cfg["batch_size"],
+            epochs=n,
+            validation_data=(as_input(xv), one_hot(yv)),
+            callbacks=[cb],
+            verbose=0,
+        ),
+        len(x),
+        epochs,
+        target,
+        model.count_params(),
+    )
+
+
+def _timed_fit(fit, n_images: int, epochs: int, target: float | None, params: int) -> dict:
+    import keras
+
+    marks: list[tuple[float, float, float]] = []  # (wall since start, train-only seconds of epoch, val acc)
+
+    class Clock(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None) -> None:
+            self.t0 = time.perf_counter()
+
+        def on_epoch_begin(self, epoch, logs=None) -> None:
+            self.e0 = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None) -> None:
+            now = time.perf_counter()
+            marks.append((now - self.t0, now - self.e0, float(logs.get("val_accuracy", 0))))
+            print(f"    epoch {epoch + 1}: {now - self.e0:.1f}s, val_accuracy {marks[-1][2]:.4f}", flush=True)
+            if target is not None and marks[-1][2] >= target:
+                self.model.stop_training = True
+
+    fit(Clock(), epochs)
+    steady = [m[1] for m in marks[1:]] or [marks[0][1]]
+    reached = next((m[0] for m in marks if m[2] >= (target or 2)), None)
+    return {
+        "params": params,
+        "images_per_second": n_images / float(np.median(steady)),
+        "epochs": len(marks),
+        "best_val_accuracy": max(m[2] for m in marks),
+        "seconds_to_target": reached,
+    }
+
+
+def throughput_all(args: argparse.Namespace) -> None:
+    """One subprocess per backend: images/s for ref and ours on N images, 2 epochs (second timed)."""
+    rows = []
+    for backend in ("tensorflow", "torch", "jax"):
+        env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
+        cmd = [sys.executable, __file__, "--child", "--n", str(args.n)]
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if out.returncode != 0:
+            print(f"{backend:<11} not available ({out.stderr.strip().splitlines()[-1] if out.stderr else '?'})")
+            continue
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        rows.append((backend, r))
+        print(
+            f"{backend:<11} reference {r['ref']:7.0f} img/s   ours {r['ours']:7.0f} img/s   "
+            f"ratio {r['ours'] / r['ref']:.2f}x"
+        )
+    if rows:
+        best = max(rows, key=lambda t: t[1]["ours"])
+        print(f"fastest backend for ours on this CPU: {best[0]}")
+
+
+def child(args: argparse.Namespace) -> None:
+    x, y, xv, yv = load_split()
+    x, y = x[: args.n], y[: args.n]
+    ref = fit_reference(x, y, xv[:500], yv[:500], 2, None)["images_per_second"]
+    ours = fit_ours(x, y, xv[:500], yv[:500], 2, None)["images_per_second"]
+    print(json.dumps({"ref": ref, "ours": ours}))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--backend", choices=("tensorflow", "jax", "torch"))
+    ap.add_argument("--throughput-only", action="store_true")
+    ap.add_argument("--n", type=int, default=6000, help="images per epoch in --throughput-only")
+    ap.add_argument("--ref-epochs", type=int, default=12)
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.backend:
+        os.environ["KERAS_BACKEND"] = args.backend
+    if args.child:
+        return child(args)
+    if args.throughput_only:
+        return throughput_all(args)
+    import keras
+
+    x, y, xv, yv = load_split()
+    print(f"backend {keras.backend.backend()}, train {len(x):,} images, val {len(xv):,}, target {TARGET}")
+    print("  reference (Kaggle kernel):")
+    ref = fit_reference(x, y, xv, yv, args.ref_epochs, TARGET)
+    print("  ours:")
+    ours = fit_ours(x, y, xv, yv, OURS["epochs"], TARGET)
+    for name, r in (("reference", ref), ("ours", ours)):
+        t = (
+            f"{r['seconds_to_target']:.0f}s"
+            if r["seconds_to_target"]
+            else f"not reached (best {r['best_val_accuracy']:.4f})"
+        )
+        print(f"{name:<10} {r['params']:>9,} params  {r['images_per_second']:7.0f} img/s  time-to-{TARGET}: {t}")
+    print(f"throughput ratio ours/reference: {ours['images_per_second'] / ref['images_per_second']:.2f}x")
+    if ref["seconds_to_target"] and ours["seconds_to_target"]:
+        ratio = ours["seconds_to_target"] / ref["seconds_to_target"]
+        print(f"time-to-target ratio ours/reference: {ratio:.2f} (goal <= 0.50: {'PASS' if ratio <= 0.5 else 'FAIL'})")
+
+
+if __name__ == "__main__":
+    main()

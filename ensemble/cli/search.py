@@ -1,0 +1,79 @@
+"""``ensemble search``: the CNN study."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from ensemble.cli.data import add_run_args
+from ensemble.durations import parse_duration
+
+DEFAULT_SPACE = Path(__file__).resolve().parents[2] / "search_spaces" / "cnn.yaml"
+BACKENDS = ("tensorflow", "jax", "torch")
+
+
+def add_storage_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--storage",
+        metavar="URL",
+        help="Optuna storage URL (e.g. postgresql://...); default: the journal file runs/NAME/optuna.journal",
+    )
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("search", help="run or continue the Optuna study of CNN hyperparameters (Keras 3)")
+    add_run_args(p)
+    p.add_argument("--trials", type=int, default=10, help="finished trials the study should have (default 10)")
+    p.add_argument("--timeout", type=parse_duration, metavar="DURATION", help="stop starting trials after e.g. 30m")
+    add_storage_arg(p)
+    p.add_argument(
+        "--space", default=str(DEFAULT_SPACE), metavar="FILE", help="search-space YAML (default %(default)s)"
+    )
+    p.add_argument("--pruner", choices=("median", "hyperband", "none"), default="median", help="default: median")
+    p.add_argument("--seed", type=int, default=0, help="sampler and training seed (default 0)")
+    p.add_argument("--backend", choices=BACKENDS, help="Keras backend (default: $KERAS_BACKEND or tensorflow)")
+    p.add_argument("--max-train", type=int, metavar="N", help="train each trial on at most N rows of the train part")
+    p.set_defaults(func=cmd_search)
+
+
+def set_backend(name: str | None) -> None:
+    """Select the Keras backend before keras is imported."""
+    if name:
+        os.environ["KERAS_BACKEND"] = name
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    set_backend(args.backend)
+    from ensemble.errors import UsageError
+    from ensemble.runs import open_run
+    from ensemble.search import SearchSettings, load_cnn_space, run_search
+    from ensemble.storage import dashboard_command, optuna_cli_args
+
+    if args.trials < 1:
+        raise UsageError(f"--trials must be at least 1, got {args.trials}")
+    space = load_cnn_space(args.space)
+    run = open_run(args.run, data=args.data)
+    print(f"Watch it live:  {dashboard_command(run, args.storage)}")
+    settings = SearchSettings(
+        trials=args.trials, timeout=args.timeout, pruner=args.pruner, seed=args.seed, max_train=args.max_train
+    )
+    study = run_search(run, space, settings, storage_url=args.storage)
+    best = _best(study)
+    if best is None:
+        print("No completed trial yet.")
+        return 0
+    print(
+        f"Best trial {best.number}: val_accuracy {best.value:.4f}, "
+        f"val_logloss {best.user_attrs.get('val_logloss', float('nan')):.4f} ({best.user_attrs.get('artifact_dir')})"
+    )
+    print(f"Inspect:        optuna trials --study-name cnn {optuna_cli_args(run, args.storage)}")
+    return 0
+
+
+def _best(study: object) -> object | None:
+    try:
+        return study.best_trial  # type: ignore[attr-defined]
+    except ValueError:
+        return None

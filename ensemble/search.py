@@ -1,0 +1,233 @@
+"""The ``cnn`` Optuna study: objective, pruning, per-trial artifacts, resume.
+
+Each trial samples a config from the search space (``search_spaces/cnn.yaml``), trains
+on the run's train part, reports validation accuracy every epoch (so optuna-dashboard
+draws learning curves and the pruner can stop bad trials), then saves ``model.keras``,
+``config.json`` and validation/holdout/test probabilities in its trial folder.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ensemble import cnn
+from ensemble.artifacts import save_probas, trial_dir
+from ensemble.errors import EnsembleError, UsageError
+from ensemble.io import write_json
+from ensemble.space import Space, load_space
+from ensemble.storage import open_storage
+
+if TYPE_CHECKING:
+    import optuna
+
+    from ensemble.runs import Run
+
+STUDY = "cnn"
+PRUNERS = ("median", "hyperband", "none")
+
+
+class TrialFailed(Exception):
+    """A trial that failed on its own (NaN loss, out of memory, a bad combination)."""
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """What ``ensemble search`` was asked to do."""
+
+    trials: int = 10
+    timeout: float | None = None
+    pruner: str = "median"
+    seed: int = 0
+    max_train: int | None = None  # subsample the train part during search (None: all rows)
+
+
+def make_pruner(name: str, max_epochs: int) -> optuna.pruners.BasePruner:
+    """median | hyperband | none."""
+    import optuna
+
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=2)
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(2, max_epochs))
+    if name == "none":
+        return optuna.pruners.NopPruner()
+    raise UsageError(f"--pruner must be one of {', '.join(PRUNERS)}, got '{name}'")
+
+
+def load_cnn_space(path: str | Path) -> Space:
+    """Read the CNN search space; keys must be config keys of :mod:`ensemble.cnn`."""
+    space = load_space(path, known=cnn.DEFAULTS)
+    cnn.validate_config(space.defaults(), where=str(path))
+    return space
+
+
+def fail_stale_trials(study: optuna.Study) -> list[int]:
+    """Mark RUNNING trials whose process is gone (killed) as FAIL, so they don't block or count."""
+    import optuna
+
+    stale = []
+    host = socket.gethostname()
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        pid, where = t.user_attrs.get("pid"), t.user_attrs.get("host")
+        if where == host and pid is not None and _alive(int(pid)):
+            continue
+        study._storage.set_trial_user_attr(t._trial_id, "fail_reason", "left RUNNING by a process that stopped")
+        study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+        stale.append(t.number)
+    return stale
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def finished_trials(study: optuna.Study) -> int:
+    import optuna
+
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
+    return len(study.get_trials(deepcopy=False, states=states))
+
+
+def _logloss(p: np.ndarray, y: np.ndarray) -> float:
+    return float(-np.mean(np.log(np.clip(p[np.arange(len(y)), y], 1e-7, 1.0))))
+
+
+def make_objective(
+    run: Run, space: Space, settings: SearchSettings, say: Callable[[str], None]
+) -> Callable[[optuna.Trial], float]:
+    """The function Optuna calls once per trial."""
+    import optuna
+
+    x_train, y_train = run.part("train")
+    if settings.max_train and settings.max_train < len(y_train):
+        keep = np.random.default_rng(settings.seed).permutation(len(y_train))[: settings.max_train]
+        x_train, y_train = x_train[np.sort(keep)], y_train[np.sort(keep)]
+    x_val, y_val = run.part("val")
+    x_hold, _ = run.part("holdout")
+    backend, device = cnn.backend_name(), cnn.device_name()
+
+    def objective(trial: optuna.Trial) -> float:
+        trial.set_user_attr("pid", os.getpid())
+        trial.set_user_attr("host", socket.gethostname())
+        config = cnn.validate_config(space.suggest(trial), where=str(space.path))
+        say(f"trial {trial.number}: {backend}/{device}, {_short(config)}")
+
+        def on_epoch(epoch: int, logs: dict[str, float]) -> None:
+            trial.report(logs["val_accuracy"], epoch)
+            say(f"  trial {trial.number} epoch {epoch}: val_accuracy {logs['val_accuracy']:.4f}")
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at epoch {epoch}")
+
+        try:
+            model, info = cnn.fit_model(
+                config, x_train, y_train, x_val=x_val, y_val=y_val, on_epoch=on_epoch, seed=settings.seed + trial.number
+            )
+            folder = trial_dir(run, STUDY, trial.number)
+            t0 = time.perf_counter()
+            probas = {
+                "val": cnn.predict_proba(model, x_val),
+                "holdout": cnn.predict_proba(model, x_hold),
+                "test": cnn.predict_proba(model, run.x_test),
+            }
+            predict_s = time.perf_counter() - t0
+            model.save(folder / "model.keras")
+            save_probas(folder, probas)
+            write_json(folder / "config.json", {**config, "best_epoch": info["best_epoch"]})
+            params = cnn.count_params(model)
+        except (optuna.TrialPruned, EnsembleError):
+            raise
+        except Exception as exc:  # NaN loss, OOM, a bad combination: this trial fails, the study goes on
+            reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+            trial.set_user_attr("fail_reason", reason)
+            say(f"  trial {trial.number} FAILED: {reason}")
+            raise TrialFailed(reason) from exc
+        finally:
+            cnn.release()
+        acc = float(np.mean(probas["val"].argmax(1) == y_val))
+        attrs = {
+            "val_accuracy": acc,
+            "val_logloss": _logloss(probas["val"], y_val),
+            "epochs_run": info["epochs_run"],
+            "best_epoch": info["best_epoch"],
+            "train_seconds": round(info["train_seconds"], 2),
+            "predict_seconds": round(predict_s, 2),
+            "images_per_second": round(info["images_per_second"], 1),
+            "params": params,
+            "backend": backend,
+            "device": device,
+            "n_train": len(y_train),
+            "artifact_dir": str(folder),
+        }
+        for k, v in attrs.items():
+            trial.set_user_attr(k, v)
+        say(f"  trial {trial.number} done: val_accuracy {acc:.4f}, {info['train_seconds']:.0f}s, {params:,} params")
+        return acc
+
+    return objective
+
+
+def _short(config: dict[str, Any]) -> str:
+    keys = ("conv_blocks", "filters", "kernel_size", "optimizer", "learning_rate", "batch_size", "epochs")
+    return ", ".join(f"{k}={config[k]:.3g}" if isinstance(config[k], float) else f"{k}={config[k]}" for k in keys)
+
+
+def open_study(run: Run, storage_url: str | None, *, seed: int, pruner: optuna.pruners.BasePruner) -> optuna.Study:
+    """Create or load the ``cnn`` study (maximize validation accuracy)."""
+    import optuna
+
+    return optuna.create_study(
+        study_name=STUDY,
+        storage=open_storage(run, storage_url),
+        direction="maximize",
+        load_if_exists=True,
+        sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=4),
+        pruner=pruner,
+    )
+
+
+def run_search(
+    run: Run,
+    space: Space,
+    settings: SearchSettings,
+    *,
+    storage_url: str | None = None,
+    pruner: optuna.pruners.BasePruner | None = None,
+    say: Callable[[str], None] = print,
+) -> optuna.Study:
+    """Run (or continue) the study until it has ``settings.trials`` finished trials or time runs out."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    epochs = space.defaults().get("epochs", cnn.DEFAULTS["epochs"])
+    study = open_study(run, storage_url, seed=settings.seed, pruner=pruner or make_pruner(settings.pruner, epochs))
+    stale = fail_stale_trials(study)
+    if stale:
+        say(f"Marked {len(stale)} trial(s) left RUNNING by a stopped process as FAIL: {stale}")
+    done = finished_trials(study)
+    todo = settings.trials - done
+    if todo <= 0:
+        say(f"Study '{STUDY}' already has {done} finished trial(s) (asked for {settings.trials}); nothing to do.")
+        return study
+    say(f"Study '{STUDY}': {done} finished trial(s) so far, running up to {todo} more")
+    study.optimize(
+        make_objective(run, space, settings, say),
+        n_trials=todo,
+        timeout=settings.timeout,
+        catch=(TrialFailed,),
+        gc_after_trial=True,
+    )
+    return study
