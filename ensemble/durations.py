@@ -1,4 +1,4 @@
-"""Parse human durations such as ``90s``, ``10m``, ``1h30m`` or plain seconds."""
+"""Parse human durations such as ``90s``, ``10m``, ``1.5h``, ``1h30m`` or plain seconds."""
 
 from __future__ import annotations
 
@@ -6,22 +6,19 @@ import re
 
 from ensemble.errors import UsageError
 
-_PART = re.compile(r"(\d+(?:\.\d+)?)([hms]?)")
-_UNIT = {"h": 3600.0, "m": 60.0, "s": 1.0, "": 1.0}
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_PART = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
 
 
-def parse_duration(text: str) -> float:
-    """Seconds in ``text``; raises UsageError naming the bad value."""
-    s = text.strip().lower().replace(" ", "")
-    pos, total = 0, 0.0
-    while pos < len(s):
-        m = _PART.match(s, pos)
-        if not m:
-            break
-        total += float(m.group(1)) * _UNIT[m.group(2)]
-        pos = m.end()
-        if not m.group(2):
-            break
-    if not s or pos != len(s) or total <= 0:
-        raise UsageError(f"invalid duration '{text}': use e.g. 90s, 10m, 1h30m or seconds")
-    return total
+def parse_duration(text: str, *, option: str = "--timeout") -> float:
+    """Seconds in ``text``; raises UsageError naming the option and the bad value."""
+    t = text.strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", t):
+        seconds = float(t)
+    elif t and not _PART.sub("", t):
+        seconds = sum(float(n) * _UNITS[u] for n, u in _PART.findall(t))
+    else:
+        seconds = 0.0
+    if seconds <= 0:
+        raise UsageError(f"{option}: cannot read duration '{text}' (use e.g. 90s, 10m, 1h, 1h30m)")
+    return seconds

@@ -171,6 +171,7 @@ def make_objective(
             "device": device,
             "n_train": len(y_train),
             "artifact_dir": str(folder),
+            "data_fingerprint": run.dataset.fingerprint,
         }
         for k, v in attrs.items():
             trial.set_user_attr(k, v)

@@ -12,7 +12,7 @@ from ensemble.artifacts import load_proba
 from ensemble.baselines import first_params, load_family_space, parse_models, space_path, subsample
 from ensemble.baselines_models import FAMILIES, load_model
 from ensemble.cli import main
-from ensemble.cli.baselines import parse_duration
+from ensemble.durations import parse_duration
 from ensemble.errors import UsageError
 from ensemble.runs import open_run
 from ensemble.space import load_space

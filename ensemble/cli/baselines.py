@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import time
 import zlib
 from pathlib import Path
@@ -12,24 +11,13 @@ from typing import TYPE_CHECKING, Any
 
 from ensemble.baselines_models import FAMILIES
 from ensemble.cli.data import add_run_args
+from ensemble.durations import parse_duration
 from ensemble.errors import UsageError
 
 if TYPE_CHECKING:
     from ensemble.baselines import Task, TaskResult
 
 DEFAULT_TRIALS = 4
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
-
-
-def parse_duration(text: str) -> float:
-    """Seconds in '90', '90s', '10m', '1.5h' or '1h30m'."""
-    t = text.strip().lower()
-    if re.fullmatch(r"\d+(\.\d+)?", t):
-        return float(t)
-    if not t or _DURATION.sub("", t):
-        raise UsageError(f"--timeout: cannot read duration '{text}' (use e.g. 90s, 10m, 1h, 1h30m)")
-    return sum(float(n) * _UNITS[u] for n, u in _DURATION.findall(t))
 
 
 def default_spaces_dir() -> Path:

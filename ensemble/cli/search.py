@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("search", help="run or continue the Optuna study of CNN hyperparameters (Keras 3)")
     add_run_args(p)
     p.add_argument("--trials", type=int, default=10, help="finished trials the study should have (default 10)")
-    p.add_argument("--timeout", type=parse_duration, metavar="DURATION", help="stop starting trials after e.g. 30m")
+    p.add_argument("--timeout", metavar="DURATION", help="stop starting trials after e.g. 30m")
     add_storage_arg(p)
     p.add_argument(
         "--space", default=str(DEFAULT_SPACE), metavar="FILE", help="search-space YAML (default %(default)s)"
@@ -53,11 +53,12 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     if args.trials < 1:
         raise UsageError(f"--trials must be at least 1, got {args.trials}")
+    timeout = parse_duration(args.timeout) if args.timeout else None
     space = load_cnn_space(args.space)
     run = open_run(args.run, data=args.data)
     print(f"Watch it live:  {dashboard_command(run, args.storage)}")
     settings = SearchSettings(
-        trials=args.trials, timeout=args.timeout, pruner=args.pruner, seed=args.seed, max_train=args.max_train
+        trials=args.trials, timeout=timeout, pruner=args.pruner, seed=args.seed, max_train=args.max_train
     )
     study = run_search(run, space, settings, storage_url=args.storage)
     best = _best(study)

@@ -1,0 +1,149 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+from conftest import write_dataset
+
+from ensemble import cnn
+from ensemble.cli import main
+from ensemble.errors import SpaceError
+from ensemble.runs import open_run
+from ensemble.search import SearchSettings, load_cnn_space, run_search
+from ensemble.storage import open_storage
+
+TINY = """\
+conv_blocks: 2
+filters: 4
+dense_units: 16
+dense_dropout: 0.0
+conv_dropout: 0.0
+batch_size: 32
+epochs: {epochs}
+rotation: 5.0
+learning_rate: {{type: float, low: 1.0e-3, high: 3.0e-3, log: true}}
+optimizer: {{type: categorical, choices: [adam, sgd]}}
+"""
+
+
+@pytest.fixture
+def tiny(runs_env: Path, tmp_path: Path):
+    data = write_dataset(tmp_path / "data", n_train=300, n_test=30)
+    space = tmp_path / "cnn.yaml"
+    space.write_text(TINY.format(epochs=2))
+    run = open_run("s", data=data, say=lambda s: None)
+    return run, load_cnn_space(space), space
+
+
+def _quiet(msg: str) -> None:
+    pass
+
+
+class AlwaysPrune(optuna.pruners.BasePruner):
+    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        return True
+
+
+def test_trials_leave_curves_attrs_and_artifacts(tiny) -> None:
+    run, space, _ = tiny
+    study = run_search(run, space, SearchSettings(trials=2, pruner="none"), say=_quiet)
+    trials = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert len(trials) == 2
+    for t in trials:
+        assert sorted(t.intermediate_values) == [1, 2]
+        for key in ("val_accuracy", "val_logloss", "epochs_run", "train_seconds", "images_per_second", "params"):
+            assert key in t.user_attrs
+        assert t.user_attrs["backend"] == "tensorflow" and t.user_attrs["device"] == "cpu"
+        assert t.value == t.user_attrs["val_accuracy"]
+        folder = Path(t.user_attrs["artifact_dir"])
+        for name in ("model.keras", "config.json", "proba_val.npy", "proba_holdout.npy", "proba_test.npy"):
+            assert (folder / name).is_file()
+        p = np.load(folder / "proba_test.npy")
+        assert p.shape == (30, 10) and np.allclose(p.sum(1), 1, atol=1e-4)
+
+
+def test_forced_pruning_gives_pruned_trial(tiny) -> None:
+    run, space, _ = tiny
+    study = run_search(run, space, SearchSettings(trials=1), pruner=AlwaysPrune(), say=_quiet)
+    (t,) = study.trials
+    assert t.state == optuna.trial.TrialState.PRUNED and list(t.intermediate_values) == [1]
+
+
+def test_resume_continues_and_stale_running_trials_fail(tiny) -> None:
+    run, space, _ = tiny
+    run_search(run, space, SearchSettings(trials=1, pruner="none"), say=_quiet)
+    study = optuna.load_study(study_name="cnn", storage=open_storage(run))
+    ghost = study.ask()
+    study._storage.set_trial_user_attr(ghost._trial_id, "pid", 2**22 + 12345)  # a pid that is not running
+    study._storage.set_trial_user_attr(ghost._trial_id, "host", __import__("socket").gethostname())
+    study = run_search(run, space, SearchSettings(trials=3, pruner="none"), say=_quiet)
+    states = [t.state for t in study.trials]
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 2
+    assert study.trials[1].state == optuna.trial.TrialState.FAIL
+    assert "stopped" in study.trials[1].user_attrs["fail_reason"]
+    again = run_search(run, space, SearchSettings(trials=3, pruner="none"), say=_quiet)
+    assert len(again.trials) == 3
+
+
+def test_a_failing_trial_is_recorded_and_the_study_goes_on(tiny, monkeypatch: pytest.MonkeyPatch) -> None:
+    run, space, _ = tiny
+    real_fit = cnn.fit_model
+    calls = []
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise MemoryError("out of memory (simulated)")
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(cnn, "fit_model", flaky)
+    study = run_search(run, space, SearchSettings(trials=2, pruner="none"), say=_quiet)
+    assert [t.state.name for t in study.trials] == ["FAIL", "COMPLETE"]
+    assert study.trials[0].user_attrs["fail_reason"] == "MemoryError: out of memory (simulated)"
+    assert not (run.path("models", "cnn", "trial-0000") / "model.keras").exists()
+
+
+def test_saved_model_reloads_with_same_probabilities(tiny) -> None:
+    import keras
+
+    run, space, _ = tiny
+    study = run_search(run, space, SearchSettings(trials=1, pruner="none"), say=_quiet)
+    folder = Path(study.best_trial.user_attrs["artifact_dir"])
+    model = keras.saving.load_model(folder / "model.keras")
+    x_val, _ = run.part("val")
+    np.testing.assert_allclose(cnn.predict_proba(model, x_val), np.load(folder / "proba_val.npy"), atol=1e-5)
+
+
+BAD_SPACES = {
+    "unknown key": ("filterz: 8\n", r"cnn\.yaml: unknown key 'filterz'"),
+    "bad range": ("learning_rate: {type: float, low: 0.1, high: 0.01}\n", r"key 'learning_rate': low 0.1 is greater"),
+    "bad choice": ("optimizer: rmsprop\n", r"key 'optimizer': 'rmsprop' is not one of adam, adamw, sgd"),
+    "bad type": ("epochs: {type: integer, low: 1, high: 2}\n", r"key 'epochs': 'type' must be int, float or"),
+    "not positive": ("batch_size: 0\n", r"key 'batch_size': must be a positive integer"),
+    "bad yaml": ("epochs: [1, 2\n", r"cnn\.yaml:\d+: invalid YAML"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_SPACES))
+def test_bad_space_file(case: str, tmp_path: Path) -> None:
+    text, pattern = BAD_SPACES[case]
+    f = tmp_path / "cnn.yaml"
+    f.write_text(text)
+    with pytest.raises(SpaceError, match=pattern):
+        load_cnn_space(f)
+
+
+def test_cli_bad_space_stops_at_once(runs_env: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    f = tmp_path / "cnn.yaml"
+    f.write_text("filterz: 8\n")
+    assert main(["search", "--run", "x", "--space", str(f)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown key 'filterz'" in err and "Traceback" not in err
+    assert not (runs_env / "x").exists()
+
+
+def test_shipped_space_is_valid() -> None:
+    space = load_cnn_space(Path(__file__).resolve().parents[1] / "search_spaces" / "cnn.yaml")
+    assert "learning_rate" in space.params
