@@ -12,7 +12,7 @@ from ensemble import __version__
 from ensemble.errors import EnsembleError
 
 # Module names under ensemble.cli, in the order the pipeline runs: data -> ... -> submission.
-COMMANDS: tuple[str, ...] = ("data", "baselines", "search", "build", "predict", "submission")
+COMMANDS: tuple[str, ...] = ("data", "baselines", "search", "build", "report", "run", "predict", "submission")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,64 @@
+"""``ensemble run``: the whole job, from data to a compared, explained submission."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from ensemble.durations import parse_duration
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from ensemble.pipeline import PRESETS, describe_presets
+
+    p = sub.add_parser(
+        "run",
+        help="the whole pipeline: data check+split, baselines alongside the CNN search, ensemble, report, submission",
+        description="Data check and split -> classical baselines (child process) alongside the CNN Optuna study -> "
+        "soft-voting ensemble with TTA -> holdout report -> runs/NAME/submission.csv. Stage completion is "
+        "recorded in runs/NAME/stages.json: re-running the same command continues where it stopped. "
+        f"Presets: {describe_presets()}.",
+    )
+    p.add_argument("--name", default="main", metavar="NAME", help="run folder runs/NAME (default: main)")
+    p.add_argument(
+        "--data",
+        metavar="PATH",
+        help="Kaggle data: a folder with train.csv/test.csv (.gz ok) or digit-recognizer.zip "
+        "(default: ./data/digit-recognizer, else the offline demo digits)",
+    )
+    p.add_argument("--preset", choices=tuple(PRESETS), default="quick", help="default: quick (sized for a 2-core CPU)")
+    p.add_argument(
+        "--time-budget",
+        type=parse_duration,
+        metavar="DURATION",
+        help="global time budget split across the stages, e.g. 28m, 2h (default: the preset's)",
+    )
+    p.add_argument("--restart", action="store_true", help="delete runs/NAME and start over instead of resuming")
+    p.add_argument("--storage", metavar="URL", help="Optuna storage URL (default: the run's optuna.journal)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help=argparse.SUPPRESS)  # preset overrides
+    p.set_defaults(func=cmd_run)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from ensemble.cli.search import set_backend
+    from ensemble.pipeline import parse_overrides, run_pipeline
+
+    set_backend(None)
+    t0 = time.time()
+    got = run_pipeline(
+        args.name,
+        data=args.data,
+        preset=args.preset,
+        time_budget=args.time_budget,
+        restart=args.restart,
+        overrides=parse_overrides(args.set),
+        storage_url=args.storage,
+    )
+    print(
+        f"done in {time.time() - t0:.0f}s: final model {got['final_model']} "
+        f"(holdout accuracy {got['holdout_accuracy']:.4f}); submission {got['submission']}"
+    )
+    print(
+        f'submit:  kaggle competitions submit -c digit-recognizer -f {got["submission"]} -m "ensemble run {args.name}"'
+    )
+    return 0

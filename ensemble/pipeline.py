@@ -1,0 +1,232 @@
+"""``ensemble run``: data -> baselines alongside the CNN search -> build -> report -> submission.
+
+Every stage records its completion in ``runs/NAME/stages.json``; re-running the same command skips
+finished stages and continues unfinished ones (the Optuna studies count the trials already done).
+A global time budget is split across the stages still to do; the searches stop gracefully when
+their share runs out (no new trials, and a running CNN trial is pruned at its next epoch once it
+would end past the deadline). A submission is always written: from the best model available, or
+from a quick fallback model when a run was cut short before any model finished.
+
+CPU sharing: the CNN study trains in this process on every core; the baselines run meanwhile in
+one child process (``ensemble baselines --jobs 1``) pinned to the last core at a lower priority
+(``nice``), so they use what the CNN leaves and never slow it much. See ``PRESETS``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ensemble.errors import UsageError
+from ensemble.io import read_json, write_json
+
+SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
+
+#: Everything a preset sets, in one place. "shares": how the time budget is split across stages.
+PRESETS: dict[str, dict[str, Any]] = {
+    "quick": {  # CPU, 2 cores: <= 30 min on the 42k Kaggle data
+        "budget": "28m",
+        "space": "cnn.yaml",
+        "cnn_trials": 8,
+        "max_train": None,
+        "pruner": "median",
+        "baselines": "logreg,knn,svm,extratrees",
+        "baseline_trials": 2,
+        "baseline_nice": 5,
+        "top_k": 5,
+        "weights": "greedy",
+        "tta": "auto",
+        "include_baselines": False,
+        "shares": {"search": 0.80, "build": 0.14, "report": 0.06},
+    },
+    "standard": {  # CPU, a couple of hours
+        "budget": "2h",
+        "space": "cnn.yaml",
+        "cnn_trials": 30,
+        "max_train": None,
+        "pruner": "median",
+        "baselines": "logreg,rf,extratrees,knn,svm,xgboost",
+        "baseline_trials": 4,
+        "baseline_nice": 5,
+        "top_k": 5,
+        "weights": "greedy",
+        "tta": "auto",
+        "include_baselines": True,
+        "shares": {"search": 0.85, "build": 0.11, "report": 0.04},
+    },
+    "best": {  # a GPU (or a long CPU run): wider, deeper CNNs, more epochs and trials
+        "budget": "6h",
+        "space": "cnn_best.yaml",
+        "cnn_trials": 60,
+        "max_train": None,
+        "pruner": "median",
+        "baselines": "logreg,rf,extratrees,knn,svm,xgboost",
+        "baseline_trials": 8,
+        "baseline_nice": 5,
+        "top_k": 7,
+        "weights": "greedy",
+        "tta": "auto",
+        "include_baselines": True,
+        "shares": {"search": 0.88, "build": 0.09, "report": 0.03},
+    },
+}
+STAGES = ("data", "cnn_search", "baselines", "build", "report")
+OVERRIDES_ENV = "ENSEMBLE_RUN_OVERRIDES"  # JSON object merged into the preset (tests, experiments)
+
+
+def settings_for(preset: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The preset's settings with overrides ($ENSEMBLE_RUN_OVERRIDES, then ``overrides``) applied."""
+    if preset not in PRESETS:
+        raise UsageError(f"--preset must be one of {', '.join(PRESETS)}, got '{preset}'")
+    s = json.loads(json.dumps(PRESETS[preset]))
+    env = os.environ.get(OVERRIDES_ENV)
+    for extra in (json.loads(env) if env else {}, overrides or {}):
+        unknown = set(extra) - set(s)
+        if unknown:
+            raise UsageError(f"unknown run setting(s) {sorted(unknown)}; known: {', '.join(s)}")
+        s.update(extra)
+    return s
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs; VALUE is read as JSON when it parses (numbers, true, null), else as text."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UsageError(f"--set needs KEY=VALUE, got '{item}'")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
+class Log:
+    """Timestamped, thread-safe status lines: ``[mm:ss stage] message``."""
+
+    def __init__(self, say: Callable[[str], None] = print) -> None:
+        self.t0 = time.time()
+        self.say = say
+        self.lock = threading.Lock()
+
+    def __call__(self, stage: str, msg: str) -> None:
+        m, s = divmod(int(time.time() - self.t0), 60)
+        with self.lock:
+            self.say(f"[{m:02d}:{s:02d} {stage}] {msg}")
+            sys.stdout.flush()
+
+    def for_stage(self, stage: str) -> Callable[[str], None]:
+        return lambda msg: self(stage, msg.strip())
+
+
+class Stages:
+    """``runs/NAME/stages.json``: which stages finished, when, how long they took."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.data: dict[str, Any] = read_json(path) if path.is_file() else {"stages": {}}
+
+    def done(self, stage: str) -> bool:
+        return bool(self.data["stages"].get(stage, {}).get("done"))
+
+    def finish(self, stage: str, seconds: float, **info: Any) -> None:
+        self.data["stages"][stage] = {
+            "done": True,
+            "seconds": round(seconds, 1),
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            **info,
+        }
+        write_json(self.path, self.data)
+
+    def note(self, **info: Any) -> None:
+        self.data.update(info)
+        write_json(self.path, self.data)
+
+
+class Budget:
+    """Deadlines for the stages still to do, from the global budget and the preset's shares."""
+
+    def __init__(self, seconds: float, shares: dict[str, float], todo: list[str]) -> None:
+        self.start = time.time()
+        self.seconds = seconds
+        active = {k: v for k, v in shares.items() if k in todo}
+        total = sum(active.values()) or 1.0
+        self.ends, t = {}, self.start
+        for k in ("search", "build", "report"):
+            t += seconds * active.get(k, 0.0) / total
+            self.ends[k] = t
+
+    def left(self, stage: str) -> float:
+        return self.ends[stage] - time.time()
+
+    def describe(self) -> str:
+        return ", ".join(f"{k} until {_clock(v - self.start)}" for k, v in self.ends.items())
+
+
+def _clock(seconds: float) -> str:
+    m, s = divmod(max(0, int(seconds)), 60)
+    return f"{m:02d}:{s:02d}"
+
+
+def run_pipeline(
+    name: str,
+    *,
+    data: str | None = None,
+    preset: str = "quick",
+    time_budget: float | None = None,
+    restart: bool = False,
+    overrides: dict[str, Any] | None = None,
+    storage_url: str | None = None,
+    say: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """The whole job; returns what the report stage found (final model, submission path...)."""
+    from ensemble.durations import parse_duration
+    from ensemble.runs import open_run, runs_dir
+    from ensemble.storage import dashboard_command
+
+    s = settings_for(preset, overrides)
+    budget_s = time_budget if time_budget is not None else parse_duration(str(s["budget"]))
+    log = Log(say)
+    root = runs_dir() / name
+    if restart and root.exists():
+        log("run", f"--restart: deleting {root} and starting over")
+        shutil.rmtree(root)
+    stages = Stages(root / "stages.json")
+    todo = [st for st in STAGES if not stages.done(st)]
+    if not todo:
+        log("run", f"all stages of run '{name}' are finished (use --restart to redo them)")
+    t = time.time()
+    run = open_run(name, data=data, say=log.for_stage("data"))
+    stages = Stages(run.path("stages.json"))
+    if not stages.done("data"):
+        sizes = run.meta["split"]["sizes"]
+        log("data", f"split train {sizes['train']:,} / val {sizes['val']:,} / holdout {sizes['holdout']:,}")
+        stages.finish("data", time.time() - t)
+    stages.note(preset=preset, settings=s, budget_seconds=budget_s)
+    log("run", f"Optuna dashboard (watch it live):  {dashboard_command(run, storage_url)}")
+    shares = {"search": 0.0, "build": 0.0, "report": 0.0, **s["shares"]}
+    groups = {"search": ("cnn_search", "baselines"), "build": ("build",), "report": ("report",)}
+    budget = Budget(budget_s, shares, [g for g, members in groups.items() if any(m in todo for m in members)])
+    if todo:
+        log("run", f"preset {preset}, time budget {_clock(budget_s)} (mm:ss): {budget.describe()}")
+    from ensemble.pipeline_stages import build_stage, report_stage, search_stage
+
+    search_stage(run, s, stages, budget, log, storage_url)
+    build_stage(run, s, stages, log, storage_url)
+    return report_stage(run, s, stages, log, storage_url)
+
+
+def describe_presets() -> str:
+    """One line per preset for --help."""
+    return "; ".join(
+        f"{k}: budget {v['budget']}, {v['cnn_trials']} CNN trials ({v['space']}), baselines {v['baselines']}"
+        for k, v in PRESETS.items()
+    )

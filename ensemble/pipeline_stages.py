@@ -1,0 +1,297 @@
+"""The stages of ``ensemble run`` (see :mod:`ensemble.pipeline`): search, build, report, fallback."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ensemble.errors import UsageError
+
+if TYPE_CHECKING:
+    import optuna
+
+    from ensemble.pipeline import Budget, Log, Stages
+    from ensemble.runs import Run
+
+FALLBACK_STUDY = "baseline-fallback"
+KILL_GRACE_S = 30.0  # a baselines child still running this long after the search deadline is stopped
+
+
+# ---------------------------------------------------------------- CNN search with a deadline
+def deadline_pruner(inner: optuna.pruners.BasePruner, deadline: float, epochs: int, log: Any) -> Any:
+    """Wrap ``inner``: prune (and stop the study) once a trial would end past ``deadline``.
+
+    A trial is pruned at an epoch end when the deadline has passed, or when its projected end
+    (time per epoch so far x epochs left) is past the deadline and the study already has a
+    completed trial (so stopping loses nothing that a report needs).
+    """
+    import optuna
+
+    complete = optuna.trial.TrialState.COMPLETE
+
+    class DeadlinePruner(optuna.pruners.BasePruner):
+        def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+            now = time.time()
+            if trial.intermediate_values and trial.datetime_start is not None:
+                done = max(trial.intermediate_values)
+                per_epoch = (now - trial.datetime_start.timestamp()) / max(done, 1)
+                total = int(trial.params.get("epochs", epochs))
+                projected = now + per_epoch * max(0, total - done)
+                has_model = bool(study.get_trials(deepcopy=False, states=(complete,)))
+                if now >= deadline or (has_model and projected > deadline):
+                    why = "time share used up" if now >= deadline else f"would end {projected - deadline:.0f}s late"
+                    log(f"trial {trial.number}: stopping the search at epoch {done} ({why})")
+                    study.stop()
+                    return True
+            return inner.prune(study, trial)
+
+    return DeadlinePruner()
+
+
+def cnn_search(run: Run, s: dict[str, Any], deadline: float, log: Any, storage_url: str | None) -> dict[str, Any]:
+    """Run or continue the ``cnn`` study until its trial count or its deadline."""
+    import optuna
+
+    from ensemble import search
+
+    space_path = s["space"] if os.path.isabs(str(s["space"])) else str(_space_dir() / s["space"])
+    space = search.load_cnn_space(space_path)
+    epochs = int(space.defaults().get("epochs", 1))
+    settings = search.SearchSettings(
+        trials=int(s["cnn_trials"]),
+        timeout=max(1.0, deadline - time.time()),
+        pruner=s["pruner"],
+        seed=int(s.get("seed", 0)),
+        max_train=s["max_train"],
+    )
+    pruner = deadline_pruner(search.make_pruner(s["pruner"], epochs), deadline, epochs, log)
+    log(f"space {space_path}: {settings.trials} trials, stops starting new ones at the deadline")
+    study = search.run_search(run, space, settings, storage_url=storage_url, pruner=pruner, say=log)
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    count = {k.name.lower(): states.count(k) for k in optuna.trial.TrialState if states.count(k)}
+    cut = search.finished_trials(study) < settings.trials
+    return {"trials": count, "cut_short": cut}
+
+
+def _space_dir() -> Any:
+    from pathlib import Path
+
+    here = Path("search_spaces")
+    return here if here.is_dir() else Path(__file__).resolve().parents[1] / "search_spaces"
+
+
+# ---------------------------------------------------------------- baselines in a child process
+def baseline_plan(run: Run, s: dict[str, Any], storage_url: str | None) -> dict[int, list[str]]:
+    """Families grouped by how many search trials each still needs (0: only its refit may be missing)."""
+    import optuna
+
+    from ensemble.baselines import parse_models
+    from ensemble.storage import open_storage
+
+    families = parse_models(s["baselines"]) if s["baselines"] else []
+    storage = open_storage(run, storage_url)
+    names = set(optuna.get_all_study_names(storage=storage))
+    plan: dict[int, list[str]] = {}
+    for fam in families:
+        done = 0
+        if f"baseline-{fam}" in names:
+            study = optuna.load_study(study_name=f"baseline-{fam}", storage=storage)
+            ended = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL)
+            done = sum(t.user_attrs.get("stage", "search") == "search" for t in study.get_trials(states=ended))
+        plan.setdefault(max(0, int(s["baseline_trials"]) - done), []).append(fam)
+    return plan
+
+
+def _child_setup(nice: int) -> None:
+    """In the child: own process group, lower priority, the last core only, die with the parent."""
+    try:
+        os.nice(nice)
+        cores = sorted(os.sched_getaffinity(0))
+        if len(cores) > 1:
+            os.sched_setaffinity(0, {cores[-1]})
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+class BaselineWorker(threading.Thread):
+    """Runs ``ensemble baselines`` child processes one group at a time, forwarding their output."""
+
+    def __init__(self, run: Run, s: dict[str, Any], deadline: float, log: Any, storage_url: str | None) -> None:
+        super().__init__(daemon=True)
+        self.run_, self.s, self.deadline, self.log, self.storage_url = run, s, deadline, log, storage_url
+        self.proc: subprocess.Popen | None = None
+        self.ok, self.stopped, self.errors = True, False, []
+
+    def command(self, families: list[str], trials: int) -> list[str]:
+        left = max(1, int(0.6 * (self.deadline - time.time())))  # leave time for the refits of the best
+        cmd = [sys.executable, "-m", "ensemble", "baselines", "--run", self.run_.name, "--models", ",".join(families)]
+        cmd += ["--trials", str(trials), "--jobs", "1", "--timeout", f"{left}s", "--seed", str(self.s.get("seed", 0))]
+        return cmd + (["--storage", self.storage_url] if self.storage_url else [])
+
+    def run(self) -> None:
+        for trials, families in sorted(baseline_plan(self.run_, self.s, self.storage_url).items(), reverse=True):
+            if self.stopped:
+                return
+            cmd = self.command(families, trials)
+            self.log(f"{' '.join(cmd[3:])} (nice +{self.s['baseline_nice']}, last core)")
+            env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "120"}
+            self.proc = subprocess.Popen(
+                cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True,
+                preexec_fn=lambda: _child_setup(int(self.s["baseline_nice"])),
+            )  # fmt: skip
+            for line in self.proc.stdout or []:
+                if line.strip() and not line.startswith(("Optuna dashboard", "inspect:")):
+                    self.log(line.rstrip())
+            if self.proc.wait() != 0 and not self.stopped:
+                self.ok = False
+                self.errors.append(f"exit code {self.proc.returncode} for {','.join(families)}")
+
+    def stop(self) -> None:
+        self.stopped = True
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+
+
+def search_stage(
+    run: Run, s: dict[str, Any], stages: Stages, budget: Budget, log: Log, storage_url: str | None
+) -> None:
+    """CNN study in this process while the baselines run in a child process."""
+    need_cnn, need_base = not stages.done("cnn_search"), not stages.done("baselines")
+    if not (need_cnn or need_base):
+        log("search", "CNN search and baselines already finished (stages.json); skipping")
+        return
+    deadline = budget.ends["search"]
+    worker = None
+    t0 = time.time()
+    if need_base and s["baselines"]:
+        worker = BaselineWorker(run, s, deadline, log.for_stage("baselines"), storage_url)
+        worker.start()
+    try:
+        if need_cnn:
+            info = cnn_search(run, s, deadline, log.for_stage("cnn"), storage_url)
+            stages.finish("cnn_search", time.time() - t0, **info)
+            log("cnn", f"CNN search finished: {info['trials']}" + (" (cut short by the budget)" * info["cut_short"]))
+        if worker is not None:
+            _wait(worker, deadline + KILL_GRACE_S, log)
+    except BaseException:
+        if worker is not None:
+            worker.stop()
+        raise
+    if worker is None or worker.ok:
+        stages.finish("baselines", time.time() - t0, stopped_at_deadline=bool(worker and worker.stopped))
+    else:
+        log("baselines", f"baselines did not finish cleanly ({'; '.join(worker.errors)}); a re-run continues them")
+
+
+def _wait(worker: BaselineWorker, kill_at: float, log: Log) -> None:
+    if worker.is_alive():
+        log("search", "CNN search done; waiting for the baselines to finish their refits")
+    while worker.is_alive():
+        worker.join(timeout=1.0)
+        if time.time() > kill_at and worker.is_alive():
+            log("baselines", "time share used up: stopping the baselines (finished trials are kept)")
+            worker.stop()
+            worker.join(timeout=30)
+            return
+
+
+# ---------------------------------------------------------------- build, report, fallback
+def build_stage(run: Run, s: dict[str, Any], stages: Stages, log: Log, storage_url: str | None) -> None:
+    """Soft-voting ensemble of the top CNN trials; skipped (not failed) when there is no CNN trial."""
+    if stages.done("build"):
+        log("build", "ensemble already built (stages.json); skipping")
+        return
+    from ensemble.build import build_ensemble
+
+    t0 = time.time()
+    try:
+        m = build_ensemble(
+            run, top_k=int(s["top_k"]), weights=s["weights"], tta=s["tta"], seed=int(s.get("seed", 0)),
+            include_baselines=bool(s["include_baselines"]), storage_url=storage_url, progress=False,
+            say=log.for_stage("build"),
+        )  # fmt: skip
+    except UsageError as exc:
+        log("build", f"no ensemble: {exc}")
+        stages.finish("build", time.time() - t0, skipped=str(exc))
+        return
+    h = m["metrics"][f"top_k_{s['weights']}_tta"]["holdout"]
+    log(
+        "build", f"ensemble of {len(m['members'])} members written in {m['seconds']:.0f}s (holdout {h['accuracy']:.4f})"
+    )
+    stages.finish("build", time.time() - t0, members=len(m["members"]))
+
+
+def report_stage(run: Run, s: dict[str, Any], stages: Stages, log: Log, storage_url: str | None) -> dict[str, Any]:
+    """Leaderboard, report files and the submission (from a fallback model if no model exists)."""
+    from ensemble.cli.report import print_report, run_report
+    from ensemble.io import read_json
+
+    summary = run.path("report", "summary.json")
+    if stages.done("report") and summary.is_file() and run.path("submission.csv").is_file():
+        got = read_json(summary)
+        log("report", f"report already written: {run.path('report', 'report.html')}")
+        log(
+            "report", f"final model {got['final_model']} (holdout {got['holdout_accuracy']:.4f}) -> {got['submission']}"
+        )
+        return got
+    t0 = time.time()
+    try:
+        result = run_report(run, storage_url=storage_url)
+    except UsageError as exc:
+        log("report", f"{exc}: training a quick fallback model so that a submission is still written")
+        fallback_model(run, storage_url, log.for_stage("fallback"))
+        result = run_report(run, storage_url=storage_url)
+    print_report(result)
+    final = result["final"]
+    stages.finish("report", time.time() - t0, final_model=final.name)
+    return {
+        "final_model": final.name,
+        "holdout_accuracy": final.metrics["holdout_accuracy"],
+        "submission": str(result["submission"]),
+    }
+
+
+def fallback_model(run: Run, storage_url: str | None, log: Any, rows: int = 5000) -> None:
+    """A k-nearest-neighbours model on at most ``rows`` training digits (seconds), saved as a baseline trial."""
+    import optuna
+    from sklearn.neighbors import KNeighborsClassifier
+
+    from ensemble.artifacts import save_probas, trial_dir
+    from ensemble.baselines import subsample
+    from ensemble.baselines_models import full_proba
+    from ensemble.storage import open_storage
+
+    (x, y), (xv, yv) = run.part("train"), run.part("val")
+    keep = subsample(y, rows, seed=0)
+    t0 = time.perf_counter()
+    model = KNeighborsClassifier(n_neighbors=3, weights="distance").fit(x[keep].reshape(len(keep), -1) / 255.0, y[keep])
+    fit_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    parts = {"val": xv, "holdout": run.part("holdout")[0], "test": run.x_test}
+    probas = {k: full_proba(model, a.reshape(len(a), -1) / 255.0) for k, a in parts.items()}
+    predict_s = time.perf_counter() - t0
+    study = optuna.create_study(
+        study_name=FALLBACK_STUDY, storage=open_storage(run, storage_url), direction="maximize", load_if_exists=True
+    )
+    folder = trial_dir(run, FALLBACK_STUDY, len(study.trials))
+    save_probas(folder, probas)
+    from ensemble.voting import log_loss
+
+    acc = float(np.mean(probas["val"].argmax(1) == yv))
+    attrs = {
+        "family": "fallback-knn", "stage": "fallback", "val_accuracy": acc, "val_logloss": log_loss(yv, probas["val"]),
+        "fit_seconds": round(fit_s, 3), "predict_seconds": round(predict_s, 3), "artifact_dir": str(folder),
+        "n_train": int(len(keep)),
+    }  # fmt: skip
+    study.add_trial(optuna.trial.create_trial(value=acc, user_attrs=attrs))
+    log(f"fallback kNN on {len(keep):,} rows: val accuracy {acc:.4f} ({fit_s + predict_s:.0f}s)")

@@ -1,0 +1,362 @@
+"""``ensemble report``: every model of a run compared on the holdout split, and the final submission.
+
+The holdout was never used to train or select anything before this point. The leaderboard holds
+the best trial of each baseline family, the top CNN trials, and the built ensemble with and
+without test-time augmentation. The final model is the one with the best holdout accuracy; a tie
+(same number of correct holdout digits) goes to the cheaper model (prediction time, then fit time).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ensemble.artifacts import load_proba
+from ensemble.errors import UsageError
+from ensemble.io import read_json, write_json
+from ensemble.voting import log_loss
+
+if TYPE_CHECKING:
+    from ensemble.runs import Run
+
+CSV_COLUMNS = (
+    "rank", "model", "kind", "family", "holdout_accuracy", "ci95_low", "ci95_high", "holdout_correct",
+    "holdout_logloss", "ece", "val_accuracy", "fit_seconds", "predict_ms_per_1000", "params", "size_bytes", "n_train",
+)  # fmt: skip
+ECE_BINS = 15
+
+
+@dataclass
+class Entry:
+    """One leaderboard row: a model and what it cost; probabilities are loaded on demand."""
+
+    name: str
+    kind: str  # baseline | cnn | ensemble
+    family: str
+    holdout: Callable[[], np.ndarray]
+    test: Callable[[], np.ndarray]
+    val_accuracy: float | None = None
+    fit_seconds: float | None = None
+    predict_ms: float | None = None  # per 1,000 images
+    params: int | None = None
+    size_bytes: int | None = None
+    n_train: int | None = None
+    note: str = ""
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def wilson_interval(correct: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion (well-behaved near 1.0, unlike the normal one)."""
+    if n == 0:
+        return 0.0, 1.0
+    p = correct / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = ECE_BINS) -> float:
+    """Top-label ECE: |accuracy - confidence| per equal-width confidence bin, weighted by bin size."""
+    conf = p.max(axis=1)
+    right = p.argmax(axis=1) == y
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    idx = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, bins - 1)
+    ece = 0.0
+    for b in range(bins):
+        sel = idx == b
+        if sel.any():
+            ece += sel.mean() * abs(right[sel].mean() - conf[sel].mean())
+    return float(ece)
+
+
+def score(y: np.ndarray, p: np.ndarray) -> dict[str, Any]:
+    """Holdout accuracy with its 95% interval, log loss and calibration error."""
+    correct = int((p.argmax(axis=1) == y).sum())
+    lo, hi = wilson_interval(correct, len(y))
+    return {
+        "holdout_accuracy": correct / len(y),
+        "ci95_low": lo,
+        "ci95_high": hi,
+        "holdout_correct": correct,
+        "holdout_logloss": log_loss(y, p),
+        "ece": expected_calibration_error(y, p),
+    }
+
+
+def mcnemar(y: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray) -> dict[str, Any]:
+    """Exact McNemar test: b = A right & B wrong, c = A wrong & B right; two-sided binomial p-value."""
+    from scipy.stats import binomtest
+
+    a_ok, b_ok = pred_a == y, pred_b == y
+    b, c = int((a_ok & ~b_ok).sum()), int((~a_ok & b_ok).sum())
+    p = 1.0 if b + c == 0 else float(binomtest(min(b, c), b + c, 0.5).pvalue)
+    return {"a_only": b, "b_only": c, "p_value": p, "n": len(y)}
+
+
+def mcnemar_words(test: dict[str, Any], a: str, b: str) -> str:
+    """The McNemar result in plain words."""
+    n, x, z, p = test["n"], test["a_only"], test["b_only"], test["p_value"]
+    head = f"On the {n:,} holdout digits, {a} got {x} right that {b} got wrong, and {b} got {z} right that {a} missed."
+    if x + z == 0:
+        return head + " They make exactly the same mistakes, so there is no difference to test."
+    chance = (
+        f"If both were equally accurate, a split at least this uneven would happen by chance with probability {p:.3g}"
+    )
+    if p < 0.05:
+        better = a if x > z else b
+        return f"{head} {chance} (exact McNemar test), so {better} is significantly more accurate (p < 0.05)."
+    return f"{head} {chance} (exact McNemar test): the difference is not statistically significant at the 5% level."
+
+
+def _trial_size(folder: Path) -> int | None:
+    files = [f for f in folder.glob("*") if f.is_file() and not f.name.startswith("proba_") and f.suffix != ".json"]
+    return sum(f.stat().st_size for f in files) or None
+
+
+def _ms_per_1000(attrs: dict[str, Any], n_images: int) -> float | None:
+    s = attrs.get("predict_seconds")
+    return None if s is None or n_images == 0 else 1000.0 * float(s) / n_images
+
+
+def _loader(folder: Path, part: str) -> Callable[[], np.ndarray]:
+    return lambda: load_proba(folder, part)
+
+
+def trial_entries(run: Run, storage: Any, *, top_cnn: int) -> tuple[list[Entry], dict[tuple[str, int], Entry]]:
+    """The best trial of each baseline study and the top CNN trials (by validation accuracy)."""
+    import optuna
+
+    from ensemble.build import BASELINE_PREFIX, CNN_STUDY, _candidates
+
+    names = optuna.get_all_study_names(storage=storage)
+    n_pred = len(run.split.val) + len(run.split.holdout) + len(run.x_test)
+    rows, by_trial = [], {}
+    for study in sorted(n for n in names if n.startswith(BASELINE_PREFIX)) + [CNN_STUDY] * (CNN_STUDY in names):
+        cands = _candidates(storage, study, "cnn" if study == CNN_STUDY else "baseline")
+        for c in cands[: top_cnn if study == CNN_STUDY else 1]:
+            if not (c.folder / "proba_holdout.npy").is_file():
+                continue
+            a = c.attrs
+            e = Entry(
+                name=c.name,
+                kind=c.kind,
+                family="cnn" if c.kind == "cnn" else a.get("family", study[len(BASELINE_PREFIX) :]),
+                holdout=_loader(c.folder, "holdout"),
+                test=_loader(c.folder, "test"),
+                val_accuracy=c.val_accuracy,
+                fit_seconds=a.get("train_seconds", a.get("fit_seconds")),
+                predict_ms=_ms_per_1000(a, n_pred),
+                params=a.get("params"),
+                size_bytes=_trial_size(c.folder),
+                n_train=a.get("n_train"),
+            )
+            rows.append(e)
+            by_trial[(study, c.number)] = e
+    return rows, by_trial
+
+
+def _weighted(parts: list[tuple[float, Callable[[], np.ndarray]]]) -> Callable[[], np.ndarray]:
+    def load() -> np.ndarray:
+        total = sum(w for w, _ in parts)
+        return (sum(w * f() for w, f in parts) / total).astype(np.float32)
+
+    return load
+
+
+def _members_ms(members: list[dict], by_trial: dict[tuple[str, int], Entry], *, cnn: bool) -> float:
+    found = [by_trial.get((e["study"], e["trial"])) for e in members if (e["kind"] == "cnn") == cnn]
+    return sum(float(e.predict_ms or 0) for e in found if e is not None)
+
+
+def ensemble_entries(run: Run, by_trial: dict[tuple[str, int], Entry]) -> tuple[list[Entry], dict | None]:
+    """The built ensemble (runs/NAME/ensemble) with its TTA views, and the same weights without TTA."""
+    folder = run.path("ensemble")
+    if not (folder / "manifest.json").is_file():
+        return [], None
+    m = read_json(folder / "manifest.json")
+    views = m["tta"]["views"]
+    members = m["members"]
+    cnn_ms = _members_ms(members, by_trial, cnn=True)
+    base_ms = _members_ms(members, by_trial, cnn=False)
+    fit = sum(float(by_trial[k].fit_seconds or 0) for k in ((e["study"], e["trial"]) for e in members) if k in by_trial)
+    params = sum(int(e.get("params") or 0) for e in members) or None
+    size = sum(f.stat().st_size for f in (folder / "members").rglob("*") if f.is_file() and "proba_" not in f.name)
+    label = f"{len(members)} members, {m['weights']['mode']} weights"
+    common = {"kind": "ensemble", "family": "ensemble", "fit_seconds": fit, "params": params, "size_bytes": size}
+    val = m.get("metrics", {}).get(f"top_k_{m['weights']['mode']}_tta", {}).get("val", {}).get("accuracy")
+    out = []
+    plain = []
+    for e in members:
+        if e["kind"] == "cnn":
+            trial = run.path("models", e["study"], f"trial-{e['trial']:04d}")
+        else:
+            trial = folder / e["name"] if "probas" not in e else folder / Path(e["probas"]["val"]).parent
+        plain.append((float(e["weight"]), trial))
+    if all((t / "proba_holdout.npy").is_file() for _, t in plain):
+        out.append(
+            Entry(
+                name="ensemble (no TTA)",
+                holdout=_weighted([(w, _loader(t, "holdout")) for w, t in plain]),
+                test=_weighted([(w, _loader(t, "test")) for w, t in plain]),
+                predict_ms=(cnn_ms + base_ms) or None,
+                note=f"{label}, identity view only",
+                **common,
+            )
+        )
+    if views != ["identity"] or not out:
+        out.append(
+            Entry(
+                name="ensemble (TTA)" if views != ["identity"] else "ensemble",
+                holdout=_loader(folder, "holdout"),
+                test=_loader(folder, "test"),
+                val_accuracy=val,
+                predict_ms=(cnn_ms * len(views) + base_ms) or None,
+                note=f"{label}, {len(views)} TTA views: {','.join(views)}",
+                **common,
+            )
+        )
+    return out, m
+
+
+def _cost_key(e: Entry) -> tuple[float, float]:
+    inf = float("inf")
+    return (e.predict_ms if e.predict_ms is not None else inf, e.fit_seconds if e.fit_seconds is not None else inf)
+
+
+def rank(entries: list[Entry]) -> list[Entry]:
+    """Best holdout accuracy first; equal correct counts go to the cheaper model."""
+    return sorted(entries, key=lambda e: (-e.metrics["holdout_correct"], *_cost_key(e), e.name))
+
+
+def tta_and_ensembling(manifest: dict | None) -> list[dict[str, Any]]:
+    """What ensembling, TTA and the weights each added (from ``ensemble build``'s comparison)."""
+    if not manifest:
+        return []
+    metrics = manifest.get("metrics", {})
+    steps = [
+        ("best_single", "best single CNN (identity view)"),
+        ("top_k_equal", "+ ensembling: equal-weight soft vote of the top CNNs"),
+        ("top_k_equal_tta", "+ TTA: same vote over the kept TTA views"),
+        (f"top_k_{manifest['weights']['mode']}_tta", f"+ {manifest['weights']['mode']} weights (final ensemble)"),
+    ]
+    out, prev = [], None
+    for key, what in steps:
+        r = metrics.get(key)
+        if r is None or (out and key == out[-1]["key"]):
+            continue
+        h, v = r["holdout"], r.get("val", {})
+        out.append(
+            {
+                "key": key,
+                "step": what + (f" ({r['member']})" if "member" in r else ""),
+                "val_accuracy": v.get("accuracy"),
+                "holdout_accuracy": h["accuracy"],
+                "holdout_logloss": h["logloss"],
+                "gain": None if prev is None else h["accuracy"] - prev,
+            }
+        )
+        prev = h["accuracy"]
+    return out
+
+
+def collect(run: Run, *, storage_url: str | None = None, top_cnn: int = 5) -> dict[str, Any]:
+    """Score every model on the holdout and rank them."""
+    from ensemble.storage import open_storage
+
+    y = run.part("holdout")[1]
+    rows, by_trial = trial_entries(run, open_storage(run, storage_url), top_cnn=top_cnn)
+    ens, manifest = ensemble_entries(run, by_trial)
+    entries = []
+    for e in rows + ens:
+        p = e.holdout()
+        if p.shape != (len(y), 10):
+            raise UsageError(f"{e.name}: holdout probabilities have shape {p.shape}, the run has {len(y)} rows")
+        e.metrics = score(y, p)
+        entries.append(e)
+    if not entries:
+        raise UsageError(f"run '{run.name}' has no model with holdout predictions yet; run baselines or search first")
+    ranked = rank(entries)
+    return {"entries": ranked, "manifest": manifest, "y": y, "gains": tta_and_ensembling(manifest)}
+
+
+def significance(result: dict[str, Any]) -> dict[str, Any] | None:
+    """McNemar between the best ensemble row and the best single model."""
+    ranked = result["entries"]
+    ens = [e for e in ranked if e.kind == "ensemble"]
+    single = [e for e in ranked if e.kind != "ensemble"]
+    if not ens or not single:
+        return None
+    y = result["y"]
+    a, b = ens[0], single[0]
+    t = mcnemar(y, a.holdout().argmax(1), b.holdout().argmax(1))
+    return {**t, "a": a.name, "b": b.name, "words": mcnemar_words(t, a.name, b.name)}
+
+
+def leaderboard_rows(entries: list[Entry]) -> list[dict[str, Any]]:
+    """Rows of leaderboard.csv (rounded)."""
+    out = []
+    for i, e in enumerate(entries, start=1):
+        m = e.metrics
+        out.append(
+            {
+                "rank": i, "model": e.name, "kind": e.kind, "family": e.family,
+                "holdout_accuracy": round(m["holdout_accuracy"], 6), "ci95_low": round(m["ci95_low"], 6),
+                "ci95_high": round(m["ci95_high"], 6), "holdout_correct": m["holdout_correct"],
+                "holdout_logloss": round(m["holdout_logloss"], 6) + 0.0, "ece": round(m["ece"], 6),
+                "val_accuracy": None if e.val_accuracy is None else round(e.val_accuracy, 6),
+                "fit_seconds": None if e.fit_seconds is None else round(float(e.fit_seconds), 2),
+                "predict_ms_per_1000": None if e.predict_ms is None else round(e.predict_ms, 2),
+                "params": e.params, "size_bytes": e.size_bytes, "n_train": e.n_train,
+            }
+        )  # fmt: skip
+    return out
+
+
+def write_final_submission(run: Run, entry: Entry) -> tuple[Path, np.ndarray]:
+    """Write runs/NAME/submission.csv from ``entry``'s test probabilities and validate it."""
+    from ensemble.submission import check_submission, write_submission
+
+    p = entry.test()
+    if p.shape != (len(run.x_test), 10):
+        raise UsageError(f"{entry.name}: test probabilities have shape {p.shape}, the test set has {len(run.x_test)}")
+    path = write_submission(run.path("submission.csv"), p.argmax(axis=1))
+    labels = check_submission(path, n_rows=len(run.x_test))
+    return path, labels
+
+
+def make_report(
+    run: Run,
+    *,
+    storage_url: str | None = None,
+    top_cnn: int = 5,
+    gallery: int = 40,
+    say: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Compare every model on the holdout, write runs/NAME/report/ and runs/NAME/submission.csv."""
+    from ensemble.report_html import write_outputs
+
+    result = collect(run, storage_url=storage_url, top_cnn=top_cnn)
+    final = result["entries"][0]
+    result["final"] = final
+    result["mcnemar"] = significance(result)
+    sub, labels = write_final_submission(run, final)
+    result["submission"] = sub
+    result["submission_counts"] = np.bincount(labels, minlength=10).tolist()
+    result["files"] = write_outputs(run, result, storage_url=storage_url, gallery=gallery)
+    summary = {
+        "final_model": final.name,
+        "holdout_accuracy": final.metrics["holdout_accuracy"],
+        "submission": str(sub),
+        "leaderboard": leaderboard_rows(result["entries"]),
+        "mcnemar": {k: v for k, v in (result["mcnemar"] or {}).items()},
+        "tta_and_ensembling": result["gains"],
+    }
+    write_json(run.path("report", "summary.json"), summary)
+    result["files"].append(run.path("report", "summary.json"))
+    return result

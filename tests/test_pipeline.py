@@ -1,0 +1,112 @@
+from __future__ import annotations
+
+import csv
+import json
+import time
+from pathlib import Path
+
+import pytest
+from conftest import write_dataset
+
+from ensemble.cli import main
+from ensemble.errors import UsageError
+from ensemble.pipeline import PRESETS, Budget, parse_overrides, settings_for
+from ensemble.submission import check_submission
+
+pytest.importorskip("keras")
+
+TINY_SPACE = """\
+conv_blocks: 2
+filters: {type: categorical, choices: [4, 8]}
+kernel_size: 3
+batch_norm: false
+dense_units: 16
+conv_dropout: 0.0
+dense_dropout: 0.1
+batch_size: 64
+epochs: 1
+rotation: 0.0
+zoom: 0.0
+shift: 0.0
+"""
+
+
+def tiny_args(tmp_path: Path, name: str, *extra: str) -> list[str]:
+    space = tmp_path / "tiny.yaml"
+    space.write_text(TINY_SPACE)
+    data = write_dataset(tmp_path / "data", n_train=300, n_test=40, seed=4)
+    sets = [f"space={space}", "cnn_trials=2", "baselines=logreg,knn", "baseline_trials=1", "top_k=2", "tta=none"]
+    return ["run", "--name", name, "--data", str(data), *extra] + [a for s in sets for a in ("--set", s)]
+
+
+def test_presets_and_overrides() -> None:
+    assert set(PRESETS) == {"quick", "standard", "best"}
+    for p in PRESETS.values():
+        assert set(p) == set(PRESETS["quick"])
+    assert parse_overrides(["cnn_trials=3", "space=x.yaml", "max_train=null"]) == {
+        "cnn_trials": 3,
+        "space": "x.yaml",
+        "max_train": None,
+    }
+    assert settings_for("quick", {"cnn_trials": 1})["cnn_trials"] == 1
+    with pytest.raises(UsageError, match="unknown run setting"):
+        settings_for("quick", {"bogus": 1})
+    with pytest.raises(UsageError, match="--preset"):
+        settings_for("huge")
+    with pytest.raises(UsageError, match="KEY=VALUE"):
+        parse_overrides(["novalue"])
+
+
+def test_budget_splits_over_the_stages_left() -> None:
+    b = Budget(100.0, {"search": 0.8, "build": 0.15, "report": 0.05}, ["search", "build", "report"])
+    assert b.ends["search"] - b.start == pytest.approx(80.0)
+    assert b.ends["report"] - b.start == pytest.approx(100.0)
+    b = Budget(100.0, {"search": 0.8, "build": 0.15, "report": 0.05}, ["build", "report"])
+    assert b.ends["search"] == b.start and b.ends["build"] - b.start == pytest.approx(75.0)
+
+
+def test_run_end_to_end_then_resume(tmp_path: Path, runs_env: Path, capsys) -> None:
+    t0 = time.perf_counter()
+    assert main(tiny_args(tmp_path, "e2e")) == 0
+    first = time.perf_counter() - t0
+    out = capsys.readouterr().out
+    assert "optuna-dashboard" in out and "Holdout leaderboard" in out and "kaggle competitions submit" in out
+    root = runs_env / "e2e"
+    labels = check_submission(root / "submission.csv", n_rows=40)
+    assert len(labels) == 40
+    assert "Leaderboard (holdout)" in (root / "report" / "report.html").read_text()
+    rows = list(csv.DictReader((root / "report" / "leaderboard.csv").open()))
+    assert {"logreg", "knn", "cnn", "ensemble"} <= {r["family"] for r in rows}
+    stages = json.loads((root / "stages.json").read_text())["stages"]
+    assert all(stages[s]["done"] for s in ("data", "cnn_search", "baselines", "build", "report"))
+
+    t0 = time.perf_counter()
+    assert main(tiny_args(tmp_path, "e2e")) == 0
+    again = time.perf_counter() - t0
+    out = capsys.readouterr().out
+    assert "already finished" in out and "report already written" in out
+    assert again < 5 and again < first / 3
+
+    # A run stopped after the search (Ctrl-C, kill) continues with the stages left.
+    data = json.loads((root / "stages.json").read_text())
+    for s in ("build", "report"):
+        del data["stages"][s]
+    (root / "stages.json").write_text(json.dumps(data))
+    (root / "submission.csv").unlink()
+    assert main(tiny_args(tmp_path, "e2e")) == 0
+    out = capsys.readouterr().out
+    assert "CNN search and baselines already finished" in out and "Study 'cnn'" not in out
+    assert "ensemble of 2 members" in out
+    check_submission(root / "submission.csv", n_rows=40)
+
+
+def test_run_cut_short_still_writes_a_submission(tmp_path: Path, runs_env: Path, capsys) -> None:
+    args = tiny_args(tmp_path, "short", "--time-budget", "1s")
+    args[args.index("baselines=logreg,knn")] = "baselines=logreg"
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    root = runs_env / "short"
+    check_submission(root / "submission.csv", n_rows=40)
+    assert "final model" in out
+    stages = json.loads((root / "stages.json").read_text())["stages"]
+    assert stages["cnn_search"]["cut_short"] is True
