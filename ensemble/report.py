@@ -121,7 +121,7 @@ def _trial_size(folder: Path) -> int | None:
 
 def _ms_per_1000(attrs: dict[str, Any], n_images: int) -> float | None:
     s = attrs.get("predict_seconds")
-    return None if s is None or n_images == 0 else 1000.0 * float(s) / n_images
+    return None if s is None or n_images == 0 else 1e6 * float(s) / n_images  # ms per 1,000 images
 
 
 def _loader(folder: Path, part: str) -> Callable[[], np.ndarray]:

@@ -58,7 +58,9 @@ def confusion_matrix_png(y: np.ndarray, pred: np.ndarray, title: str) -> bytes:
     for i in range(10):
         for j in range(10):
             if cm[i, j]:
-                ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7, color="#1c7ed6" if i == j else "k")
+                dark = i != j and off[i, j] > 0.55 * off.max()
+                color = "#1864ab" if i == j else ("white" if dark else "black")
+                ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=8, color=color)
     ax.set_xticks(range(10))
     ax.set_yticks(range(10))
     ax.set_xlabel("predicted digit")
@@ -86,6 +88,14 @@ def gallery_png(images: np.ndarray, y: np.ndarray, proba: np.ndarray, limit: int
     return _png(fig), len(wrong)
 
 
+def _zoom(ax: Any, values: list[float], best: float) -> str:
+    """Zoom the y axis on the good trials (within 0.08 of the best); returns a note on what is cut off."""
+    low = max(min(values), best - 0.08)
+    ax.set_ylim(max(0.0, low - 0.005), min(1.0005, best + 0.005))
+    hidden = sum(v < low for v in values)
+    return f" ({hidden} point(s) below {low:.2f} not shown)" if hidden else ""
+
+
 def _finished(study: optuna.Study) -> list[Any]:
     import optuna
 
@@ -111,7 +121,9 @@ def history_png(study: optuna.Study) -> bytes | None:
     ax.step(xs, np.maximum.accumulate(ys), where="post", color="#e8590c", label="best so far")
     ax.set_xlabel("trial")
     ax.set_ylabel("validation accuracy")
-    ax.set_title(f"optimization history: study '{study.study_name}'", fontsize=9)
+    vals = ys + ([t.intermediate_values[max(t.intermediate_values)] for t in pruned] if pruned else [])
+    note = _zoom(ax, vals, max(ys))
+    ax.set_title(f"optimization history: study '{study.study_name}'{note}", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
     return _png(fig)
@@ -131,10 +143,13 @@ def importance_png(study: optuna.Study) -> tuple[bytes | None, str]:
     if not imp:
         return None, "parameter importances unavailable: no parameter varied"
     plt = _plt()
+    zero = [k for k, v in imp.items() if v < 0.005]
+    imp = {k: v for k, v in imp.items() if v >= 0.005}
     names, vals = list(imp)[::-1], list(imp.values())[::-1]
     fig, ax = plt.subplots(figsize=(7, 0.3 * len(names) + 1))
     ax.barh(names, vals, color="#1c7ed6")
-    ax.set_xlabel("importance for validation accuracy (fANOVA, sums to 1)")
+    below = f"\nbelow 0.005 (not shown): {', '.join(zero)}" if zero else ""
+    ax.set_xlabel(f"importance for validation accuracy (fANOVA, sums to 1){below}", fontsize=8)
     ax.tick_params(axis="y", labelsize=8)
     ax.set_title(f"parameter importances: study '{study.study_name}' ({len(done)} completed trials)", fontsize=9)
     return _png(fig), ""
@@ -164,9 +179,9 @@ def learning_curves_png(study: optuna.Study) -> bytes | None:
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation accuracy")
     vals = [v for t in trials for v in t.intermediate_values.values()]
-    ax.set_ylim(max(0.0, float(np.percentile(vals, 10)) - 0.01), min(1.0, max(vals) + 0.002))
-    ax.set_title(f"learning curves: study '{study.study_name}'", fontsize=9)
+    note = _zoom(ax, vals, max(vals))
+    ax.set_title(f"learning curves: study '{study.study_name}'{note}", fontsize=9)
     ax.grid(alpha=0.3)
-    if len(trials) <= 16:
-        ax.legend(fontsize=6, ncol=2, loc="lower right")
+    if len(trials) <= 24:
+        ax.legend(fontsize=7, ncol=1 + len(trials) // 12, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return _png(fig)

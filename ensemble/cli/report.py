@@ -43,8 +43,15 @@ def run_report(run: Any, *, storage_url: str | None = None, top_cnn: int = 5, ga
     return make_report(run, storage_url=storage_url, top_cnn=top_cnn, gallery=gallery)
 
 
+SHORT = {
+    "rank": "#", "holdout_accuracy": "holdout acc", "ci": "95% CI", "holdout_logloss": "log loss", "ece": "ECE",
+    "val_accuracy": "val acc", "fit_seconds": "fit s", "predict_ms_per_1000": "ms/1000", "size_bytes": "size",
+}  # fmt: skip
+
+
 def print_report(result: dict[str, Any]) -> None:
     """The leaderboard as a rich table, the significance test, the final model and the paths written."""
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
@@ -52,10 +59,12 @@ def print_report(result: dict[str, Any]) -> None:
     from ensemble.report_html import HEADERS, fmt
 
     console = Console(highlight=False)
+    if console.width < 150:  # a pipe or a narrow terminal: print the full table rather than squeeze it
+        console = Console(highlight=False, width=150)
     rows = leaderboard_rows(result["entries"])
-    table = Table(title="Holdout leaderboard", title_justify="left")
-    for i, (head, _) in enumerate(HEADERS):
-        table.add_column(head, justify="left" if 0 < i < 3 else "right", no_wrap=True)
+    table = Table(title="Holdout leaderboard", title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1))
+    for i, (_, key) in enumerate(HEADERS):
+        table.add_column(SHORT.get(key, key), justify="left" if 0 < i < 3 else "right", no_wrap=True)
     for r in rows:
         style = "bold green" if r["model"] == result["final"].name else None
         table.add_row(*[fmt(k, r) for _, k in HEADERS], style=style)
