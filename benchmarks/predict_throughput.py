@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from ensemble.build import write_manifest
-from ensemble.predict import FORMAT, INPUT_SPEC, load_ensemble, model_cost, predict_proba
+from ensemble.fold import model_cost
+from ensemble.predict import FORMAT, INPUT_SPEC, load_ensemble, predict_proba
 from ensemble.tta import CANDIDATES
 
 VIEWS8 = list(CANDIDATES[:8])  # identity, 4 one-pixel shifts, rot +-8, zoom 1.1

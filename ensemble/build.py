@@ -21,16 +21,15 @@ import numpy as np
 from ensemble import __version__
 from ensemble.artifacts import load_proba, sha256_file
 from ensemble.errors import ArtifactError, DataError, UsageError
+from ensemble.fold import inference_model, model_cost
 from ensemble.io import read_json, write_json
 from ensemble.predict import (
     FORMAT,
     INPUT_SPEC,
     MANIFEST,
     images_fingerprint,
-    inference_model,
     load_keras_model,
     member_probas,
-    model_cost,
     progress_bar,
     save_npy,
 )

@@ -31,6 +31,7 @@ DEFAULTS: dict[str, Any] = {
     "batch_norm": True,
     "downsample": "maxpool",  # maxpool | strided
     "conv_dropout": 0.1,
+    "head": "flatten",  # flatten | gap (global average pooling)
     "dense_units": 128,
     "dense_dropout": 0.3,
     # training
@@ -49,6 +50,7 @@ DEFAULTS: dict[str, Any] = {
 }
 CHOICES = {
     "downsample": ("maxpool", "strided"),
+    "head": ("flatten", "gap"),
     "optimizer": ("adam", "adamw", "sgd"),
     "lr_schedule": ("onecycle", "cosine", "exponential", "constant"),
 }
@@ -134,7 +136,7 @@ def build_model(config: dict[str, Any]) -> keras.Model:
         if c["conv_dropout"] > 0:
             x = layers.Dropout(c["conv_dropout"])(x)
         filters *= 2
-    x = layers.GlobalAveragePooling2D()(x) if c["conv_blocks"] >= 3 else layers.Flatten()(x)
+    x = layers.GlobalAveragePooling2D()(x) if c["head"] == "gap" else layers.Flatten()(x)
     x = layers.Dense(c["dense_units"], activation="relu")(x)
     if c["dense_dropout"] > 0:
         x = layers.Dropout(c["dense_dropout"])(x)

@@ -11,7 +11,8 @@ import pytest
 
 from ensemble.cli import main
 from ensemble.errors import ArtifactError, DataError, UsageError
-from ensemble.predict import as_images, load_ensemble, member_probas, model_cost, predict_proba
+from ensemble.fold import model_cost
+from ensemble.predict import as_images, load_ensemble, member_probas, predict_proba
 
 keras = pytest.importorskip("keras")
 
@@ -186,7 +187,7 @@ def test_predicts_under_another_backend(tmp_path: Path) -> None:
 def test_inference_model_folds_batchnorm_and_keeps_outputs() -> None:
     from keras import layers
 
-    from ensemble.predict import inference_model
+    from ensemble.fold import inference_model
 
     keras.utils.set_random_seed(0)
     inp = keras.Input((28, 28, 1))

@@ -1,0 +1,141 @@
+"""Make prediction-only copies of Keras members: BatchNorm folded, inference no-ops removed.
+
+Also counts a model's parameters and multiply-add FLOPs for the manifest and benchmarks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+_NO_OPS = ("Dropout", "SpatialDropout2D", "GaussianNoise", "GaussianDropout", "RandomRotation", "RandomZoom")
+_NO_OPS += ("RandomTranslation", "RandomFlip", "RandomContrast", "RandomBrightness", "RandomCrop")
+
+
+def inference_model(model: Any, check: np.ndarray | None = None) -> Any:
+    """A faster functional copy for prediction: BatchNormalization folded into the Conv2D/Dense
+    before it (and a following ReLU into its activation), inference no-ops (dropout, random
+    augmentation) made identities. Returns ``model`` itself when nothing folds, the model is not
+    functional, or the copy's outputs differ from the original's on a probe batch."""
+    import keras
+
+    try:
+        cfg = model.get_config()
+        entries = {e["name"]: e for e in cfg["layers"]}
+    except Exception:  # subclassed models: leave them alone
+        return model
+    if "input_layers" not in cfg or not all("inbound_nodes" in e for e in entries.values()):
+        return model  # not a functional graph (e.g. Sequential)
+    users: dict[str, list[str]] = {n: [] for n in entries}
+    for e in cfg["layers"]:
+        for node in e.get("inbound_nodes", []):
+            for src in _sources(node):
+                users[src].append(e["name"])
+    outputs = set(users) & set(_flat_strings(cfg["output_layers"]))
+    layers = {layer.name: layer for layer in model.layers}
+    identity = keras.saving.serialize_keras_object(keras.layers.Identity())
+    folded: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    changed = False
+    for name, e in entries.items():
+        kind = e["class_name"]
+        if kind in _NO_OPS:
+            _to_identity(e, identity)
+            changed = True
+        if kind != "BatchNormalization" or len(e["inbound_nodes"]) != 1:
+            continue
+        srcs = _sources(e["inbound_nodes"][0])
+        src = srcs[0] if len(srcs) == 1 else None
+        bn, conv = layers[name], layers.get(src)
+        if (
+            conv is None
+            or type(conv).__name__ not in ("Conv2D", "Dense")
+            or users[src] != [name]
+            or src in outputs
+            or entries[src]["config"].get("activation") != "linear"
+            or bn.axis not in (-1, len(conv.output.shape) - 1)
+        ):
+            continue
+        gamma = np.asarray(bn.gamma.numpy() if bn.scale else 1.0, np.float64)
+        beta = np.asarray(bn.beta.numpy() if bn.center else 0.0, np.float64)
+        scale = gamma / np.sqrt(np.asarray(bn.moving_variance.numpy(), np.float64) + bn.epsilon)
+        w = conv.get_weights()
+        bias = np.asarray(w[1], np.float64) if conv.use_bias else 0.0
+        folded[src] = (w[0] * scale, (bias - np.asarray(bn.moving_mean.numpy(), np.float64)) * scale + beta)
+        entries[src]["config"] = {**entries[src]["config"], "use_bias": True}
+        _to_identity(e, identity)
+        nxt = users[name]
+        if len(nxt) == 1 and entries[nxt[0]]["class_name"] == "Activation" and name not in outputs:
+            if entries[nxt[0]]["config"].get("activation") == "relu":
+                entries[src]["config"]["activation"] = "relu"
+                entries[nxt[0]]["config"]["activation"] = "linear"
+        changed = True
+    if not changed:
+        return model
+    try:
+        fast = keras.Model.from_config(cfg)
+        for layer in fast.layers:
+            if layer.name in folded:
+                k, b = folded[layer.name]
+                layer.set_weights([k.astype(np.float32), b.astype(np.float32)])
+            elif layer.weights:
+                layer.set_weights(layers[layer.name].get_weights())
+        probe = check if check is not None else np.random.default_rng(0).integers(0, 256, (8, 28, 28, 1))
+        probe = np.asarray(probe, np.float32)
+        out = [keras.ops.convert_to_numpy(m(probe, training=False)) for m in (fast, model)]  # eager: no tracing
+        diff = float(np.abs(out[0] - out[1]).max())
+    except Exception:  # any surprise: predict with the original model
+        return model
+    return fast if diff <= 1e-4 else model
+
+
+def _to_identity(entry: dict[str, Any], identity: dict[str, Any]) -> None:
+    """Turn a serialized layer into an Identity with the same name and inputs."""
+    entry.update({k: v for k, v in identity.items() if k != "config"}, config={**identity["config"]})
+    entry["config"]["name"] = entry["name"]
+    entry["inbound_nodes"] = [{"args": n["args"], "kwargs": {}} for n in entry["inbound_nodes"]]
+
+
+def _sources(obj: Any) -> list[str]:
+    """Names of the layers whose outputs a serialized inbound node reads."""
+    if isinstance(obj, dict):
+        hist = obj.get("config", {}).get("keras_history") if isinstance(obj.get("config"), dict) else None
+        if hist:
+            return [hist[0]]
+        return [n for v in obj.values() for n in _sources(v)]
+    if isinstance(obj, list | tuple):
+        return [n for v in obj for n in _sources(v)]
+    return []
+
+
+def _flat_strings(obj: Any) -> list[str]:
+    if isinstance(obj, str):
+        return [obj]
+    return [n for v in obj for n in _flat_strings(v)] if isinstance(obj, list | tuple) else []
+
+
+def model_cost(model: Any) -> dict[str, int]:
+    """Parameters and forward FLOPs per image (2 x multiply-adds of Conv2D, DepthwiseConv2D and Dense)."""
+    flops = 0
+    for layer in _layers(model):
+        kind = type(layer).__name__
+        w = getattr(layer, "kernel", None)
+        if w is None or kind not in ("Conv2D", "DepthwiseConv2D", "SeparableConv2D", "Dense"):
+            continue
+        out = layer.output.shape if hasattr(layer, "output") else None
+        spatial = int(np.prod([d for d in out[1:-1] if d])) if out is not None and len(out) > 2 else 1
+        if kind == "SeparableConv2D":
+            kh, kw, cin, mult = layer.depthwise_kernel.shape
+            flops += 2 * spatial * (kh * kw * cin * mult + cin * mult * layer.pointwise_kernel.shape[-1])
+        else:
+            flops += 2 * spatial * int(np.prod(w.shape))
+    return {"params": int(model.count_params()), "flops": int(flops)}
+
+
+def _layers(model: Any) -> Iterator[Any]:
+    for layer in model.layers:
+        if hasattr(layer, "layers"):
+            yield from _layers(layer)
+        else:
+            yield layer
