@@ -171,6 +171,21 @@ class Budget:
         return ", ".join(f"{k} until {_clock(v - self.start)}" for k, v in self.ends.items())
 
 
+def _quiet_interrupts() -> None:
+    """Ctrl-C: one 'interrupted' line, not Optuna's traceback of the trial it stopped (the trial is kept as FAIL)."""
+    import logging
+
+    import optuna  # noqa: F401  (creates the 'optuna' logger's handler)
+
+    class NoInterrupt(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            exc = record.exc_info[1] if record.exc_info else None
+            return not isinstance(exc, KeyboardInterrupt) and "KeyboardInterrupt" not in record.getMessage()
+
+    for handler in logging.getLogger("optuna").handlers:
+        handler.addFilter(NoInterrupt())
+
+
 def _clock(seconds: float) -> str:
     m, s = divmod(max(0, int(seconds)), 60)
     return f"{m:02d}:{s:02d}"
@@ -193,6 +208,7 @@ def run_pipeline(
     from ensemble.storage import dashboard_command
 
     s = settings_for(preset, overrides)
+    _quiet_interrupts()
     budget_s = time_budget if time_budget is not None else parse_duration(str(s["budget"]))
     log = Log(say)
     root = runs_dir() / name

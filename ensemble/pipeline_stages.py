@@ -150,7 +150,7 @@ class BaselineWorker(threading.Thread):
                 preexec_fn=lambda: _child_setup(int(self.s["baseline_nice"])),
             )  # fmt: skip
             for line in self.proc.stdout or []:
-                if line.strip() and not line.startswith(("Optuna dashboard", "inspect:")):
+                if line.strip() and not line.startswith(("Optuna dashboard", "inspect:")) and "━" not in line:
                     self.log(line.rstrip())
             if self.proc.wait() != 0 and not self.stopped:
                 self.ok = False

@@ -100,13 +100,13 @@ def test_run_end_to_end_then_resume(tmp_path: Path, runs_env: Path, capsys) -> N
     check_submission(root / "submission.csv", n_rows=40)
 
 
-def test_run_cut_short_still_writes_a_submission(tmp_path: Path, runs_env: Path, capsys) -> None:
+def test_run_cut_short_without_any_model_still_writes_a_submission(tmp_path: Path, runs_env: Path, capsys) -> None:
     args = tiny_args(tmp_path, "short", "--time-budget", "1s")
-    args[args.index("baselines=logreg,knn")] = "baselines=logreg"
+    args[args.index("baselines=logreg,knn")] = "baselines="  # no baselines: the only CNN trial gets cut
     assert main(args) == 0
     out = capsys.readouterr().out
     root = runs_env / "short"
     check_submission(root / "submission.csv", n_rows=40)
-    assert "final model" in out
+    assert "stopping the search" in out and "fallback kNN" in out and "final model: baseline-fallback" in out
     stages = json.loads((root / "stages.json").read_text())["stages"]
-    assert stages["cnn_search"]["cut_short"] is True
+    assert stages["cnn_search"]["cut_short"] is True and "skipped" in stages["build"]
