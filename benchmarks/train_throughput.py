@@ -33,6 +33,7 @@ OURS = {
     "batch_norm": True,
     "downsample": "maxpool",
     "conv_dropout": 0.1,
+    "head": "flatten",
     "dense_units": 128,
     "dense_dropout": 0.3,
     "optimizer": "adamw",

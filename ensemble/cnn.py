@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 DEFAULTS: dict[str, Any] = {
     # architecture
     "conv_blocks": 3,
-    "filters": 32,  # first block; doubled each block
+    "filters": 24,  # first block; doubled each block
     "convs_per_block": 1,
     "kernel_size": 3,
     "batch_norm": True,
@@ -36,16 +36,16 @@ DEFAULTS: dict[str, Any] = {
     "dense_dropout": 0.3,
     # training
     "optimizer": "adamw",  # adam | adamw | sgd (Nesterov momentum 0.9)
-    "learning_rate": 3e-3,
+    "learning_rate": 4e-3,
     "lr_schedule": "onecycle",  # onecycle | cosine | exponential | constant
     "weight_decay": 1e-4,
     "label_smoothing": 0.05,
     "batch_size": 128,
-    "epochs": 10,
+    "epochs": 8,
     # augmentation (training only)
-    "rotation": 10.0,  # degrees
-    "zoom": 0.1,  # fraction
-    "shift": 0.1,  # fraction of the image size
+    "rotation": 8.0,  # degrees
+    "zoom": 0.08,  # fraction
+    "shift": 0.08,  # fraction of the image size
     "mixed_precision": False,
 }
 CHOICES = {

@@ -54,7 +54,7 @@ def make_pruner(name: str, max_epochs: int) -> optuna.pruners.BasePruner:
     import optuna
 
     if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=2)
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=3)
     if name == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(2, max_epochs))
     if name == "none":
@@ -93,6 +93,21 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def known_good_params(space: Space) -> dict[str, Any]:
+    """cnn.DEFAULTS for every ranged key of ``space`` whose default lies inside its range."""
+    out: dict[str, Any] = {}
+    for key, spec in space.params.items():
+        if not isinstance(spec, dict):
+            continue
+        value = cnn.DEFAULTS[key]
+        if spec["type"] == "categorical":
+            if value in spec["choices"]:
+                out[key] = value
+        elif spec["low"] <= value <= spec["high"]:
+            out[key] = value
+    return out
 
 
 def finished_trials(study: optuna.Study) -> int:
@@ -215,6 +230,11 @@ def run_search(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     epochs = space.defaults().get("epochs", cnn.DEFAULTS["epochs"])
     study = open_study(run, storage_url, seed=settings.seed, pruner=pruner or make_pruner(settings.pruner, epochs))
+    if not study.trials:
+        first = known_good_params(space)
+        if first:
+            study.enqueue_trial(first)
+            say("First trial: the known-good defaults of ensemble/cnn.py (inside the space), then TPE")
     stale = fail_stale_trials(study)
     if stale:
         say(f"Marked {len(stale)} trial(s) left RUNNING by a stopped process as FAIL: {stale}")

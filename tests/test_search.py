@@ -147,3 +147,13 @@ def test_cli_bad_space_stops_at_once(runs_env: Path, tmp_path: Path, capsys: pyt
 def test_shipped_space_is_valid() -> None:
     space = load_cnn_space(Path(__file__).resolve().parents[1] / "search_spaces" / "cnn.yaml")
     assert "learning_rate" in space.params
+
+
+def test_first_trial_of_a_new_study_is_the_known_good_default(tmp_path: Path) -> None:
+    from ensemble.search import known_good_params
+
+    f = tmp_path / "cnn.yaml"
+    f.write_text(
+        "filters: {type: categorical, choices: [16, 24]}\nlearning_rate: {type: float, low: 1.0e-2, high: 0.1}\n"
+    )
+    assert known_good_params(load_cnn_space(f)) == {"filters": cnn.DEFAULTS["filters"]}  # lr default is outside
