@@ -47,6 +47,7 @@ class SearchSettings:
     pruner: str = "median"
     seed: int = 0
     max_train: int | None = None  # subsample the train part during search (None: all rows)
+    mixed_precision: bool = False  # float16 compute (useful on GPUs), float32 output layer
 
 
 def make_pruner(name: str, max_epochs: int) -> optuna.pruners.BasePruner:
@@ -139,6 +140,7 @@ def make_objective(
         trial.set_user_attr("pid", os.getpid())
         trial.set_user_attr("host", socket.gethostname())
         config = cnn.validate_config(space.suggest(trial), where=str(space.path))
+        config["mixed_precision"] = config["mixed_precision"] or settings.mixed_precision
         say(f"trial {trial.number}: {backend}/{device}, {_short(config)}")
 
         def on_epoch(epoch: int, logs: dict[str, float]) -> None:

@@ -33,6 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pruner", choices=("median", "hyperband", "none"), default="median", help="default: median")
     p.add_argument("--seed", type=int, default=0, help="sampler and training seed (default 0)")
     p.add_argument("--backend", choices=BACKENDS, help="Keras backend (default: $KERAS_BACKEND or tensorflow)")
+    p.add_argument("--mixed-precision", action="store_true", help="train in mixed float16 (for GPUs)")
     p.add_argument("--max-train", type=int, metavar="N", help="train each trial on at most N rows of the train part")
     p.set_defaults(func=cmd_search)
 
@@ -58,7 +59,12 @@ def cmd_search(args: argparse.Namespace) -> int:
     run = open_run(args.run, data=args.data)
     print(f"Watch it live:  {dashboard_command(run, args.storage)}")
     settings = SearchSettings(
-        trials=args.trials, timeout=timeout, pruner=args.pruner, seed=args.seed, max_train=args.max_train
+        trials=args.trials,
+        timeout=timeout,
+        pruner=args.pruner,
+        seed=args.seed,
+        max_train=args.max_train,
+        mixed_precision=args.mixed_precision,
     )
     study = run_search(run, space, settings, storage_url=args.storage)
     best = _best(study)
