@@ -199,9 +199,12 @@ def ensemble_entries(run: Run, by_trial: dict[tuple[str, int], Entry]) -> tuple[
             trial = folder / e["name"] if "probas" not in e else folder / Path(e["probas"]["val"]).parent
         plain.append((float(e["weight"]), trial))
     if all((t / "proba_holdout.npy").is_file() for _, t in plain):
+        val_plain = _weighted([(w, _loader(t, "val")) for w, t in plain])()
+        acc_plain = float((val_plain.argmax(axis=1) == run.part("val")[1]).mean())
         out.append(
             Entry(
                 name="ensemble (no TTA)",
+                val_accuracy=acc_plain,
                 holdout=_weighted([(w, _loader(t, "holdout")) for w, t in plain]),
                 test=_weighted([(w, _loader(t, "test")) for w, t in plain]),
                 predict_ms=(cnn_ms + base_ms) or None,
