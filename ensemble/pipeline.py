@@ -8,8 +8,8 @@ would end past the deadline). A submission is always written: from the best mode
 from a quick fallback model when a run was cut short before any model finished.
 
 CPU sharing: the CNN study trains in this process on every core; the baselines run meanwhile in
-one child process (``ensemble baselines --jobs 1``) pinned to the last core at a lower priority
-(``nice``), so they use what the CNN leaves and never slow it much. See ``PRESETS``.
+one child process (``ensemble baselines --jobs N``) pinned to the last N cores (quick: 1; never all
+of them) at a lower priority (``nice``), so they use what the CNN leaves and slow it little. See ``PRESETS``.
 """
 
 from __future__ import annotations
@@ -37,9 +37,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         "cnn_trials": 8,
         "max_train": None,
         "pruner": "median",
+        "mixed_precision": False,  # float16 compute; "auto": on when Keras sees a GPU
         "baselines": "logreg,knn,svm,extratrees",
         "baseline_trials": 2,
         "baseline_nice": 5,
+        "baseline_cores": 1,  # cores for the baselines child (at most all but one)
         "top_k": 5,
         "weights": "greedy",
         "tta": "auto",
@@ -52,9 +54,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         "cnn_trials": 30,
         "max_train": None,
         "pruner": "median",
+        "mixed_precision": False,  # float16 compute; "auto": on when Keras sees a GPU
         "baselines": "logreg,rf,extratrees,knn,svm,xgboost",
         "baseline_trials": 4,
         "baseline_nice": 5,
+        "baseline_cores": 1,
         "top_k": 5,
         "weights": "greedy",
         "tta": "auto",
@@ -67,9 +71,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         "cnn_trials": 60,
         "max_train": None,
         "pruner": "median",
+        "mixed_precision": "auto",  # float16 compute; "auto": on when Keras sees a GPU
         "baselines": "logreg,rf,extratrees,knn,svm,xgboost",
         "baseline_trials": 8,
         "baseline_nice": 5,
+        "baseline_cores": 4,
         "top_k": 7,
         "weights": "greedy",
         "tta": "auto",

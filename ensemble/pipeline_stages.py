@@ -64,7 +64,13 @@ def cnn_search(run: Run, s: dict[str, Any], deadline: float, log: Any, storage_u
     space_path = s["space"] if os.path.isabs(str(s["space"])) else str(_space_dir() / s["space"])
     space = search.load_cnn_space(space_path)
     epochs = int(space.defaults().get("epochs", 1))
+    mixed = s["mixed_precision"]
+    if mixed == "auto":
+        from ensemble import cnn
+
+        mixed = cnn.device_name() == "gpu"
     settings = search.SearchSettings(
+        mixed_precision=bool(mixed),
         trials=int(s["cnn_trials"]),
         timeout=max(1.0, deadline - time.time()),
         pruner=s["pruner"],
@@ -109,13 +115,21 @@ def baseline_plan(run: Run, s: dict[str, Any], storage_url: str | None) -> dict[
     return plan
 
 
-def _child_setup(nice: int) -> None:
-    """In the child: own process group, lower priority, the last core only, die with the parent."""
+def baseline_cores(wanted: int) -> list[int]:
+    """The last ``wanted`` cores, leaving at least one core to the CNN (one core: that core, shared)."""
+    try:
+        cores = sorted(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = list(range(os.cpu_count() or 1))
+    n = max(1, min(int(wanted), len(cores) - 1))
+    return cores[-n:]
+
+
+def _child_setup(nice: int, cores: list[int]) -> None:
+    """In the child: lower priority, pinned to ``cores``, dies with the parent."""
     try:
         os.nice(nice)
-        cores = sorted(os.sched_getaffinity(0))
-        if len(cores) > 1:
-            os.sched_setaffinity(0, {cores[-1]})
+        os.sched_setaffinity(0, set(cores))
         import ctypes
 
         ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
@@ -131,11 +145,13 @@ class BaselineWorker(threading.Thread):
         self.run_, self.s, self.deadline, self.log, self.storage_url = run, s, deadline, log, storage_url
         self.proc: subprocess.Popen | None = None
         self.ok, self.stopped, self.errors = True, False, []
+        self.cores = baseline_cores(int(s["baseline_cores"]))
 
     def command(self, families: list[str], trials: int) -> list[str]:
         left = max(1, int(0.6 * (self.deadline - time.time())))  # leave time for the refits of the best
         cmd = [sys.executable, "-m", "ensemble", "baselines", "--run", self.run_.name, "--models", ",".join(families)]
-        cmd += ["--trials", str(trials), "--jobs", "1", "--timeout", f"{left}s", "--seed", str(self.s.get("seed", 0))]
+        jobs = str(len(self.cores))
+        cmd += ["--trials", str(trials), "--jobs", jobs, "--timeout", f"{left}s", "--seed", str(self.s.get("seed", 0))]
         return cmd + (["--storage", self.storage_url] if self.storage_url else [])
 
     def run(self) -> None:
@@ -143,11 +159,12 @@ class BaselineWorker(threading.Thread):
             if self.stopped:
                 return
             cmd = self.command(families, trials)
-            self.log(f"{' '.join(cmd[3:])} (nice +{self.s['baseline_nice']}, last core)")
+            where = f"core {self.cores[0]}" if len(self.cores) == 1 else f"cores {self.cores[0]}-{self.cores[-1]}"
+            self.log(f"{' '.join(cmd[3:])} (nice +{self.s['baseline_nice']}, {where})")
             env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "120"}
             self.proc = subprocess.Popen(
                 cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True,
-                preexec_fn=lambda: _child_setup(int(self.s["baseline_nice"])),
+                preexec_fn=lambda: _child_setup(int(self.s["baseline_nice"]), self.cores),
             )  # fmt: skip
             for line in self.proc.stdout or []:
                 if line.strip() and not line.startswith(("Optuna dashboard", "inspect:")) and "━" not in line:
