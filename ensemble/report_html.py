@@ -29,6 +29,7 @@ tr.final td{background:#ebfbee;font-weight:600} .box{background:#f8f9fa;border-l
 margin:10px 0} img{max-width:100%;height:auto;border:1px solid #f1f3f5} .wrap{overflow-x:auto}
 .grid{display:flex;flex-wrap:wrap;gap:16px;align-items:flex-start}
 """
+NO_CNN = "this run has no CNN study"
 HEADERS = (
     ("#", "rank"), ("model", "model"), ("kind", "kind"), ("holdout acc", "holdout_accuracy"), ("95% CI", "ci"),
     ("log loss", "holdout_logloss"), ("ECE", "ece"), ("val acc", "val_accuracy"), ("fit s", "fit_seconds"),
@@ -110,7 +111,7 @@ def figures(run: Run, result: dict[str, Any], *, storage_url: str | None, galler
     }
     study = _cnn_study(run, storage_url)
     if study is None:
-        figs["importance_note"] = "this run has no CNN study"
+        figs["importance_note"] = NO_CNN
         return figs
     figs["history"] = plots.history_png(study)
     figs["importance"], figs["importance_note"] = plots.importance_png(study)
@@ -225,9 +226,10 @@ def sections(run: Run, result: dict[str, Any], figs: dict[str, Any]) -> list[tup
             "gallery",
         )
     )
-    out.append(("CNN study: optimization history", "", [], "history"))
-    out.append(("CNN study: parameter importances", figs["importance_note"], [], "importance"))
-    out.append(("CNN study: learning curves (per-epoch validation accuracy)", "", [], "curves"))
+    no_study = "This run has no CNN study (yet)." if figs["importance_note"] == NO_CNN else ""
+    out.append(("CNN study: optimization history", no_study, [], "history"))
+    out.append(("CNN study: parameter importances", no_study or figs["importance_note"], [], "importance"))
+    out.append(("CNN study: learning curves (per-epoch validation accuracy)", no_study, [], "curves"))
     return out
 
 
@@ -280,7 +282,7 @@ def _html(title: str, sub: str, secs: list, figs: dict[str, Any], result: dict[s
             is_lb = heads and heads[0] == "#"
             classes = ["final" if is_lb and r[0] == str(n_final) else "" for r in rows]
             body.append(_table_html(heads, rows, left=3 if is_lb else 1, classes=classes))
-        if fig:
+        if fig and (figs.get(fig) is not None or not text):
             body.append(_img_html(figs.get(fig), head, "nothing to show yet"))
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
