@@ -46,7 +46,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "weights": "greedy",
         "tta": "auto",
         "include_baselines": False,
-        "shares": {"search": 0.80, "build": 0.14, "report": 0.06},
+        "shares": {"search": 0.87, "build": 0.09, "report": 0.04},
     },
     "standard": {  # CPU, a couple of hours
         "budget": "2h",
