@@ -2,7 +2,7 @@
 
     python benchmarks/search_memory.py [--trials 20]
 
-Runs a tiny search (small CNN, 1 epoch, 600 demo images) in a throwaway run folder and prints the
+Runs a tiny search (small CNN, 1 epoch, 600 demo images; trials in child processes unless --in-process)
 resident set size after each trial, then the growth from trial 5 to the last.
 """
 
@@ -35,6 +35,7 @@ def rss_mb() -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--trials", type=int, default=20)
+    ap.add_argument("--in-process", action="store_true", help="train in this process (no child worker per trial)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp())
     os.environ["ENSEMBLE_RUNS"] = str(tmp / "runs")
@@ -52,7 +53,12 @@ def main() -> None:
             seen.append(rss_mb())
             print(f"trial {len(seen):>3}: RSS {seen[-1]:7.1f} MiB", flush=True)
 
-    run_search(run, space, SearchSettings(trials=args.trials, pruner="none", max_train=600), say=say)
+    run_search(
+        run,
+        space,
+        SearchSettings(trials=args.trials, pruner="none", max_train=600, isolate=not args.in_process),
+        say=say,
+    )
     if len(seen) > 5:
         print(
             f"RSS after trial 5: {seen[4]:.1f} MiB; after trial {len(seen)}: {seen[-1]:.1f} MiB; "

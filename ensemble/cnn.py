@@ -279,5 +279,18 @@ def release() -> None:
     """Free the Keras graph/session and Python garbage between trials."""
     import keras
 
-    keras.backend.clear_session()
+    keras.backend.clear_session(free_memory=True)
     gc.collect()
+    _malloc_trim()
+
+
+def _malloc_trim() -> None:
+    """Hand freed heap pages back to the OS (glibc keeps them otherwise, so RSS only grows)."""
+    import ctypes
+    import sys
+
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except OSError:
+            pass

@@ -9,8 +9,8 @@ draws learning curves and the pruner can stop bad trials), then saves ``model.ke
 from __future__ import annotations
 
 import os
+import shutil
 import socket
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,11 +19,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ensemble import cnn
-from ensemble.artifacts import save_probas, trial_dir
 from ensemble.errors import EnsembleError, UsageError
-from ensemble.io import write_json
 from ensemble.space import Space, load_space
 from ensemble.storage import open_storage
+from ensemble.trial_worker import WorkerError, train_and_save, train_in_subprocess
 
 if TYPE_CHECKING:
     import optuna
@@ -48,6 +47,7 @@ class SearchSettings:
     seed: int = 0
     max_train: int | None = None  # subsample the train part during search (None: all rows)
     mixed_precision: bool = False  # float16 compute (useful on GPUs), float32 output layer
+    isolate: bool = True  # train each trial in a fresh child process (bounded memory)
 
 
 def make_pruner(name: str, max_epochs: int) -> optuna.pruners.BasePruner:
@@ -118,22 +118,29 @@ def finished_trials(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=states))
 
 
-def _logloss(p: np.ndarray, y: np.ndarray) -> float:
-    return float(-np.mean(np.log(np.clip(p[np.arange(len(y)), y], 1e-7, 1.0))))
+def _arrays(run: Run, settings: SearchSettings) -> dict[str, np.ndarray]:
+    x_train, y_train = run.part("train")
+    if settings.max_train and settings.max_train < len(y_train):
+        keep = np.sort(np.random.default_rng(settings.seed).permutation(len(y_train))[: settings.max_train])
+        x_train, y_train = x_train[keep], y_train[keep]
+    x_val, y_val = run.part("val")
+    return {
+        "x_train": x_train,
+        "y_train": y_train,
+        "x_val": x_val,
+        "y_val": y_val,
+        "x_holdout": run.part("holdout")[0],
+        "x_test": run.x_test,
+    }
 
 
 def make_objective(
-    run: Run, space: Space, settings: SearchSettings, say: Callable[[str], None]
+    run: Run, space: Space, settings: SearchSettings, say: Callable[[str], None], arrays_path: Path | None = None
 ) -> Callable[[optuna.Trial], float]:
-    """The function Optuna calls once per trial."""
+    """The function Optuna calls once per trial (training in a child process when ``arrays_path`` is given)."""
     import optuna
 
-    x_train, y_train = run.part("train")
-    if settings.max_train and settings.max_train < len(y_train):
-        keep = np.random.default_rng(settings.seed).permutation(len(y_train))[: settings.max_train]
-        x_train, y_train = x_train[np.sort(keep)], y_train[np.sort(keep)]
-    x_val, y_val = run.part("val")
-    x_hold, _ = run.part("holdout")
+    arrays = _arrays(run, settings)
     backend, device = cnn.backend_name(), cnn.device_name()
 
     def objective(trial: optuna.Trial) -> float:
@@ -149,51 +156,37 @@ def make_objective(
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at epoch {epoch}")
 
+        folder = run.path("models", STUDY, f"trial-{trial.number:04d}")
+        seed = settings.seed + trial.number
         try:
-            model, info = cnn.fit_model(
-                config, x_train, y_train, x_val=x_val, y_val=y_val, on_epoch=on_epoch, seed=settings.seed + trial.number
-            )
-            folder = trial_dir(run, STUDY, trial.number)
-            t0 = time.perf_counter()
-            probas = {
-                "val": cnn.predict_proba(model, x_val),
-                "holdout": cnn.predict_proba(model, x_hold),
-                "test": cnn.predict_proba(model, run.x_test),
-            }
-            predict_s = time.perf_counter() - t0
-            model.save(folder / "model.keras")
-            save_probas(folder, probas)
-            write_json(folder / "config.json", {**config, "best_epoch": info["best_epoch"]})
-            params = cnn.count_params(model)
-        except (optuna.TrialPruned, EnsembleError):
+            if arrays_path is not None:
+                metrics = train_in_subprocess(config, arrays_path, folder, seed=seed, on_epoch=on_epoch)
+            else:
+                metrics = train_and_save(config, arrays, folder, seed=seed, on_epoch=on_epoch)
+        except (optuna.TrialPruned, EnsembleError, KeyboardInterrupt):
+            shutil.rmtree(folder, ignore_errors=True)
             raise
         except Exception as exc:  # NaN loss, OOM, a bad combination: this trial fails, the study goes on
-            reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+            shutil.rmtree(folder, ignore_errors=True)
+            reason = str(exc) if isinstance(exc, WorkerError) else f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
             trial.set_user_attr("fail_reason", reason)
             say(f"  trial {trial.number} FAILED: {reason}")
             raise TrialFailed(reason) from exc
-        finally:
-            cnn.release()
-        acc = float(np.mean(probas["val"].argmax(1) == y_val))
         attrs = {
-            "val_accuracy": acc,
-            "val_logloss": _logloss(probas["val"], y_val),
-            "epochs_run": info["epochs_run"],
-            "best_epoch": info["best_epoch"],
-            "train_seconds": round(info["train_seconds"], 2),
-            "predict_seconds": round(predict_s, 2),
-            "images_per_second": round(info["images_per_second"], 1),
-            "params": params,
+            **metrics,
             "backend": backend,
             "device": device,
-            "n_train": len(y_train),
+            "n_train": len(arrays["y_train"]),
             "artifact_dir": str(folder),
             "data_fingerprint": run.dataset.fingerprint,
         }
         for k, v in attrs.items():
             trial.set_user_attr(k, v)
-        say(f"  trial {trial.number} done: val_accuracy {acc:.4f}, {info['train_seconds']:.0f}s, {params:,} params")
-        return acc
+        say(
+            f"  trial {trial.number} done: val_accuracy {metrics['val_accuracy']:.4f}, "
+            f"{metrics['train_seconds']:.0f}s, {metrics['params']:,} params"
+        )
+        return metrics["val_accuracy"]
 
     return objective
 
@@ -246,11 +239,20 @@ def run_search(
         say(f"Study '{STUDY}' already has {done} finished trial(s) (asked for {settings.trials}); nothing to do.")
         return study
     say(f"Study '{STUDY}': {done} finished trial(s) so far, running up to {todo} more")
-    study.optimize(
-        make_objective(run, space, settings, say),
-        n_trials=todo,
-        timeout=settings.timeout,
-        catch=(TrialFailed,),
-        gc_after_trial=True,
-    )
+    arrays_path = None
+    if settings.isolate:
+        arrays_path = run.path(".cache", "search-arrays.npz")
+        arrays_path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(arrays_path, **_arrays(run, settings))
+    try:
+        study.optimize(
+            make_objective(run, space, settings, say, arrays_path),
+            n_trials=todo,
+            timeout=settings.timeout,
+            catch=(TrialFailed,),
+            gc_after_trial=True,
+        )
+    finally:
+        if arrays_path is not None:
+            arrays_path.unlink(missing_ok=True)
     return study

@@ -48,7 +48,7 @@ class AlwaysPrune(optuna.pruners.BasePruner):
 
 def test_trials_leave_curves_attrs_and_artifacts(tiny) -> None:
     run, space, _ = tiny
-    study = run_search(run, space, SearchSettings(trials=2, pruner="none"), say=_quiet)
+    study = run_search(run, space, SearchSettings(isolate=False, trials=2, pruner="none"), say=_quiet)
     trials = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     assert len(trials) == 2
     for t in trials:
@@ -66,24 +66,24 @@ def test_trials_leave_curves_attrs_and_artifacts(tiny) -> None:
 
 def test_forced_pruning_gives_pruned_trial(tiny) -> None:
     run, space, _ = tiny
-    study = run_search(run, space, SearchSettings(trials=1), pruner=AlwaysPrune(), say=_quiet)
+    study = run_search(run, space, SearchSettings(isolate=False, trials=1), pruner=AlwaysPrune(), say=_quiet)
     (t,) = study.trials
     assert t.state == optuna.trial.TrialState.PRUNED and list(t.intermediate_values) == [1]
 
 
 def test_resume_continues_and_stale_running_trials_fail(tiny) -> None:
     run, space, _ = tiny
-    run_search(run, space, SearchSettings(trials=1, pruner="none"), say=_quiet)
+    run_search(run, space, SearchSettings(isolate=False, trials=1, pruner="none"), say=_quiet)
     study = optuna.load_study(study_name="cnn", storage=open_storage(run))
     ghost = study.ask()
     study._storage.set_trial_user_attr(ghost._trial_id, "pid", 2**22 + 12345)  # a pid that is not running
     study._storage.set_trial_user_attr(ghost._trial_id, "host", __import__("socket").gethostname())
-    study = run_search(run, space, SearchSettings(trials=3, pruner="none"), say=_quiet)
+    study = run_search(run, space, SearchSettings(isolate=False, trials=3, pruner="none"), say=_quiet)
     states = [t.state for t in study.trials]
     assert states.count(optuna.trial.TrialState.COMPLETE) == 2
     assert study.trials[1].state == optuna.trial.TrialState.FAIL
     assert "stopped" in study.trials[1].user_attrs["fail_reason"]
-    again = run_search(run, space, SearchSettings(trials=3, pruner="none"), say=_quiet)
+    again = run_search(run, space, SearchSettings(isolate=False, trials=3, pruner="none"), say=_quiet)
     assert len(again.trials) == 3
 
 
@@ -99,7 +99,7 @@ def test_a_failing_trial_is_recorded_and_the_study_goes_on(tiny, monkeypatch: py
         return real_fit(*args, **kwargs)
 
     monkeypatch.setattr(cnn, "fit_model", flaky)
-    study = run_search(run, space, SearchSettings(trials=2, pruner="none"), say=_quiet)
+    study = run_search(run, space, SearchSettings(isolate=False, trials=2, pruner="none"), say=_quiet)
     assert [t.state.name for t in study.trials] == ["FAIL", "COMPLETE"]
     assert study.trials[0].user_attrs["fail_reason"] == "MemoryError: out of memory (simulated)"
     assert not (run.path("models", "cnn", "trial-0000") / "model.keras").exists()
@@ -109,7 +109,7 @@ def test_saved_model_reloads_with_same_probabilities(tiny) -> None:
     import keras
 
     run, space, _ = tiny
-    study = run_search(run, space, SearchSettings(trials=1, pruner="none"), say=_quiet)
+    study = run_search(run, space, SearchSettings(isolate=False, trials=1, pruner="none"), say=_quiet)
     folder = Path(study.best_trial.user_attrs["artifact_dir"])
     model = keras.saving.load_model(folder / "model.keras")
     x_val, _ = run.part("val")
@@ -157,3 +157,15 @@ def test_first_trial_of_a_new_study_is_the_known_good_default(tmp_path: Path) ->
         "filters: {type: categorical, choices: [16, 24]}\nlearning_rate: {type: float, low: 1.0e-2, high: 0.1}\n"
     )
     assert known_good_params(load_cnn_space(f)) == {"filters": cnn.DEFAULTS["filters"]}  # lr default is outside
+
+
+def test_isolated_worker_trains_reports_and_prunes(tiny) -> None:
+    run, space, _ = tiny
+    study = run_search(run, space, SearchSettings(trials=1, pruner="none"), say=_quiet)
+    (t,) = study.trials
+    assert t.state == optuna.trial.TrialState.COMPLETE and sorted(t.intermediate_values) == [1, 2]
+    assert (Path(t.user_attrs["artifact_dir"]) / "model.keras").is_file()
+    study = run_search(run, space, SearchSettings(trials=2), pruner=AlwaysPrune(), say=_quiet)
+    assert study.trials[1].state == optuna.trial.TrialState.PRUNED
+    assert not run.path("models", "cnn", "trial-0001").exists()
+    assert not run.path(".cache", "search-arrays.npz").exists()

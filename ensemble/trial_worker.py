@@ -1,0 +1,136 @@
+"""Train one CNN trial and save its artifacts, in this process or in a fresh child process.
+
+TensorFlow keeps ~20 MiB per trained model in process-wide caches that ``clear_session``
+does not release (measured by ``benchmarks/search_memory.py``), so by default every trial
+trains in a spawned child process that exits afterwards: the search process stays flat.
+The child streams each epoch's logs to the parent, which reports them to Optuna and
+answers whether to prune.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ensemble import cnn
+from ensemble.artifacts import save_probas
+from ensemble.io import write_json
+
+OnEpoch = Callable[[int, dict[str, float]], None]
+ARRAYS = ("x_train", "y_train", "x_val", "y_val", "x_holdout", "x_test")
+
+
+class WorkerError(Exception):
+    """The trial failed inside the worker (its message is the reason)."""
+
+
+class PruneRequested(Exception):
+    """Raised inside training when the parent says the trial should be pruned."""
+
+
+def _logloss(p: np.ndarray, y: np.ndarray) -> float:
+    return float(-np.mean(np.log(np.clip(p[np.arange(len(y)), y], 1e-7, 1.0))))
+
+
+def train_and_save(
+    config: dict[str, Any], arrays: dict[str, np.ndarray], folder: Path, *, seed: int, on_epoch: OnEpoch
+) -> dict[str, Any]:
+    """Fit, predict val/holdout/test, save model.keras, probabilities and config.json; return metrics."""
+    try:
+        model, info = cnn.fit_model(
+            config,
+            arrays["x_train"],
+            arrays["y_train"],
+            x_val=arrays["x_val"],
+            y_val=arrays["y_val"],
+            on_epoch=on_epoch,
+            seed=seed,
+        )
+        t0 = time.perf_counter()
+        probas = {part: cnn.predict_proba(model, arrays[f"x_{part}"]) for part in ("val", "holdout", "test")}
+        predict_s = time.perf_counter() - t0
+        folder.mkdir(parents=True, exist_ok=True)
+        model.save(folder / "model.keras")
+        save_probas(folder, probas)
+        write_json(folder / "config.json", {**config, "best_epoch": info["best_epoch"]})
+        params = cnn.count_params(model)
+    finally:
+        cnn.release()
+    y_val = arrays["y_val"]
+    return {
+        "val_accuracy": float(np.mean(probas["val"].argmax(1) == y_val)),
+        "val_logloss": _logloss(probas["val"], y_val),
+        "epochs_run": info["epochs_run"],
+        "best_epoch": info["best_epoch"],
+        "train_seconds": round(info["train_seconds"], 2),
+        "predict_seconds": round(predict_s, 2),
+        "images_per_second": round(info["images_per_second"], 1),
+        "params": params,
+    }
+
+
+def _child(conn: Any, arrays_path: str, config: dict[str, Any], folder: str, seed: int, env: dict[str, str]) -> None:
+    os.environ.update(env)
+    try:
+        with np.load(arrays_path) as npz:
+            arrays = {k: npz[k] for k in ARRAYS}
+
+        def on_epoch(epoch: int, logs: dict[str, float]) -> None:
+            conn.send(("epoch", epoch, logs))
+            if conn.recv() == "prune":
+                raise PruneRequested(epoch)
+
+        conn.send(("done", train_and_save(config, arrays, Path(folder), seed=seed, on_epoch=on_epoch)))
+    except PruneRequested as p:
+        conn.send(("pruned", p.args[0]))
+    except BaseException as exc:
+        conn.send(("error", f"{type(exc).__name__}: {exc}".splitlines()[0][:300]))
+    finally:
+        conn.close()
+
+
+def train_in_subprocess(
+    config: dict[str, Any], arrays_path: Path, folder: Path, *, seed: int, on_epoch: OnEpoch
+) -> dict[str, Any]:
+    """Like :func:`train_and_save`, in a spawned process; ``on_epoch`` may raise to prune."""
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe()
+    env = {k: v for k, v in os.environ.items() if k.startswith(("KERAS_", "TF_", "CUDA_", "XLA_"))}
+    proc = ctx.Process(target=_child, args=(child, str(arrays_path), config, str(folder), seed, env), daemon=True)
+    proc.start()
+    child.close()
+    pending: BaseException | None = None
+    try:
+        while True:
+            if not parent.poll(1.0):
+                if not proc.is_alive():
+                    raise WorkerError(f"trial worker died with exit code {proc.exitcode} (killed for memory?)")
+                continue
+            try:
+                msg = parent.recv()
+            except EOFError:
+                raise WorkerError(f"trial worker died with exit code {proc.join(5) or proc.exitcode}") from None
+            if msg[0] == "epoch":
+                try:
+                    on_epoch(msg[1], msg[2])
+                    parent.send("go")
+                except BaseException as exc:  # the parent decided to prune (or was interrupted)
+                    pending = exc
+                    parent.send("prune")
+            elif msg[0] == "done":
+                return msg[1]
+            elif msg[0] == "pruned":
+                raise pending if pending is not None else WorkerError("pruned without a request")
+            else:
+                raise WorkerError(msg[1])
+    finally:
+        proc.join(timeout=30)
+        if proc.is_alive():
+            proc.terminate()
+            proc.join()
