@@ -2,7 +2,8 @@
 
     python benchmarks/search_memory.py [--trials 20]
 
-Runs a tiny search (small CNN, 1 epoch, 600 demo images; trials in child processes unless --in-process)
+Runs a tiny search (small CNN, 1 epoch, 600 demo images; trials in child processes unless
+--in-process) in a throwaway run folder and prints the
 resident set size after each trial, then the growth from trial 5 to the last.
 """
 
