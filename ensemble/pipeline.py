@@ -139,22 +139,25 @@ class Stages:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.data: dict[str, Any] = read_json(path) if path.is_file() else {"stages": {}}
+        self.lock = threading.Lock()  # the baselines thread records its stage too
 
     def done(self, stage: str) -> bool:
         return bool(self.data["stages"].get(stage, {}).get("done"))
 
     def finish(self, stage: str, seconds: float, **info: Any) -> None:
-        self.data["stages"][stage] = {
-            "done": True,
-            "seconds": round(seconds, 1),
-            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            **info,
-        }
-        write_json(self.path, self.data)
+        with self.lock:
+            self.data["stages"][stage] = {
+                "done": True,
+                "seconds": round(seconds, 1),
+                "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                **info,
+            }
+            write_json(self.path, self.data)
 
     def note(self, **info: Any) -> None:
-        self.data.update(info)
-        write_json(self.path, self.data)
+        with self.lock:
+            self.data.update(info)
+            write_json(self.path, self.data)
 
 
 class Budget:

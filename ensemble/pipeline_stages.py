@@ -146,6 +146,7 @@ class BaselineWorker(threading.Thread):
         self.proc: subprocess.Popen | None = None
         self.ok, self.stopped, self.errors = True, False, []
         self.cores = baseline_cores(int(s["baseline_cores"]))
+        self.on_done: Any = None
 
     def command(self, families: list[str], trials: int) -> list[str]:
         left = max(1, int(0.6 * (self.deadline - time.time())))  # leave time for the refits of the best
@@ -172,6 +173,8 @@ class BaselineWorker(threading.Thread):
             if self.proc.wait() != 0 and not self.stopped:
                 self.ok = False
                 self.errors.append(f"exit code {self.proc.returncode} for {','.join(families)}")
+        if self.ok and not self.stopped and self.on_done is not None:
+            self.on_done()  # recorded at once: a later kill during the CNN search does not redo them
 
     def stop(self) -> None:
         self.stopped = True
@@ -192,6 +195,7 @@ def search_stage(
     t0 = time.time()
     if need_base and s["baselines"]:
         worker = BaselineWorker(run, s, deadline, log.for_stage("baselines"), storage_url)
+        worker.on_done = lambda: stages.finish("baselines", time.time() - t0)
         worker.start()
     try:
         if need_cnn:
@@ -204,6 +208,8 @@ def search_stage(
         if worker is not None:
             worker.stop()
         raise
+    if stages.done("baselines"):
+        return
     if worker is None or worker.ok:
         stages.finish("baselines", time.time() - t0, stopped_at_deadline=bool(worker and worker.stopped))
     else:
