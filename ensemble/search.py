@@ -163,7 +163,11 @@ def make_objective(
                 metrics = train_in_subprocess(config, arrays_path, folder, seed=seed, on_epoch=on_epoch)
             else:
                 metrics = train_and_save(config, arrays, folder, seed=seed, on_epoch=on_epoch)
-        except (optuna.TrialPruned, EnsembleError, KeyboardInterrupt):
+        except optuna.TrialPruned as exc:
+            shutil.rmtree(folder, ignore_errors=True)
+            say(f"  trial {trial.number} {exc or 'pruned'}")
+            raise
+        except (EnsembleError, KeyboardInterrupt):
             shutil.rmtree(folder, ignore_errors=True)
             raise
         except Exception as exc:  # NaN loss, OOM, a bad combination: this trial fails, the study goes on
