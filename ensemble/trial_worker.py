@@ -106,6 +106,7 @@ def train_in_subprocess(
     proc.start()
     child.close()
     pending: BaseException | None = None
+    interrupted = False
     try:
         while True:
             if not parent.poll(1.0):
@@ -129,8 +130,11 @@ def train_in_subprocess(
                 raise pending if pending is not None else WorkerError("pruned without a request")
             else:
                 raise WorkerError(msg[1])
+    except KeyboardInterrupt:
+        interrupted = True
+        raise
     finally:
-        proc.join(timeout=30)
+        proc.join(timeout=0 if interrupted else 30)
         if proc.is_alive():
             proc.terminate()
             proc.join()
