@@ -33,7 +33,7 @@ SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": {  # CPU, 2 cores: <= 30 min on the 42k Kaggle data
         "budget": "28m",
-        "space": "cnn.yaml",
+        "space": "cnn_quick.yaml",
         "cnn_trials": 8,
         "max_train": None,
         "pruner": "median",
