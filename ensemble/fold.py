@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 _NO_OPS = ("Dropout", "SpatialDropout2D", "GaussianNoise", "GaussianDropout", "RandomRotation", "RandomZoom")
-_NO_OPS += ("RandomTranslation", "RandomFlip", "RandomContrast", "RandomBrightness", "RandomCrop")
+_NO_OPS += ("RandomTranslation", "RandomFlip", "RandomContrast", "RandomBrightness", "RandomCrop", "RandomAffine")
 
 
 def inference_model(model: Any, check: np.ndarray | None = None) -> Any:

@@ -58,10 +58,7 @@ def load_keras_model(path: str | Path, name: str = "") -> Any:
     """Load a ``.keras`` member under the current backend and check its input and output shapes."""
     import keras
 
-    try:  # registers the CNN search's custom layers, if it defines any
-        import ensemble.cnn  # noqa: F401
-    except ImportError:
-        pass
+    import ensemble.augment  # noqa: F401  (registers RandomAffine, the CNNs' augmentation layer)
     label = name or str(path)
     try:
         model = keras.saving.load_model(str(path), compile=False)
