@@ -26,7 +26,7 @@ from ensemble.artifacts import save_probas, trial_dir
 from ensemble.baselines_models import FAMILIES, Family, FitContext, full_proba, save_model, space_keys, xgboost_device
 from ensemble.errors import SpaceError, UsageError
 from ensemble.space import Space, load_space
-from ensemble.storage import open_storage
+from ensemble.storage import fail_stale_trials, mark_owner, open_storage
 
 if TYPE_CHECKING:
     import optuna
@@ -198,6 +198,7 @@ def objective(trial: optuna.Trial, *, parts: Parts, family: Family, space: Space
     """Fit one configuration, save its artifacts, record user_attrs; returns validation accuracy."""
     from sklearn.metrics import log_loss
 
+    mark_owner(trial)
     stage = trial.user_attrs.get("stage", "search")
     params = space.suggest(trial)
     search_rows = params.pop("search_rows", 0)
@@ -321,6 +322,8 @@ def ensure_studies(parts: Parts, families: Iterable[Family], spaces: dict[str, S
         study = optuna.create_study(study_name=fam.study_name, storage=st, direction="maximize", load_if_exists=True)
         if not study.trials:
             study.enqueue_trial(first_params(spaces[fam.name]), user_attrs={"stage": "search"})
+        for number in fail_stale_trials(study):  # killed mid-fit: FAIL, and drop its half-written folder
+            shutil.rmtree(parts.path("models", fam.study_name, f".trial-{number:04d}.partial"), ignore_errors=True)
         studies[fam.name] = study
     return studies
 

@@ -8,9 +8,7 @@ draws learning curves and the pruner can stop bad trials), then saves ``model.ke
 
 from __future__ import annotations
 
-import os
 import shutil
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +19,7 @@ import numpy as np
 from ensemble import cnn
 from ensemble.errors import EnsembleError, UsageError
 from ensemble.space import Space, load_space
-from ensemble.storage import open_storage
+from ensemble.storage import fail_stale_trials, mark_owner, open_storage
 from ensemble.trial_worker import WorkerError, train_and_save, train_in_subprocess
 
 if TYPE_CHECKING:
@@ -68,32 +66,6 @@ def load_cnn_space(path: str | Path) -> Space:
     space = load_space(path, known=cnn.DEFAULTS)
     cnn.validate_config(space.defaults(), where=str(path))
     return space
-
-
-def fail_stale_trials(study: optuna.Study) -> list[int]:
-    """Mark RUNNING trials whose process is gone (killed) as FAIL, so they don't block or count."""
-    import optuna
-
-    stale = []
-    host = socket.gethostname()
-    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        pid, where = t.user_attrs.get("pid"), t.user_attrs.get("host")
-        if where == host and pid is not None and _alive(int(pid)):
-            continue
-        study._storage.set_trial_user_attr(t._trial_id, "fail_reason", "left RUNNING by a process that stopped")
-        study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
-        stale.append(t.number)
-    return stale
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def known_good_params(space: Space) -> dict[str, Any]:
@@ -144,8 +116,7 @@ def make_objective(
     backend, device = cnn.backend_name(), cnn.device_name()
 
     def objective(trial: optuna.Trial) -> float:
-        trial.set_user_attr("pid", os.getpid())
-        trial.set_user_attr("host", socket.gethostname())
+        mark_owner(trial)
         config = cnn.validate_config(space.suggest(trial), where=str(space.path))
         config["mixed_precision"] = config["mixed_precision"] or settings.mixed_precision
         say(f"trial {trial.number}: {backend}/{device}, {_short(config)}")

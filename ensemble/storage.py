@@ -8,7 +8,9 @@ Any Optuna storage URL (``postgresql://...``, ``mysql://...``) may be passed ins
 
 from __future__ import annotations
 
+import os
 import shlex
+import socket
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -57,3 +59,35 @@ def optuna_cli_args(run: Run, url: str | None = None) -> str:
     if _is_url(loc):
         return f"--storage {shlex.quote(loc)}"
     return f"--storage {shlex.quote(loc)} --storage-class JournalFileBackend"
+
+
+def mark_owner(trial: optuna.Trial) -> None:
+    """Record which process runs ``trial``, so a later invocation can tell a live trial from a killed one."""
+    trial.set_user_attr("pid", os.getpid())
+    trial.set_user_attr("host", socket.gethostname())
+
+
+def fail_stale_trials(study: optuna.Study) -> list[int]:
+    """Mark RUNNING trials whose process on this host is gone (killed) as FAIL, so they don't block or count."""
+    import optuna
+
+    stale = []
+    host = socket.gethostname()
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        pid, where = t.user_attrs.get("pid"), t.user_attrs.get("host")
+        if pid is not None and (where != host or _alive(int(pid))):
+            continue  # alive here, or another machine's worker (shared storage): leave it
+        study._storage.set_trial_user_attr(t._trial_id, "fail_reason", "left RUNNING by a process that stopped")
+        study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+        stale.append(t.number)
+    return stale
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -87,6 +87,22 @@ def test_rerun_continues_the_study(setup):
     assert len(_study("knn").trials) == 3
 
 
+def test_trial_left_running_by_a_killed_process_is_failed_and_its_folder_removed(setup):
+    data, spaces = setup
+    assert _cli(data, spaces, "--models", "knn", "--trials", "1") == 0
+    study = _study("knn")
+    killed = study.ask()  # as a killed process leaves it: RUNNING, owner gone, half-written folder
+    killed.set_user_attr("pid", 2**22 + 12345)
+    killed.set_user_attr("host", __import__("socket").gethostname())
+    partial = open_run("t").path("models", "baseline-knn", f".trial-{killed.number:04d}.partial")
+    partial.mkdir(parents=True)
+    assert _cli(data, spaces, "--models", "knn", "--trials", "1") == 0
+    states = [t.state for t in _study("knn").trials]
+    assert states[killed.number] == optuna.trial.TrialState.FAIL
+    assert _study("knn").trials[killed.number].user_attrs["fail_reason"].startswith("left RUNNING")
+    assert not partial.exists() and states.count(optuna.trial.TrialState.COMPLETE) == 2
+
+
 def test_parallel_workers_share_the_journal(setup):
     data, spaces = setup
     args = ["baselines", "--run", "t", "--data", str(data), "--spaces", str(spaces), "--models", "knn,logreg"]
