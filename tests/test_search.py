@@ -169,3 +169,10 @@ def test_isolated_worker_trains_reports_and_prunes(tiny) -> None:
     assert study.trials[1].state == optuna.trial.TrialState.PRUNED
     assert not run.path("models", "cnn", "trial-0001").exists()
     assert not run.path(".cache", "search-arrays.npz").exists()
+
+
+def test_batchnorm_momentum_follows_training_length() -> None:
+    assert cnn.bn_momentum(33_600, cnn.DEFAULTS) == 0.99  # 263 steps x 8 epochs
+    assert cnn.bn_momentum(3_200, cnn.DEFAULTS) == 0.9  # demo data: 25 steps x 8 epochs
+    model = cnn.build_model(cnn.DEFAULTS, momentum=0.9)
+    assert {layer.momentum for layer in model.layers if type(layer).__name__ == "BatchNormalization"} == {0.9}
