@@ -8,7 +8,7 @@ Ours: ``ensemble.cnn`` with in-graph augmentation and a one-cycle schedule (conf
     python benchmarks/train_throughput.py                     # full: time-to-99.3% for both (real data)
     python benchmarks/train_throughput.py --throughput-only   # images/s only, every installed backend
 
-The backend is $KERAS_BACKEND (or --backend). Data: ../shared/data/digit-recognizer if present,
+The backend is $KERAS_BACKEND (or --backend). Data: $ENSEMBLE_DATA, else ../shared/data/digit-recognizer if present,
 else the offline demo digits (time-to-target is then not meaningful).
 """
 
@@ -24,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "digit-recognizer"
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "digit-recognizer"
+REAL = Path(os.environ.get("ENSEMBLE_DATA") or SHARED)
 TARGET = 0.993
 OURS = {
     "conv_blocks": 3,
@@ -59,13 +60,18 @@ def load_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     return ds.x_train[s.train], ds.y_train[s.train], ds.x_train[s.val], ds.y_train[s.val]
 
 
-def reference_model():
+def reference_model(in_graph_augment: bool = False):
+    """The Kaggle kernel's network; ``in_graph_augment`` adds /255 and its augmentation as Keras layers."""
     import keras
     from keras import layers
 
+    from ensemble.augment import RandomAffine
+
+    augment = [layers.Rescaling(1 / 255.0), RandomAffine(10, 0.1, 0.1)]
     m = keras.Sequential(
         [
             keras.Input((28, 28, 1)),
+            *(augment if in_graph_augment else []),
             layers.Conv2D(32, 5, padding="same", activation="relu"),
             layers.Conv2D(32, 5, padding="same", activation="relu"),
             layers.MaxPooling2D(2),
