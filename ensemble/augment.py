@@ -59,8 +59,8 @@ def warp(images: Any, matrices: Any) -> Any:
 
     The matrices act on centred coordinates in units of the image size (shift 0.1 = 10% of it).
     """
-    n, h, w, c = (ops.shape(images)[i] for i in range(4))
-    hs, ws = int(images.shape[1]), int(images.shape[2])
+    n, c = ops.shape(images)[0], ops.shape(images)[3]
+    hs, ws = int(images.shape[1]), int(images.shape[2])  # static: 28 x 28
     ys, xs = ops.meshgrid(ops.arange(hs, dtype="float32"), ops.arange(ws, dtype="float32"), indexing="ij")
     cx, cy = (ws - 1) / 2.0, (hs - 1) / 2.0
     x0, y0 = ops.reshape(xs - cx, (1, -1)), ops.reshape(ys - cy, (1, -1))  # (1, hw)
