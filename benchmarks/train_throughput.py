@@ -67,11 +67,11 @@ def reference_model(in_graph_augment: bool = False):
 
     from ensemble.augment import RandomAffine
 
-    augment = [layers.Rescaling(1 / 255.0), RandomAffine(10, 0.1, 0.1)]
+    augment = [layers.Rescaling(1 / 255.0), RandomAffine(10, 0.1, 0.1)] if in_graph_augment else []
     m = keras.Sequential(
         [
             keras.Input((28, 28, 1)),
-            *(augment if in_graph_augment else []),
+            *augment,
             layers.Conv2D(32, 5, padding="same", activation="relu"),
             layers.Conv2D(32, 5, padding="same", activation="relu"),
             layers.MaxPooling2D(2),
