@@ -33,7 +33,7 @@ from ensemble.predict import (
     progress_bar,
     save_npy,
 )
-from ensemble.tta import CANDIDATES, IDENTITY, parse_views, select_views
+from ensemble.tta import CANDIDATES, IDENTITY, MIN_GAIN_SE, parse_views, select_views
 from ensemble.voting import SoftVoter, accuracy, log_loss
 
 if TYPE_CHECKING:
@@ -350,6 +350,7 @@ def build_ensemble(
             },
             "tta": {
                 "mode": mode,
+                **({"min_gain_se": MIN_GAIN_SE} if mode == "auto" else {}),
                 "views": views,
                 "candidates": predicted,
                 "steps": steps,

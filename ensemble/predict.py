@@ -59,6 +59,7 @@ def load_keras_model(path: str | Path, name: str = "") -> Any:
     import keras
 
     import ensemble.augment  # noqa: F401  (registers RandomAffine, the CNNs' augmentation layer)
+
     label = name or str(path)
     try:
         model = keras.saving.load_model(str(path), compile=False)

@@ -21,7 +21,7 @@ from functools import lru_cache
 import numpy as np
 
 from ensemble.errors import UsageError
-from ensemble.voting import accuracy, log_loss
+from ensemble.voting import EPS, accuracy, log_loss
 
 SIDE = 28
 IDENTITY = "identity"
@@ -161,21 +161,51 @@ def stack_views(views: Sequence[str], images: np.ndarray) -> np.ndarray:
     return out
 
 
-def _better(loss: float, acc: float, base_loss: float, base_acc: float) -> bool:
-    """Kept if log loss falls without losing accuracy, or accuracy rises."""
-    return (loss < base_loss - 1e-9 and acc >= base_acc) or acc > base_acc
+#: A view must beat the current set by more than this many paired standard errors (``--tta auto``).
+MIN_GAIN_SE = 1.0
+
+
+def _row_losses(y: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """Per-row negative log probability of the true class (the terms of :func:`log_loss`)."""
+    p = np.asarray(p, dtype=np.float64)
+    true = p[np.arange(len(y)), y] / np.maximum(p.sum(axis=1), EPS)
+    return -np.log(np.clip(true, EPS, 1.0))
+
+
+def _clear_gain(y: np.ndarray, cur: np.ndarray, new: np.ndarray, z: float) -> bool:
+    """Is ``new`` better than ``cur`` on validation by more than ``z`` paired standard errors?
+
+    Either the log loss falls by more than z standard errors of the per-row loss differences
+    (without losing accuracy), or accuracy rises: rows fixed minus rows broken exceeds
+    z * sqrt(fixed + broken) (McNemar's normal approximation), without a higher log loss.
+    A gain that small noise could produce (one or two digits out of thousands) is not kept.
+    """
+    lc, ln = _row_losses(y, cur), _row_losses(y, new)
+    d = lc - ln
+    se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else 0.0
+    ok_c, ok_n = cur.argmax(1) == y, new.argmax(1) == y
+    fixed, broken = int(np.sum(ok_n & ~ok_c)), int(np.sum(ok_c & ~ok_n))
+    loss_gain = d.mean() > max(z * se, 1e-9) and fixed >= broken
+    acc_gain = fixed - broken > z * np.sqrt(fixed + broken) and d.mean() >= 0
+    return bool(loss_gain or acc_gain)
 
 
 def select_views(
-    view_probas: Mapping[str, np.ndarray], y: np.ndarray, *, start: Sequence[str] = (IDENTITY,)
+    view_probas: Mapping[str, np.ndarray],
+    y: np.ndarray,
+    *,
+    start: Sequence[str] = (IDENTITY,),
+    min_gain_se: float = MIN_GAIN_SE,
 ) -> tuple[list[str], list[dict[str, object]]]:
     """Greedy forward selection of views on validation probabilities.
 
     ``view_probas[v]`` is the (ensemble) probability under view ``v``; a set of views predicts the
     mean of its members. Starting from ``start``, the candidate giving the lowest log loss among
-    those that improve validation log loss (without losing accuracy) or accuracy is added, until
+    those that clearly improve validation log loss or accuracy (by more than ``min_gain_se``
+    paired standard errors, see :func:`_clear_gain`; 0 keeps any improvement) is added, until
     none does. Returns the kept views and one record per step (view, val_logloss, val_accuracy).
     """
+    y = np.asarray(y, dtype=np.int64)
     names = list(view_probas)
     chosen = [v for v in start if v in view_probas] or names[:1]
     total = sum(np.asarray(view_probas[v], np.float64) for v in chosen)
@@ -188,7 +218,9 @@ def select_views(
                 continue
             p = (total + view_probas[v]) / (len(chosen) + 1)
             loss, acc = log_loss(y, p), accuracy(y, p)
-            if _better(loss, acc, cur_loss, cur_acc) and (best is None or (loss, -acc) < (best[0], -best[1])):
+            if _clear_gain(y, total / len(chosen), p, min_gain_se) and (
+                best is None or (loss, -acc) < (best[0], -best[1])
+            ):
                 best = (loss, acc, v)
         if best is None:
             return chosen, steps

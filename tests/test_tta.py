@@ -80,3 +80,19 @@ def test_select_views_keeps_only_helpful_views() -> None:
     assert steps[1]["val_logloss"] < steps[0]["val_logloss"]
     only, _ = select_views({IDENTITY: _rows(y, 0.9), "rot:8": _rows(y, 0.5)}, y)
     assert only == [IDENTITY]
+
+
+def test_select_views_refuses_a_gain_smaller_than_its_noise() -> None:
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 10, 4000)
+    base = _rows(y, 0.9)
+    noisy = base.copy()  # a view that moves every row's confidence at random: gain ~0.5 standard errors
+    noisy[np.arange(len(y)), y] = np.clip(0.9002 + rng.normal(0, 0.02, len(y)), 0.5, 0.999)
+    wrong = np.argmax(base, 1) != y
+    assert not wrong.any()
+    views, steps = select_views({IDENTITY: base, "rot:8": noisy}, y)
+    assert views == [IDENTITY] and len(steps) == 1
+    kept, _ = select_views({IDENTITY: base, "rot:8": noisy}, y, min_gain_se=0.0)  # any gain counts
+    assert kept == [IDENTITY, "rot:8"]
+    clear = _rows(y, 0.93)  # +0.03 on every row: far above its noise
+    assert select_views({IDENTITY: base, "shift:1:0": clear}, y)[0] == [IDENTITY, "shift:1:0"]

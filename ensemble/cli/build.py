@@ -32,7 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="auto",
         metavar="auto|none|LIST",
         help="test-time augmentation: auto keeps each candidate view only if it improves validation log loss "
-        "or accuracy; none; or a comma list of identity, shift:DX:DY, rot:DEG, zoom:F (auto)",
+        "or accuracy by more than one paired standard error (a gain noise could produce is refused); none; "
+        "or a comma list of identity, shift:DX:DY, rot:DEG, zoom:F (auto)",
     )
     p.add_argument(
         "--include-baselines",
