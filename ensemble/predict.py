@@ -96,17 +96,22 @@ def member_probas(
     n, v = len(images), len(views)
     out = np.empty((len(models), v, n, N_CLASSES), np.float32)
 
+    full = min(batch_size, n)
+
     def run_batch(start: int) -> None:
         chunk = images[start : start + batch_size]
         b = len(chunk)
+        if b < full:  # pad the last batch: every call has one shape, so no backend retraces
+            chunk = np.concatenate([chunk, np.zeros((full - b, *chunk.shape[1:]), chunk.dtype)])
         xb = stack_views(views, chunk)
         for m, model in enumerate(models):
             p = np.asarray(model.predict_on_batch(xb), dtype=np.float32)
-            if p.shape != (v * b, N_CLASSES):
-                raise ArtifactError(f"member {_name(names, m)}: output shape {p.shape}, expected ({v * b}, 10)")
-            if start == 0 and (p.min() < -1e-4 or np.abs(p.sum(axis=1) - 1).max() > 1e-3):
+            if p.shape != (v * full, N_CLASSES):
+                raise ArtifactError(f"member {_name(names, m)}: output shape {p.shape}, expected ({v * full}, 10)")
+            p = p.reshape(v, full, N_CLASSES)[:, :b]
+            if start == 0 and (p.min() < -1e-4 or np.abs(p.sum(axis=-1) - 1).max() > 1e-3):
                 raise ArtifactError(f"member {_name(names, m)}: outputs are not softmax probabilities")
-            out[m, :, start : start + b] = p.reshape(v, b, N_CLASSES)
+            out[m, :, start : start + b] = p
         if advance is not None:
             advance(b)
 
