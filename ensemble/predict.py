@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -54,11 +55,27 @@ def as_images(x: np.ndarray, what: str = "images") -> np.ndarray:
     return a
 
 
+class _OneTracePerModel(logging.Filter):
+    """Drops TensorFlow's "N out of the last M calls ... triggered tf.function retracing" warning.
+
+    Every member has its own predict function, traced once for the one batch shape used (the last
+    batch is padded); with five or more members TensorFlow counts those first traces together and
+    warns, although nothing is retraced. Other TensorFlow warnings pass.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "triggered tf.function retracing" not in record.getMessage()
+
+
 def load_keras_model(path: str | Path, name: str = "") -> Any:
     """Load a ``.keras`` member under the current backend and check its input and output shapes."""
     import keras
 
     import ensemble.augment  # noqa: F401  (registers RandomAffine, the CNNs' augmentation layer)
+
+    tf_log = logging.getLogger("tensorflow")
+    if not any(isinstance(f, _OneTracePerModel) for f in tf_log.filters):
+        tf_log.addFilter(_OneTracePerModel())
 
     label = name or str(path)
     try:

@@ -212,3 +212,17 @@ def test_inference_model_folds_batchnorm_and_keeps_outputs() -> None:
     np.testing.assert_allclose(fast.predict_on_batch(x), model.predict_on_batch(x), atol=1e-5)
     seq = keras.Sequential([keras.Input((28, 28, 1)), layers.Flatten(), layers.BatchNormalization(), layers.Dense(10)])
     assert inference_model(seq) is seq
+
+
+def test_first_trace_warning_of_each_member_is_dropped_other_tensorflow_warnings_pass() -> None:
+    import logging
+
+    from ensemble.predict import _OneTracePerModel
+
+    f = _OneTracePerModel()
+
+    def record(msg: str) -> logging.LogRecord:
+        return logging.LogRecord("tensorflow", logging.WARNING, __file__, 1, msg, None, None)
+
+    assert not f.filter(record("5 out of the last 5 calls to <function f> triggered tf.function retracing. Tracing"))
+    assert f.filter(record("Gradients do not exist for variables"))
