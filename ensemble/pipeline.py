@@ -47,7 +47,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "top_k": 5,
         "weights": "greedy",
         "tta": "auto",
-        "include_baselines": False,
+        # the deskewed baselines are diverse enough to help: on Kaggle's data greedy selection with
+        # them reached 0.9950 validation / 0.9960 holdout vs 0.9938 / 0.9950 for the 3 CNNs alone
+        "include_baselines": True,
         "shares": {"search": 0.87, "build": 0.09, "report": 0.04},
     },
     "standard": {  # CPU, a couple of hours
