@@ -211,17 +211,22 @@ def full_proba(model: Any, x: np.ndarray) -> np.ndarray:
     return out
 
 
+#: joblib compression for saved baselines: a 300-tree extra-trees model on Kaggle's data went from
+#: 405 MB to 62 MB, and loads faster (2.9 s instead of 4.7 s: less to read), for 4 s more at save.
+JOBLIB_COMPRESS = ("zlib", 3)
+
+
 def save_model(folder: Path, family: Family, pre: Any, model: Any) -> list[str]:
-    """Save a fitted model into ``folder``; returns the file names written."""
+    """Save a fitted model into ``folder`` (joblib files zlib-compressed); returns the file names written."""
     import joblib
 
     if family.kind == "xgboost":
         model.save_model(folder / "model.ubj")
-        joblib.dump(pre, folder / "preprocess.joblib")
+        joblib.dump(pre, folder / "preprocess.joblib", compress=JOBLIB_COMPRESS)
         return ["model.ubj", "preprocess.joblib"]
     from sklearn.pipeline import Pipeline
 
-    joblib.dump(Pipeline([*pre.steps, ("model", model)]), folder / "model.joblib")
+    joblib.dump(Pipeline([*pre.steps, ("model", model)]), folder / "model.joblib", compress=JOBLIB_COMPRESS)
     return ["model.joblib"]
 
 
