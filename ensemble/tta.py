@@ -21,7 +21,7 @@ from functools import lru_cache
 import numpy as np
 
 from ensemble.errors import UsageError
-from ensemble.voting import EPS, accuracy, log_loss
+from ensemble.voting import accuracy, log_loss, row_log_loss
 
 SIDE = 28
 IDENTITY = "identity"
@@ -165,13 +165,6 @@ def stack_views(views: Sequence[str], images: np.ndarray) -> np.ndarray:
 MIN_GAIN_SE = 1.0
 
 
-def _row_losses(y: np.ndarray, p: np.ndarray) -> np.ndarray:
-    """Per-row negative log probability of the true class (the terms of :func:`log_loss`)."""
-    p = np.asarray(p, dtype=np.float64)
-    true = p[np.arange(len(y)), y] / np.maximum(p.sum(axis=1), EPS)
-    return -np.log(np.clip(true, EPS, 1.0))
-
-
 def _clear_gain(y: np.ndarray, cur: np.ndarray, new: np.ndarray, z: float) -> bool:
     """Is ``new`` better than ``cur`` on validation by more than ``z`` paired standard errors?
 
@@ -180,7 +173,7 @@ def _clear_gain(y: np.ndarray, cur: np.ndarray, new: np.ndarray, z: float) -> bo
     z * sqrt(fixed + broken) (McNemar's normal approximation), without a higher log loss.
     A gain that small noise could produce (one or two digits out of thousands) is not kept.
     """
-    lc, ln = _row_losses(y, cur), _row_losses(y, new)
+    lc, ln = row_log_loss(y, cur), row_log_loss(y, new)
     d = lc - ln
     se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else 0.0
     ok_c, ok_n = cur.argmax(1) == y, new.argmax(1) == y

@@ -57,12 +57,17 @@ def soft_vote(
     return np.tensordot(w, stack, axes=1)
 
 
-def log_loss(y: np.ndarray, p: np.ndarray) -> float:
-    """Mean negative log probability of the true class (rows renormalised, clipped at 1e-7)."""
+def row_log_loss(y: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """Per-row negative log probability of the true class (rows renormalised, clipped at 1e-7)."""
     p = np.asarray(p, dtype=np.float64)
     y = np.asarray(y, dtype=np.int64)
     true = p[np.arange(len(y)), y] / np.maximum(p.sum(axis=1), EPS)
-    return float(-np.mean(np.log(np.clip(true, EPS, 1.0))))
+    return -np.log(np.clip(true, EPS, 1.0))
+
+
+def log_loss(y: np.ndarray, p: np.ndarray) -> float:
+    """Mean of :func:`row_log_loss`."""
+    return float(np.mean(row_log_loss(y, p)))
 
 
 def accuracy(y: np.ndarray, p: np.ndarray) -> float:
