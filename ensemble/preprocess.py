@@ -28,6 +28,8 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.decomposition import PCA
 from sklearn.pipeline import FeatureUnion, Pipeline
 
+from ensemble.sampling import bilinear_taps
+
 #: Search-space keys that configure preprocessing rather than the model.
 PREPROCESS_KEYS = ("deskew", "pca_components", "pca_whiten", "pca_append")
 
@@ -75,22 +77,12 @@ def deskew(images: np.ndarray, *, chunk: int = 2048) -> np.ndarray:
         alpha = np.where(var_r > 1e-3, cov / np.maximum(var_r, 1e-3), 0.0).astype(np.float32)
         rows = np.broadcast_to(r - cr + mr[:, None, None], (m, h, w))
         cols = c - cc + mc[:, None, None] + alpha[:, None, None] * (r - cr)
-        r0, c0 = np.floor(rows), np.floor(cols)
-        fr, fc = rows - r0, cols - c0
-        r0, c0 = r0.astype(np.intp), c0.astype(np.intp)
+        idx, wts = bilinear_taps(rows, cols, h, w)
         flat = img.reshape(-1)
-        base = (np.arange(m) * (h * w))[:, None, None]
-        acc = np.zeros((m, h, w), np.float32)
-        for di, dj, weight in (
-            (0, 0, (1 - fr) * (1 - fc)),
-            (0, 1, (1 - fr) * fc),
-            (1, 0, fr * (1 - fc)),
-            (1, 1, fr * fc),
-        ):
-            ri, cj = r0 + di, c0 + dj
-            inside = (ri >= 0) & (ri < h) & (cj >= 0) & (cj < w)
-            idx = base + np.clip(ri, 0, h - 1) * w + np.clip(cj, 0, w - 1)
-            acc += np.where(inside, flat[idx] * weight, np.float32(0))
+        idx += (np.arange(m) * (h * w))[:, None, None]  # index into the whole chunk
+        acc = flat[idx[0]] * wts[0]
+        for k in range(1, 4):
+            acc += flat[idx[k]] * wts[k]
         out[s : s + m] = acc
     return out
 

@@ -21,6 +21,7 @@ from functools import lru_cache
 import numpy as np
 
 from ensemble.errors import UsageError
+from ensemble.sampling import bilinear_taps
 from ensemble.voting import accuracy, log_loss, row_log_loss
 
 SIDE = 28
@@ -116,17 +117,8 @@ def _sampling(kind: str, arg: float) -> tuple[np.ndarray, np.ndarray]:
         sx = math.sin(t) * y + math.cos(t) * x
     else:  # zoom
         sy, sx = y / arg, x / arg
-    sy, sx = sy + c, sx + c
-    y0, x0 = np.floor(sy), np.floor(sx)
-    fy, fx = sy - y0, sx - x0
-    idx, wts = [], []
-    for dy, dx, w in ((0, 0, (1 - fy) * (1 - fx)), (0, 1, (1 - fy) * fx), (1, 0, fy * (1 - fx)), (1, 1, fy * fx)):
-        yy, xx = y0 + dy, x0 + dx
-        inside = (yy >= 0) & (yy < SIDE) & (xx >= 0) & (xx < SIDE)
-        flat = np.where(inside, yy * SIDE + xx, 0).astype(np.intp)
-        idx.append(flat.ravel())
-        wts.append(np.where(inside, w, 0.0).ravel().astype(np.float32))
-    return np.stack(idx), np.stack(wts)
+    idx, wts = bilinear_taps(sy + c, sx + c, SIDE, SIDE)
+    return idx.reshape(4, -1), wts.reshape(4, -1).astype(np.float32)
 
 
 def apply_view(view: str | View, images: np.ndarray) -> np.ndarray:
