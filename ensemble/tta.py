@@ -22,7 +22,7 @@ import numpy as np
 
 from ensemble.errors import UsageError
 from ensemble.sampling import bilinear_taps
-from ensemble.voting import accuracy, log_loss, row_log_loss
+from ensemble.voting import row_log_loss
 
 SIDE = 28
 IDENTITY = "identity"
@@ -157,7 +157,15 @@ def stack_views(views: Sequence[str], images: np.ndarray) -> np.ndarray:
 MIN_GAIN_SE = 1.0
 
 
-def _clear_gain(y: np.ndarray, cur: np.ndarray, new: np.ndarray, z: float) -> bool:
+Scores = tuple[np.ndarray, np.ndarray]  # per-row log loss, per-row "argmax is the label"
+
+
+def _scores(y: np.ndarray, p: np.ndarray) -> Scores:
+    """Per-row validation scores of probabilities ``p``: what :func:`_clear_gain` compares."""
+    return row_log_loss(y, p), np.argmax(p, axis=1) == y
+
+
+def _clear_gain(cur: Scores, new: Scores, z: float) -> bool:
     """Is ``new`` better than ``cur`` on validation by more than ``z`` paired standard errors?
 
     Either the log loss falls by more than z standard errors of the per-row loss differences
@@ -165,10 +173,9 @@ def _clear_gain(y: np.ndarray, cur: np.ndarray, new: np.ndarray, z: float) -> bo
     z * sqrt(fixed + broken) (McNemar's normal approximation), without a higher log loss.
     A gain that small noise could produce (one or two digits out of thousands) is not kept.
     """
-    lc, ln = row_log_loss(y, cur), row_log_loss(y, new)
+    (lc, ok_c), (ln, ok_n) = cur, new
     d = lc - ln
     se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else 0.0
-    ok_c, ok_n = cur.argmax(1) == y, new.argmax(1) == y
     fixed, broken = int(np.sum(ok_n & ~ok_c)), int(np.sum(ok_c & ~ok_n))
     loss_gain = d.mean() > max(z * se, 1e-9) and fixed >= broken
     acc_gain = fixed - broken > z * np.sqrt(fixed + broken) and d.mean() >= 0
@@ -194,22 +201,22 @@ def select_views(
     names = list(view_probas)
     chosen = [v for v in start if v in view_probas] or names[:1]
     total = sum(np.asarray(view_probas[v], np.float64) for v in chosen)
-    cur_loss, cur_acc = log_loss(y, total / len(chosen)), accuracy(y, total / len(chosen))
-    steps: list[dict[str, object]] = [{"views": list(chosen), "val_logloss": cur_loss, "val_accuracy": cur_acc}]
+    cur = _scores(y, total / len(chosen))
+    steps: list[dict[str, object]] = [
+        {"views": list(chosen), "val_logloss": float(cur[0].mean()), "val_accuracy": float(cur[1].mean())}
+    ]
     while True:
-        best: tuple[float, float, str] | None = None
+        best: tuple[float, float, str, Scores] | None = None
         for v in names:
             if v in chosen:
                 continue
-            p = (total + view_probas[v]) / (len(chosen) + 1)
-            loss, acc = log_loss(y, p), accuracy(y, p)
-            if _clear_gain(y, total / len(chosen), p, min_gain_se) and (
-                best is None or (loss, -acc) < (best[0], -best[1])
-            ):
-                best = (loss, acc, v)
+            new = _scores(y, (total + view_probas[v]) / (len(chosen) + 1))
+            loss, acc = float(new[0].mean()), float(new[1].mean())
+            if _clear_gain(cur, new, min_gain_se) and (best is None or (loss, -acc) < (best[0], -best[1])):
+                best = (loss, acc, v, new)
         if best is None:
             return chosen, steps
-        cur_loss, cur_acc, v = best
+        loss, acc, v, cur = best
         chosen.append(v)
         total = total + view_probas[v]
-        steps.append({"add": v, "val_logloss": cur_loss, "val_accuracy": cur_acc})
+        steps.append({"add": v, "val_logloss": loss, "val_accuracy": acc})
