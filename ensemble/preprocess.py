@@ -34,12 +34,16 @@ from ensemble.sampling import bilinear_taps
 PREPROCESS_KEYS = ("deskew", "pca_components", "pca_whiten", "pca_append")
 
 
-class PixelScaler(TransformerMixin, BaseEstimator):
-    """Flatten images to rows and scale uint8 pixels 0..255 to float32 0..1 (stateless)."""
+class _Stateless(TransformerMixin, BaseEstimator):
+    """A transformer that learns nothing: ``fit`` only records the input width."""
 
-    def fit(self, x: np.ndarray, y: np.ndarray | None = None) -> PixelScaler:
+    def fit(self, x: np.ndarray, y: np.ndarray | None = None) -> _Stateless:
         self.n_features_in_ = int(np.prod(np.shape(x)[1:]))
         return self
+
+
+class PixelScaler(_Stateless):
+    """Flatten images to rows and scale uint8 pixels 0..255 to float32 0..1 (stateless)."""
 
     def transform(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x)
@@ -87,12 +91,8 @@ def deskew(images: np.ndarray, *, chunk: int = 2048) -> np.ndarray:
     return out
 
 
-class Deskew(TransformerMixin, BaseEstimator):
+class Deskew(_Stateless):
     """Stateless transformer around :func:`deskew`: (N, 28, 28) or (N, 784) -> (N, 28, 28) float32."""
-
-    def fit(self, x: np.ndarray, y: np.ndarray | None = None) -> Deskew:
-        self.n_features_in_ = int(np.prod(np.shape(x)[1:]))
-        return self
 
     def transform(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x)
