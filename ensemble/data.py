@@ -26,6 +26,7 @@ PIXEL_COLUMNS = tuple(f"pixel{i}" for i in range(N_PIXELS))
 TRAIN_COLUMNS = ("label", *PIXEL_COLUMNS)
 TEST_COLUMNS = PIXEL_COLUMNS
 BLOCK_BYTES = 2 << 20
+MAX_LINE_BYTES = 64 << 10  # a valid row (785 cells of up to 3 digits) is under 4 KiB
 _NAN_WORDS = {b"nan", b"na", b"n/a", b"null", b"none"}
 
 
@@ -130,24 +131,54 @@ def locate(path: str | Path) -> Source:
 # ---------------------------------------------------------------------------- parse
 
 
+def _read(stream: IO[bytes], name: str) -> bytes:
+    try:
+        return stream.read(BLOCK_BYTES)
+    except (EOFError, zlib.error, gzip.BadGzipFile, zipfile.BadZipFile, OSError) as exc:
+        raise DataError(f"{name}: truncated or corrupt compressed data ({exc})") from exc
+
+
+def _check_tail(tail: bytes, name: str, lineno: int) -> None:
+    """Refuse an unfinished line that shows CR-only line endings or exceeds ``MAX_LINE_BYTES``."""
+    if b"\r" in tail[:-1]:
+        raise DataError(f"{name}: line {lineno}: uses CR-only line endings; save it with LF or CRLF line endings")
+    if len(tail) > MAX_LINE_BYTES:
+        raise DataError(
+            f"{name}: line {lineno}: no line break within {MAX_LINE_BYTES // 1024} KiB "
+            f"(a valid row is under 4 KiB); not a Digit Recognizer CSV"
+        )
+
+
 def _blocks(stream: IO[bytes], name: str) -> Iterator[bytes]:
-    """Yield chunks of whole lines (each ends with ``\\n``), header included."""
+    """Yield chunks of whole lines (each ends with ``\\n``), header included.
+
+    Memory stays within about ``BLOCK_BYTES + MAX_LINE_BYTES``: an unfinished line longer than
+    ``MAX_LINE_BYTES`` (a file without newlines) or holding CRs (CR-only line endings) is an error.
+    """
     tail = b""
-    while True:
-        try:
-            chunk = stream.read(BLOCK_BYTES)
-        except (EOFError, zlib.error, gzip.BadGzipFile, zipfile.BadZipFile, OSError) as exc:
-            raise DataError(f"{name}: truncated or corrupt compressed data ({exc})") from exc
-        if not chunk:
-            break
-        buf = tail + chunk
+    lines = 0
+    while chunk := _read(stream, name):
+        buf = tail + chunk if tail else chunk
         cut = buf.rfind(b"\n") + 1
         tail = buf[cut:]
+        lines += buf.count(b"\n", 0, cut)
+        _check_tail(tail, name, lines + 1)
         if cut:
             yield buf[:cut]
+        del buf, chunk
     rest = tail.rstrip(b"\r\n \t")
     if rest:
+        _check_tail(rest + b"\n", name, lines + 1)
         yield rest + b"\n"
+
+
+def _stray_cr(buf: bytes, name: str, first_line: int) -> DataError:
+    """A CR left after turning CRLF into LF: CR-only or mixed line endings."""
+    lineno = first_line + buf.count(b"\n", 0, buf.index(b"\r"))
+    return DataError(
+        f"{name}: line {lineno}: carriage return (CR) inside a line (CR-only or mixed line endings); "
+        f"save it with LF or CRLF line endings"
+    )
 
 
 def _fast_block(buf: bytes, ncols: int) -> np.ndarray | None:
@@ -249,6 +280,8 @@ def parse_csv(member: Member, expected: tuple[str, ...]) -> np.ndarray:
         for buf in _blocks(stream, name):
             if b"\r" in buf:
                 buf = buf.replace(b"\r\n", b"\n")
+                if b"\r" in buf:
+                    raise _stray_cr(buf, name, next_line)
             if not header_raw:
                 cut = buf.index(b"\n")
                 header_raw = buf[:cut].strip()

@@ -322,14 +322,19 @@ def leaderboard_rows(entries: list[Entry]) -> list[dict[str, Any]]:
 
 
 def write_final_submission(run: Run, entry: Entry) -> tuple[Path, np.ndarray]:
-    """Write runs/NAME/submission.csv from ``entry``'s test probabilities and validate it."""
-    from ensemble.submission import check_submission, write_submission
+    """Write runs/NAME/submission.csv from ``entry``'s test probabilities; return it and its labels.
+
+    The new file is written to a temporary file beside the old one, checked (``check_submission`` with
+    the run's test-set size, and read back equal to the argmax) and only then renamed over it; if the
+    check fails the temporary file is removed and the previous submission.csv is left as it was.
+    """
+    from ensemble.submission import write_submission
 
     p = entry.test()
     if p.shape != (len(run.x_test), 10):
         raise UsageError(f"{entry.name}: test probabilities have shape {p.shape}, the test set has {len(run.x_test)}")
-    path = write_submission(run.path("submission.csv"), p.argmax(axis=1))
-    labels = check_submission(path, n_rows=len(run.x_test))
+    labels = p.argmax(axis=1)
+    path = write_submission(run.path("submission.csv"), labels, n_rows=len(run.x_test))
     return path, labels
 
 

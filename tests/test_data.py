@@ -1,7 +1,10 @@
 from __future__ import annotations
 
 import gzip
+import time
+import tracemalloc
 import zipfile
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -10,7 +13,7 @@ import pytest
 from conftest import REAL_DATA, write_dataset
 
 from ensemble.cli import main
-from ensemble.data import load_dataset, summarize
+from ensemble.data import BLOCK_BYTES, TRAIN_COLUMNS, file_member, load_dataset, parse_csv, summarize
 from ensemble.errors import DataError
 
 
@@ -218,3 +221,97 @@ def test_real_kaggle_files() -> None:
     assert ds.x_test.shape == (28_000, 28, 28)
     counts = np.bincount(ds.y_train, minlength=10)
     assert counts[1] == 4684 and counts.sum() == 42_000
+
+
+# ------------------------------------------- no newline, CR-only endings: fast, bounded, one line
+
+
+def _no_newline(path: Path, mib: int) -> Path:
+    """``mib`` MiB of ``0,0,0,...`` without a single line break, plain or gzipped (fast to make)."""
+    unit = b"0," * (1 << 19)
+    if path.suffix != ".gz":
+        with path.open("wb") as fh:
+            for _ in range(mib):
+                fh.write(unit)
+        return path
+    packer = zlib.compressobj(1, zlib.DEFLATED, 31)
+    with path.open("wb") as fh:
+        for _ in range(mib):
+            fh.write(packer.compress(unit))
+        fh.write(packer.flush())
+    return path
+
+
+@pytest.mark.parametrize("name", ["train.csv", "train.csv.gz"])
+def test_no_newline_fails_fast_with_bounded_memory(name: str, tmp_path: Path) -> None:
+    path = _no_newline(tmp_path / name, 50)
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    try:
+        with pytest.raises(DataError) as err:
+            parse_csv(file_member(path), TRAIN_COLUMNS)
+        seconds = time.perf_counter() - t0
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    msg = str(err.value)
+    assert msg.startswith(f"{path}: line 1: no line break within 64 KiB") and "\n" not in msg
+    assert seconds < 1.0
+    assert peak < 4 * BLOCK_BYTES, f"peak {peak / 2**20:.1f} MiB for a 50 MiB input"
+
+
+def _rows(n: int) -> list[bytes]:
+    rng = np.random.default_rng(1)
+    head = ",".join(TRAIN_COLUMNS).encode()
+    return [head] + [",".join(map(str, r)).encode() for r in rng.integers(0, 10, (n, 785)).tolist()]
+
+
+CR_CASES = {
+    "CR-only, small": (
+        lambda ls: b"\r".join(ls) + b"\r",
+        r"line 1: uses CR-only line endings; save it with LF or CRLF",
+    ),
+    "CR-only, no final CR": (lambda ls: b"\r".join(ls), r"line 1: uses CR-only line endings"),
+    "CR-only, over a block": (lambda ls: b"\r".join(ls * 4), r"line 1: uses CR-only line endings"),
+    "one CR-only line": (
+        lambda ls: b"\n".join(ls[:3]) + b"\n" + b"\r".join(ls[3:5]) + b"\n" + b"\n".join(ls[5:]) + b"\n",
+        r"line 4: carriage return \(CR\) inside a line .*save it with LF or CRLF line endings",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(CR_CASES))
+def test_cr_only_line_endings_are_a_data_error(case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("ensemble.data.BLOCK_BYTES", 16 << 10)
+    make, pattern = CR_CASES[case]
+    path = tmp_path / "train.csv"
+    path.write_bytes(make(_rows(12)))
+    with pytest.raises(DataError, match=pattern) as err:
+        parse_csv(file_member(path), TRAIN_COLUMNS)
+    assert str(err.value).startswith(f"{path}: ") and "\n" not in str(err.value) and "\r" not in str(err.value)
+
+
+@pytest.mark.parametrize("block", [4096, 4097, 5003, 2 << 20])
+@pytest.mark.parametrize("gz", [False, True])
+def test_crlf_still_parses_across_block_boundaries(
+    block: int, gz: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("ensemble.data.BLOCK_BYTES", block)
+    lines = _rows(40)
+    lf, crlf = b"\n".join(lines) + b"\n", b"\r\n".join(lines) + b"\r\n"
+    paths = []
+    for stem, data in (("lf", lf), ("crlf", crlf)):
+        path = tmp_path / (f"{stem}.csv.gz" if gz else f"{stem}.csv")
+        path.write_bytes(gzip.compress(data) if gz else data)
+        paths.append(path)
+    ref, got = (parse_csv(file_member(p), TRAIN_COLUMNS) for p in paths)
+    assert got.shape == (40, 785)
+    np.testing.assert_array_equal(got, ref)
+
+
+def test_long_line_after_good_rows_names_its_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("ensemble.data.BLOCK_BYTES", 16 << 10)
+    path = tmp_path / "train.csv"
+    path.write_bytes(b"\n".join(_rows(5)) + b"\n" + b"1," * (200 << 10))
+    with pytest.raises(DataError, match=r"train\.csv: line 7: no line break within 64 KiB"):
+        parse_csv(file_member(path), TRAIN_COLUMNS)

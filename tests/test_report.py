@@ -160,3 +160,35 @@ def test_report_without_ensemble_or_models(run, runs_env: Path, tmp_path: Path, 
     data = write_dataset(tmp_path / "d2", n_train=100, n_test=10, seed=3)
     assert main(["report", "--run", "empty", "--data", str(data)]) == 2
     assert "no model with holdout predictions" in capsys.readouterr().err
+
+
+def _probas(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).random((n, 10)).astype(np.float32)
+
+
+def test_final_submission_is_checked_before_it_replaces_the_old_one(run, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ensemble import submission
+    from ensemble.errors import DataError
+    from ensemble.report import write_final_submission
+
+    n = len(run.x_test)
+    first = _probas(n, 1)
+    path, labels = write_final_submission(run, Entry("a", "cnn", "cnn", lambda: None, lambda: first))
+    np.testing.assert_array_equal(labels, first.argmax(axis=1))
+    np.testing.assert_array_equal(check_submission(path, n_rows=n), first.argmax(axis=1))
+    before = path.read_bytes()
+    folder_before = sorted(p.name for p in path.parent.iterdir())
+
+    writer = submission._csv_text
+    monkeypatch.setattr(submission, "_csv_text", lambda lab: writer(lab).rsplit("\n", 2)[0] + "\n")  # drop a row
+    second = Entry("b", "cnn", "cnn", lambda: None, lambda: _probas(n, 2))
+    failed = rf"submission\.csv: new submission failed its check.*1 of {n} ImageIds missing"
+    with pytest.raises(DataError, match=failed):
+        write_final_submission(run, second)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in path.parent.iterdir()) == folder_before  # no temporary file left behind
+
+    monkeypatch.setattr(submission, "_csv_text", writer)
+    path, labels = write_final_submission(run, second)
+    np.testing.assert_array_equal(check_submission(path, n_rows=n), _probas(n, 2).argmax(axis=1))
+    assert path.read_bytes() != before

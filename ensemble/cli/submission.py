@@ -12,7 +12,9 @@ from ensemble.submission import KAGGLE_TEST_ROWS, check_submission, test_rows
 def register(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("submission", help="check a Kaggle submission file")
     ssub = s.add_subparsers(dest="submission_command", metavar="ACTION", required=True)
-    p = ssub.add_parser("check", help="verify header ImageId,Label, ids 1..N once each, labels 0-9")
+    p = ssub.add_parser(
+        "check", help="verify header ImageId,Label, ids 1..N once each (plain ASCII digits), Label one digit 0-9"
+    )
     p.add_argument("file", metavar="FILE", help="submission CSV")
     p.add_argument(
         "--test",
