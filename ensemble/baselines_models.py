@@ -9,10 +9,11 @@ Heavy libraries are imported inside functions only.
 from __future__ import annotations
 
 import functools
+import io
 import os
 import shutil
 import subprocess
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -240,20 +241,74 @@ class _XGBPipeline:
         return full_proba(self.model, self.pre.transform(x))
 
 
-def load_model(folder: str | Path) -> Any:
-    """Load a saved baseline: an object whose ``predict_proba(images uint8 (N,28,28))`` gives (N, 10)."""
+#: The files each kind of saved baseline is loaded from (see ``save_model``).
+MODEL_FILES: dict[str, tuple[str, ...]] = {"sklearn": ("model.joblib",), "xgboost": ("model.ubj", "preprocess.joblib")}
+
+
+def family_kind(study: object) -> str | None:
+    """The kind ('sklearn' or 'xgboost') of a ``baseline-FAMILY`` study's models; None when unknown."""
+    if isinstance(study, str) and study.startswith("baseline-"):
+        family = FAMILIES.get(study.removeprefix("baseline-"))
+        return family.kind if family else None
+    return None
+
+
+def model_files(listed: Iterable[str], kind: str | None = None, *, where: str | Path = "") -> tuple[str, ...]:
+    """Which of the ``listed`` file names a saved baseline is loaded from.
+
+    ``kind`` (from the member's study) decides when known; otherwise the listed names must fit
+    exactly one kind. Other listed files (config.json, probabilities) are never loaded.
+    """
+    names = set(listed)
+    kinds = [kind] if kind else [k for k, files in MODEL_FILES.items() if set(files) <= names]
+    if len(kinds) > 1:
+        raise ArtifactError(f"{where}: both model.joblib and model.ubj listed; cannot tell which model to load")
+    if not kinds or kinds[0] not in MODEL_FILES or not set(MODEL_FILES[kinds[0]]) <= names:
+        need = " or ".join(" + ".join(f) for f in MODEL_FILES.values())
+        raise ArtifactError(f"{where}: no {need} listed with a sha256 for this baseline")
+    return MODEL_FILES[kinds[0]]
+
+
+def _brief(exc: BaseException) -> str:
+    """An exception as one short line."""
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+
+
+def _unpickle(data: bytes, where: Path) -> Any:
     import joblib
 
-    folder = Path(folder)
-    if (folder / "model.joblib").exists():
-        return joblib.load(folder / "model.joblib")
-    if (folder / "model.ubj").exists() and (folder / "preprocess.joblib").exists():
-        import xgboost as xgb
+    try:
+        return joblib.load(io.BytesIO(data))
+    except Exception as exc:  # pickle, zlib and attribute errors of every kind
+        raise ArtifactError(f"{where}: cannot load it ({_brief(exc)})") from exc
 
-        model = xgb.XGBClassifier()
-        model.load_model(folder / "model.ubj")
-        return _XGBPipeline(joblib.load(folder / "preprocess.joblib"), model)
-    raise ArtifactError(f"{folder}: no model.joblib or model.ubj + preprocess.joblib")
+
+def load_saved(blobs: Mapping[str, bytes], folder: str | Path = "") -> Any:
+    """A saved baseline from its files' bytes (names as in ``MODEL_FILES``; check them before calling).
+
+    Returns an object whose ``predict_proba(images uint8 (N,28,28))`` gives (N, 10).
+    """
+    folder = Path(folder)
+    if set(blobs) == set(MODEL_FILES["sklearn"]):
+        return _unpickle(blobs["model.joblib"], folder / "model.joblib")
+    if set(blobs) != set(MODEL_FILES["xgboost"]):
+        raise ArtifactError(f"{folder}: expected model.joblib or model.ubj + preprocess.joblib, got {sorted(blobs)}")
+    import xgboost as xgb
+
+    model = xgb.XGBClassifier()
+    try:
+        model.load_model(bytearray(blobs["model.ubj"]))
+    except Exception as exc:  # xgboost.core.XGBoostError, ValueError, TypeError
+        raise ArtifactError(f"{folder / 'model.ubj'}: cannot load it ({_brief(exc)})") from exc
+    return _XGBPipeline(_unpickle(blobs["preprocess.joblib"], folder / "preprocess.joblib"), model)
+
+
+def load_model(folder: str | Path, kind: str | None = None) -> Any:
+    """Load a baseline saved in a trial folder (no manifest there): ``kind``'s files, else the one kind present."""
+    folder = Path(folder)
+    present = [f.name for f in folder.iterdir() if f.is_file()] if folder.is_dir() else []
+    names = model_files(present, kind, where=folder)
+    return load_saved({n: (folder / n).read_bytes() for n in names}, folder)
 
 
 def check_params(family: Family, params: Mapping[str, Any]) -> None:

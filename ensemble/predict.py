@@ -11,15 +11,19 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-from collections.abc import Callable, Iterator, Sequence
+import os
+import re
+import shutil
+import stat
+import tempfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
-from ensemble.artifacts import sha256_file
 from ensemble.errors import ArtifactError, DataError, UsageError
 from ensemble.fold import inference_model
 from ensemble.io import atomic_write, read_json
@@ -67,8 +71,13 @@ class _OneTracePerModel(logging.Filter):
         return "triggered tf.function retracing" not in record.getMessage()
 
 
-def load_keras_model(path: str | Path, name: str = "") -> Any:
-    """Load a ``.keras`` member under the current backend and check its input and output shapes."""
+def load_keras_model(path: str | Path, name: str = "", *, data: bytes | None = None) -> Any:
+    """Load a ``.keras`` member under the current backend (safe mode) and check its input and output shapes.
+
+    With ``data`` (bytes already checked against the manifest) the model is built from those bytes,
+    through a private temporary copy since ``keras.saving.load_model`` takes only paths; ``path``
+    then only names the member in errors. Without it, ``path`` is loaded (a trial's own model).
+    """
     import keras
 
     import ensemble.augment  # noqa: F401  (registers RandomAffine, the CNNs' augmentation layer)
@@ -79,15 +88,39 @@ def load_keras_model(path: str | Path, name: str = "") -> Any:
 
     label = name or str(path)
     try:
-        model = keras.saving.load_model(str(path), compile=False)
+        if data is None:
+            model = keras.saving.load_model(str(path), compile=False, safe_mode=True)
+        else:
+            with _private_copy(data, ".keras") as copy:
+                model = keras.saving.load_model(str(copy), compile=False, safe_mode=True)
     except Exception as exc:  # keras raises ValueError, OSError, zipfile errors...
-        raise ArtifactError(f"{path}: cannot load Keras model for member {label}: {exc}") from exc
+        raise ArtifactError(f"{path}: cannot load Keras model for member {label}: {_one_line(exc)}") from exc
     shape = tuple(model.input_shape) if not isinstance(model.input_shape, list) else None
     if shape is None or shape[1:] not in ((SIDE, SIDE, 1), (None, None, 1)):
         raise ArtifactError(f"{path}: member {label} expects input {model.input_shape}, not (N, 28, 28, 1)")
     if tuple(model.output_shape)[1:] != (N_CLASSES,):
         raise ArtifactError(f"{path}: member {label} outputs {model.output_shape}, not (N, 10) probabilities")
     return model
+
+
+@contextmanager
+def _private_copy(data: bytes, suffix: str) -> Iterator[Path]:
+    """``data`` in a file only this user can read (0600, in a fresh 0700 folder), removed afterwards."""
+    folder = Path(tempfile.mkdtemp(prefix="ensemble-load-"))
+    try:
+        path = folder / f"artifact{suffix}"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        yield path
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _one_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception as one short line (library messages can span many)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 #: Layers that are the identity at inference.
@@ -201,6 +234,8 @@ class Member:
     probas: dict[str, str] = field(default_factory=dict)
     model_dir: str | None = None
     model: Any = None
+    #: A baseline's model files as loaded: file name -> path in the manifest (picked from the manifest).
+    model_files: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -216,30 +251,87 @@ class Ensemble:
         return list(self.manifest["tta"]["views"])
 
 
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
 def _safe_path(folder: Path, rel: str) -> Path:
-    p = Path(rel)
-    if p.is_absolute() or ".." in p.parts:
+    """``folder / rel`` for a manifest path that stays inside ``folder``: relative, no ``..``, no symlink out."""
+    p = Path(rel) if isinstance(rel, str) else None
+    if p is None or not p.parts or p.is_absolute() or ".." in p.parts or "\\" in rel:
         raise ArtifactError(f"{folder / MANIFEST}: artifact path '{rel}' leaves the ensemble folder")
-    return folder / p
+    path = folder / p
+    try:
+        inside = path.resolve(strict=True).is_relative_to(folder.resolve(strict=True))
+    except (OSError, RuntimeError):  # missing or a link loop: reported when it is opened
+        return path
+    if not inside:
+        raise ArtifactError(f"{path}: a symlink out of the ensemble folder, refusing to load it")
+    return path
 
 
-def verify_artifacts(folder: Path, manifest: dict[str, Any]) -> None:
-    """Refuse any artifact that is missing or whose sha256 differs from the manifest, naming it."""
-    for rel, expected in manifest.get("artifacts", {}).items():
-        path = _safe_path(folder, rel)
-        if not path.exists():
-            raise ArtifactError(f"{path}: missing, but listed in {MANIFEST}")
-        actual = sha256_file(path)
-        if actual != expected:
-            raise ArtifactError(
-                f"{path}: sha256 {actual[:16]}... does not match {MANIFEST} ({expected[:16]}...); "
-                "the file changed after `ensemble build`, refusing to load it"
-            )
+def _artifacts(folder: Path, manifest: Mapping[str, Any]) -> dict[str, str]:
+    """The manifest's ``artifacts`` (relative path -> sha256), checked to be that shape."""
+    table = manifest.get("artifacts")
+    if not isinstance(table, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) and _SHA256.fullmatch(v) for k, v in table.items()
+    ):
+        raise ArtifactError(f"{folder / MANIFEST}: 'artifacts' must map relative paths to sha256 hex digests")
+    return table
 
 
-def load_ensemble(folder: str | Path, *, load_models: bool = True) -> Ensemble:
-    """Read ``manifest.json``, verify every artifact's hash, then load the member models."""
-    folder = Path(folder)
+def _open_listed(folder: Path, rel: str) -> tuple[Path, BinaryIO]:
+    """Open a manifest path for reading: inside the folder, a regular file, no link followed when opening."""
+    path = _safe_path(folder, rel)
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(path.resolve(), flags)  # links inside the folder were resolved (and checked) above
+    except FileNotFoundError:
+        raise ArtifactError(f"{path}: missing, but listed in {MANIFEST}") from None
+    except OSError as exc:
+        raise ArtifactError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    fh = os.fdopen(fd, "rb")
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        fh.close()
+        raise ArtifactError(f"{path}: not a regular file, refusing to load it")
+    return path, fh
+
+
+def _check_sha(path: Path, actual: str, expected: str) -> None:
+    if actual != expected:
+        raise ArtifactError(
+            f"{path}: sha256 {actual[:16]}... does not match {MANIFEST} ({expected[:16]}...); "
+            "the file changed after `ensemble build`, refusing to load it"
+        )
+
+
+def verify_artifacts(folder: Path, manifest: Mapping[str, Any]) -> None:
+    """Refuse any artifact that is missing, outside the folder or whose sha256 differs from the manifest."""
+    for rel, expected in _artifacts(folder, manifest).items():
+        path, fh = _open_listed(folder, rel)
+        h = hashlib.sha256()
+        with fh:
+            while chunk := fh.read(1 << 20):
+                h.update(chunk)
+        _check_sha(path, h.hexdigest(), expected)
+
+
+def read_verified(folder: Path, manifest: Mapping[str, Any], rel: str) -> bytes:
+    """A manifest-listed file's bytes, read once and checked against its sha256.
+
+    Load from these bytes, never from the path again: the file cannot change between check and load.
+    A file the manifest does not list is refused, whatever is on disk.
+    """
+    expected = _artifacts(folder, manifest).get(rel)
+    if expected is None:
+        raise ArtifactError(f"{folder / str(rel)}: not listed with a sha256 in {MANIFEST}, refusing to load it")
+    path, fh = _open_listed(folder, rel)
+    with fh:
+        data = fh.read()
+    _check_sha(path, hashlib.sha256(data).hexdigest(), expected)
+    return data
+
+
+def _read_manifest(folder: Path) -> dict[str, Any]:
     mpath = folder / MANIFEST
     if not mpath.is_file():
         raise ArtifactError(f"{mpath}: missing; expected an ensemble folder written by `ensemble build`")
@@ -249,48 +341,78 @@ def load_ensemble(folder: str | Path, *, load_models: bool = True) -> Ensemble:
         raise ArtifactError(f"{mpath}: not valid JSON ({exc})") from exc
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ArtifactError(f"{mpath}: not an ensemble manifest (format {FORMAT} expected)")
-    verify_artifacts(folder, manifest)
-    hashed = set(manifest["artifacts"])
-    members = []
-    for entry in manifest["members"]:
+    return manifest
+
+
+def _member(folder: Path, entry: Any, hashed: Mapping[str, str]) -> Member:
+    """One manifest member entry, every file it names hash-listed; a baseline's model files picked here."""
+    mpath = folder / MANIFEST
+    try:
         m = Member(
-            entry["name"],
-            entry["kind"],
+            str(entry["name"]),
+            str(entry["kind"]),
             float(entry["weight"]),
             entry.get("file"),
-            entry.get("probas", {}),
+            dict(entry.get("probas", {})),
             entry.get("model_dir"),
         )
-        files = [m.file] if m.file else []
-        if m.model_dir:
-            files += [r for r in hashed if r.startswith(m.model_dir + "/")] or [m.model_dir + "/"]
-        for rel in files + list(m.probas.values()):
-            if rel not in hashed:
-                raise ArtifactError(f"{folder / rel}: member {m.name}'s file has no sha256 in {MANIFEST}")
-        if m.kind == "cnn" and not m.file:
-            raise ArtifactError(f"{mpath}: CNN member {m.name} has no model file")
-        members.append(m)
-    if not members:
-        raise ArtifactError(f"{mpath}: no members")
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ArtifactError(f"{mpath}: malformed member entry ({_one_line(exc)})") from exc
+    for rel in ([m.file] if m.file else []) + list(m.probas.values()):
+        if not isinstance(rel, str) or rel not in hashed:
+            raise ArtifactError(f"{folder / str(rel)}: member {m.name}'s file has no sha256 in {MANIFEST}")
+    if m.model_dir:
+        from ensemble.baselines_models import family_kind, model_files
+
+        prefix = f"{m.model_dir}/"
+        listed = [r[len(prefix) :] for r in hashed if r.startswith(prefix) and "/" not in r[len(prefix) :]]
+        names = model_files(listed, family_kind(entry.get("study")), where=f"{folder / m.model_dir}")
+        m.model_files = {n: prefix + n for n in names}
+    if m.kind == "cnn" and not m.file:
+        raise ArtifactError(f"{mpath}: CNN member {m.name} has no model file")
+    return m
+
+
+def load_ensemble(folder: str | Path, *, load_models: bool = True) -> Ensemble:
+    """Read ``manifest.json``, verify every artifact's hash, then load the members from verified bytes."""
+    folder = Path(folder)
+    manifest = _read_manifest(folder)
+    verify_artifacts(folder, manifest)
+    hashed = _artifacts(folder, manifest)
+    entries = manifest.get("members")
+    if not isinstance(entries, list) or not entries:
+        raise ArtifactError(f"{folder / MANIFEST}: no members")
+    members = [_member(folder, entry, hashed) for entry in entries]
     if load_models:
         for m in members:
             if m.file:
-                m.model = inference_model(load_keras_model(folder / m.file, m.name))
+                data = read_verified(folder, manifest, m.file)
+                m.model = inference_model(load_keras_model(folder / m.file, m.name, data=data))
     return Ensemble(folder, manifest, members)
 
 
 def _baseline(ens: Ensemble, m: Member, images: np.ndarray) -> np.ndarray:
-    """A baseline's probabilities: stored ones for the run's own test set, else its saved model's."""
+    """A baseline's probabilities: stored ones for the run's own test set, else its saved model's.
+
+    Both come from bytes read once and checked against the manifest; only the files the manifest
+    lists for the member are read, never whatever else sits in its folder.
+    """
     data = ens.manifest["data"]
     fp = images_fingerprint(images)
     if "test" in m.probas and fp == data.get("test_fingerprint"):
-        return np.load(ens.folder / m.probas["test"]).astype(np.float32)
-    if m.model_dir:
+        rel = m.probas["test"]
+        raw = read_verified(ens.folder, ens.manifest, rel)
         try:
-            from ensemble.baselines_models import full_proba, load_model
+            return np.load(io.BytesIO(raw), allow_pickle=False).astype(np.float32)
+        except (ValueError, OSError) as exc:
+            raise ArtifactError(f"{ens.folder / rel}: not a .npy array ({_one_line(exc)})") from exc
+    if m.model_files:
+        try:
+            from ensemble.baselines_models import full_proba, load_saved
         except ImportError as exc:
             raise ArtifactError(f"member {m.name}: cannot load baseline models here ({exc})") from exc
-        return full_proba(load_model(ens.folder / m.model_dir), images).astype(np.float32)
+        blobs = {name: read_verified(ens.folder, ens.manifest, rel) for name, rel in m.model_files.items()}
+        return full_proba(load_saved(blobs, ens.folder / str(m.model_dir)), images).astype(np.float32)
     raise DataError(
         f"member {m.name} is a baseline with stored probabilities only; it can predict the run's own test set "
         f"(fingerprint {str(data.get('test_fingerprint'))[:16]}, {data.get('n_test')} images) but these "

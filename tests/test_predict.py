@@ -226,3 +226,198 @@ def test_first_trace_warning_of_each_member_is_dropped_other_tensorflow_warnings
 
     assert not f.filter(record("5 out of the last 5 calls to <function f> triggered tf.function retracing. Tracing"))
     assert f.filter(record("Gradients do not exist for variables"))
+
+
+# ------------------------------------------------------------------ only verified bytes are ever loaded
+
+
+class _Touch:
+    """Pickled, it creates ``marker`` when unpickled: stands in for any code a pickle can run."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def evil_pickle(marker: Path) -> bytes:
+    import io
+
+    import joblib
+
+    buf = io.BytesIO()
+    joblib.dump(_Touch(marker), buf)
+    return buf.getvalue()
+
+
+def _rewrite_manifest(folder: Path, edit=lambda m: None) -> None:
+    """Apply ``edit`` to the manifest and re-hash every file in the folder, as `ensemble build` does."""
+    from ensemble.build import write_manifest
+
+    m = json.loads((folder / "manifest.json").read_text())
+    edit(m)
+    write_manifest(folder, m)
+
+
+@pytest.fixture(scope="module")
+def with_baselines(tmp_path_factory) -> dict[str, Path]:
+    """Per family: an ensemble of one CNN and one baseline whose saved model predicts (no stored test probas)."""
+    from conftest import synthetic_digits
+
+    from ensemble.baselines_models import FAMILIES, FitContext, save_model
+    from ensemble.preprocess import fit_preprocessor
+
+    x, y = synthetic_digits(200, seed=3)
+    ctx = FitContext(threads=1, seed=0, device="cpu", n_features=784, x_var=0.1)
+    params = {"xgboost": {"n_estimators": 4, "max_depth": 2}, "logreg": {"max_iter": 50}}
+    out = {}
+    for family, p in params.items():
+        folder = make_ensemble(tmp_path_factory.mktemp(family) / "e", n=1)
+        fam, pre = FAMILIES[family], fit_preprocessor(x)
+        (folder / "members" / "b").mkdir()
+        save_model(folder / "members" / "b", fam, pre, fam.build(p, ctx).fit(pre.transform(x), y))
+        entry = {"name": "b", "kind": "baseline", "weight": 0.5, "model_dir": "members/b"}
+        _rewrite_manifest(folder, lambda m, e=entry, f=family: m["members"].append({**e, "study": f"baseline-{f}"}))
+        out[family] = folder
+    return out
+
+
+def _copy(src: Path, dst: Path, *, study: bool = True) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst)
+    if not study:
+        _rewrite_manifest(dst, lambda m: m["members"][-1].pop("study"))
+    return dst
+
+
+def test_evil_pickle_runs_when_unpickled(tmp_path: Path) -> None:
+    """The payload the tests below plant is live: loading it by hand does create the marker."""
+    import io
+
+    import joblib
+
+    joblib.load(io.BytesIO(evil_pickle(tmp_path / "marker")))
+    assert (tmp_path / "marker").exists()
+
+
+@pytest.mark.parametrize("study", [True, False], ids=["study", "no-study"])
+@pytest.mark.parametrize(
+    "family, planted", [("xgboost", "model.joblib"), ("logreg", "preprocess.joblib"), ("logreg", "model.ubj")]
+)
+def test_unlisted_file_in_a_member_folder_is_never_loaded(with_baselines, tmp_path, family, planted, study) -> None:
+    """The issue: an XGBoost member's folder with an extra model.joblib loaded it, unverified."""
+    folder = _copy(with_baselines[family], tmp_path / "e", study=study)
+    x = images(9, seed=4)
+    before = predict_proba(load_ensemble(folder), x)
+    marker = tmp_path / "marker"
+    (folder / "members" / "b" / planted).write_bytes(evil_pickle(marker))
+    ens = load_ensemble(folder)
+    loads = {"xgboost": {"model.ubj", "preprocess.joblib"}, "logreg": {"model.joblib"}}[family]
+    assert ens.members[1].model_files == {n: f"members/b/{n}" for n in loads}
+    np.testing.assert_allclose(predict_proba(ens, x), before, atol=1e-6)  # the baseline's own model predicted
+    assert not marker.exists()
+    from ensemble.predict import read_verified
+
+    with pytest.raises(ArtifactError, match=rf"b/{planted}: not listed with a sha256 in manifest\.json"):
+        read_verified(folder, ens.manifest, f"members/b/{planted}")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("study", [True, False], ids=["study", "no-study"])
+def test_listed_extra_model_file_is_loaded_only_by_the_members_kind(with_baselines, tmp_path, study) -> None:
+    """Even hash-listed, a model.joblib beside model.ubj is not what an XGBoost member loads."""
+    folder = _copy(with_baselines["xgboost"], tmp_path / "e", study=study)
+    x = images(9, seed=4)
+    before = predict_proba(load_ensemble(folder), x)
+    marker = tmp_path / "marker"
+    (folder / "members" / "b" / "model.joblib").write_bytes(evil_pickle(marker))
+    _rewrite_manifest(folder)  # now listed with its sha256
+    if study:  # the member's study says XGBoost: model.ubj + preprocess.joblib
+        np.testing.assert_allclose(predict_proba(load_ensemble(folder), x), before, atol=1e-6)
+    else:
+        with pytest.raises(ArtifactError, match=r"members/b: both model\.joblib and model\.ubj listed"):
+            load_ensemble(folder)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    "family, rel, when",
+    [
+        ("xgboost", "members/b/preprocess.joblib", "load"),
+        ("xgboost", "members/b/preprocess.joblib", "predict"),
+        ("xgboost", "members/b/model.ubj", "predict"),
+        ("logreg", "members/b/model.joblib", "load"),
+        ("logreg", "members/b/model.joblib", "predict"),
+        ("logreg", "members/m0.keras", "load"),
+    ],
+)
+def test_listed_file_changed_after_build_is_refused(with_baselines, tmp_path, family, rel, when) -> None:
+    """A listed file whose bytes changed, before loading or between loading and predicting:
+    refused, naming it, before anything is unpickled."""
+    folder = _copy(with_baselines[family], tmp_path / "e")
+    marker = tmp_path / "marker"
+    ens = load_ensemble(folder) if when == "predict" else None
+    (folder / rel).write_bytes(evil_pickle(marker))
+    with pytest.raises(ArtifactError, match=rf"{rel}: sha256 .* does not match manifest\.json") as err:
+        if ens is None:
+            load_ensemble(folder)
+        else:  # the check when loading passed: the bytes read to predict are checked again
+            predict_proba(ens, images(5))
+    assert "\n" not in str(err.value)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("rel", ["../outside.npy", "members/../../outside.npy", "ABS", "members\\..\\..\\x.npy", ""])
+def test_manifest_paths_must_stay_in_the_folder(tmp_path: Path, rel: str) -> None:
+    from ensemble.artifacts import sha256_file
+
+    folder = make_ensemble(tmp_path / "e", n=1)
+    outside = tmp_path / "outside.npy"
+    np.save(outside, np.zeros(3))
+    rel = str(outside) if rel == "ABS" else rel
+    m = json.loads((folder / "manifest.json").read_text())
+    m["artifacts"][rel] = sha256_file(outside)
+    (folder / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ArtifactError, match="leaves the ensemble folder"):
+        load_ensemble(folder)
+
+
+def test_symlink_out_of_the_folder_is_refused(tmp_path: Path) -> None:
+    folder = make_ensemble(tmp_path / "e", n=1)
+    outside = tmp_path / "outside.npy"
+    np.save(outside, np.zeros(3))
+    (folder / "members" / "link.npy").symlink_to(outside)
+    _rewrite_manifest(folder)  # the link is listed, with the outside file's (correct) sha256
+    with pytest.raises(ArtifactError, match=r"link\.npy: a symlink out of the ensemble folder"):
+        load_ensemble(folder)
+    (folder / "members" / "link.npy").unlink()
+    (folder / "members" / "link.npy").symlink_to(folder / "members" / "m0.keras")  # inside: fine
+    _rewrite_manifest(folder)
+    assert load_ensemble(folder).members[0].model is not None
+
+
+def test_keras_member_loads_from_the_checked_bytes_in_a_private_copy(tmp_path, monkeypatch) -> None:
+    import stat
+    import tempfile
+
+    from ensemble.predict import _private_copy, load_keras_model
+
+    folder = make_ensemble(tmp_path / "e", n=1)
+    raw = (folder / "members" / "m0.keras").read_bytes()
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    with _private_copy(raw, ".keras") as copy:
+        assert stat.S_IMODE(copy.stat().st_mode) == 0o600 and stat.S_IMODE(copy.parent.stat().st_mode) == 0o700
+        assert copy.read_bytes() == raw
+    assert not list(scratch.iterdir())
+    (folder / "members" / "m0.keras").write_bytes(b"not a zip")  # the path is only a name: the bytes load
+    model = load_keras_model(folder / "members" / "m0.keras", "m0", data=raw)
+    x = images(3)[..., None].astype("float32")
+    np.testing.assert_allclose(model.predict_on_batch(x), tiny(0).predict_on_batch(x), atol=1e-6)
+    assert not list(scratch.iterdir())
+    with pytest.raises(ArtifactError, match=r"m0\.keras: cannot load Keras model for member m0: ") as err:
+        load_keras_model(folder / "members" / "m0.keras", "m0", data=b"not a zip")
+    assert "\n" not in str(err.value) and not list(scratch.iterdir())
