@@ -25,6 +25,7 @@ import numpy as np
 from ensemble.artifacts import save_probas, trial_dir
 from ensemble.baselines_models import FAMILIES, Family, FitContext, full_proba, save_model, space_keys, xgboost_device
 from ensemble.errors import SpaceError, UsageError
+from ensemble.locks import worker_token
 from ensemble.space import Space, load_space
 from ensemble.storage import fail_stale_trials, mark_owner, open_storage
 
@@ -198,7 +199,7 @@ def objective(trial: optuna.Trial, *, parts: Parts, family: Family, space: Space
     """Fit one configuration, save its artifacts, record user_attrs; returns validation accuracy."""
     from sklearn.metrics import log_loss
 
-    mark_owner(trial)
+    mark_owner(trial, parts.root)
     stage = trial.user_attrs.get("stage", "search")
     params = space.suggest(trial)
     search_rows = params.pop("search_rows", 0)
@@ -266,6 +267,7 @@ def run_task(parts: Parts, task: Task) -> TaskResult:
         study.enqueue_trial(task.refit_params, user_attrs={"stage": "refit", "refit_of": task.refit_of})
     seen: list[optuna.trial.FrozenTrial] = []
     t0 = time.perf_counter()
+    worker_token(parts.root)  # held before Optuna creates the trial (see ensemble.locks)
 
     def func(trial: optuna.Trial) -> float:
         return objective(trial, parts=parts, family=family, space=space, task=task)
@@ -322,8 +324,9 @@ def ensure_studies(parts: Parts, families: Iterable[Family], spaces: dict[str, S
         study = optuna.create_study(study_name=fam.study_name, storage=st, direction="maximize", load_if_exists=True)
         if not study.trials:
             study.enqueue_trial(first_params(spaces[fam.name]), user_attrs={"stage": "search"})
-        for number in fail_stale_trials(study):  # killed mid-fit: FAIL, and drop its half-written folder
+        for number in fail_stale_trials(study, parts.root, local_storage=storage is None):  # killed mid-fit
             shutil.rmtree(parts.path("models", fam.study_name, f".trial-{number:04d}.partial"), ignore_errors=True)
+            shutil.rmtree(parts.path("models", fam.study_name, f"trial-{number:04d}"), ignore_errors=True)
         studies[fam.name] = study
     return studies
 

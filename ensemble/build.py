@@ -22,7 +22,7 @@ from ensemble import __version__
 from ensemble.artifacts import load_proba, sha256_file
 from ensemble.errors import ArtifactError, DataError, UsageError
 from ensemble.fold import inference_model, model_cost
-from ensemble.io import read_json, write_json
+from ensemble.io import fsync_tree, read_json, swap_dir, write_json
 from ensemble.predict import (
     FORMAT,
     INPUT_SPEC,
@@ -183,7 +183,17 @@ def write_manifest(folder: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     return manifest
 
 
-def build_ensemble(
+def build_ensemble(run: Run, **kwargs: Any) -> dict[str, Any]:
+    """Build ``runs/NAME/ensemble/`` (see :func:`_build`) holding the run's writer lock; return its manifest."""
+    from ensemble.locks import run_lock
+    from ensemble.runs import runs_dir, sweep_debris
+
+    with run_lock(runs_dir(), run.name):
+        sweep_debris(run.root, say=kwargs.get("say", print))
+        return _build(run, **kwargs)
+
+
+def _build(
     run: Run,
     *,
     top_k: int = 5,
@@ -370,11 +380,8 @@ def build_ensemble(
             "artifacts": {},
         }
         write_manifest(tmp, manifest)
-        old = run.path(f".ensemble-old-{time.time_ns()}")
-        if final.exists():
-            final.rename(old)
-        tmp.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
+        fsync_tree(tmp)
+        swap_dir(tmp, final, old=run.path(f".ensemble-old-{time.time_ns()}"))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     manifest["seconds"] = round(time.perf_counter() - t0, 1)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 import threading
 import time
@@ -140,30 +139,37 @@ class Log:
 
 
 class Stages:
-    """``runs/NAME/stages.json``: which stages finished, when, how long they took."""
+    """``runs/NAME/stages.json``: which stages finished, when, how long they took.
+
+    Every update re-reads the file under an OS lock (``.stages.lock``) and rewrites it atomically,
+    so threads and processes never lose each other's updates.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.data: dict[str, Any] = read_json(path) if path.is_file() else {"stages": {}}
-        self.lock = threading.Lock()  # the baselines thread records its stage too
+        self.lock = threading.Lock()  # flock is per open file: threads of one process need their own lock
+
+    @property
+    def data(self) -> dict[str, Any]:
+        return read_json(self.path) if self.path.is_file() else {"stages": {}}
 
     def done(self, stage: str) -> bool:
         return bool(self.data["stages"].get(stage, {}).get("done"))
 
+    def _update(self, change: Callable[[dict[str, Any]], None]) -> None:
+        from ensemble.locks import locked
+
+        with self.lock, locked(self.path.with_name(".stages.lock")):
+            data = self.data
+            change(data)
+            write_json(self.path, data)
+
     def finish(self, stage: str, seconds: float, **info: Any) -> None:
-        with self.lock:
-            self.data["stages"][stage] = {
-                "done": True,
-                "seconds": round(seconds, 1),
-                "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                **info,
-            }
-            write_json(self.path, self.data)
+        entry = {"done": True, "seconds": round(seconds, 1), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **info}
+        self._update(lambda d: d["stages"].__setitem__(stage, entry))
 
     def note(self, **info: Any) -> None:
-        with self.lock:
-            self.data.update(info)
-            write_json(self.path, self.data)
+        self._update(lambda d: d.update(info))
 
 
 class Budget:
@@ -217,19 +223,43 @@ def run_pipeline(
     storage_url: str | None = None,
     say: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """The whole job; returns what the report stage found (final model, submission path...)."""
+    """The whole job; returns what the report stage found (final model, submission path...).
+
+    Holds the run's writer lock throughout: a second ``ensemble run``/``build``/``report`` on the
+    same run exits at once (workers that only add trials may still join).
+    """
+    from ensemble.locks import run_lock
+    from ensemble.runs import check_name, runs_dir
+
+    check_name(name)
+    with run_lock(runs_dir(), name):
+        return _run_locked(name, data, preset, time_budget, restart, overrides, storage_url, say)
+
+
+def _run_locked(
+    name: str,
+    data: str | None,
+    preset: str,
+    time_budget: float | None,
+    restart: bool,
+    overrides: dict[str, Any] | None,
+    storage_url: str | None,
+    say: Callable[[str], None],
+) -> dict[str, Any]:
     from ensemble.durations import parse_duration
-    from ensemble.runs import open_run, runs_dir
-    from ensemble.storage import dashboard_command
+    from ensemble.runs import delete_run, open_run, run_root, sweep_debris
+    from ensemble.storage import dashboard_command, redact
 
     s = settings_for(preset, overrides)
     _quiet_interrupts()
     budget_s = time_budget if time_budget is not None else parse_duration(str(s["budget"]))
     log = Log(say)
-    root = runs_dir() / name
-    if restart and root.exists():
-        log("run", f"--restart: deleting {root} and starting over")
-        shutil.rmtree(root)
+    root = run_root(name)
+    if restart:
+        delete_run(name, storage_url=storage_url, say=log.for_stage("run"))
+    elif root.is_dir():
+        for p in sweep_debris(root, say=log.for_stage("run")):
+            log("run", f"removed {p.relative_to(root)} (left by an interrupted process)")
     stages = Stages(root / "stages.json")
     todo = [st for st in STAGES if not stages.done(st)]
     if not todo:
@@ -242,7 +272,7 @@ def run_pipeline(
         log("data", f"split train {sizes['train']:,} / val {sizes['val']:,} / holdout {sizes['holdout']:,}")
         stages.finish("data", time.time() - t)
     stages.note(preset=preset, settings=s, budget_seconds=budget_s)
-    log("run", f"Optuna dashboard (watch it live):  {dashboard_command(run, storage_url)}")
+    log("run", f"Optuna dashboard (watch it live):  {redact(dashboard_command(run, storage_url))}")
     shares = {"search": 0.0, "build": 0.0, "report": 0.0, **s["shares"]}
     groups = {"search": ("cnn_search", "baselines"), "build": ("build",), "report": ("report",)}
     budget = Budget(budget_s, shares, [g for g, members in groups.items() if any(m in todo for m in members)])

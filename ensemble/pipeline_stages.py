@@ -99,7 +99,7 @@ def baseline_plan(run: Run, s: dict[str, Any], storage_url: str | None) -> dict[
     import optuna
 
     from ensemble.baselines import parse_models
-    from ensemble.storage import open_storage
+    from ensemble.storage import open_storage, was_killed
 
     families = parse_models(s["baselines"]) if s["baselines"] else []
     storage = open_storage(run, storage_url)
@@ -110,7 +110,8 @@ def baseline_plan(run: Run, s: dict[str, Any], storage_url: str | None) -> dict[
         if f"baseline-{fam}" in names:
             study = optuna.load_study(study_name=f"baseline-{fam}", storage=storage)
             ended = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL)
-            done = sum(t.user_attrs.get("stage", "search") == "search" for t in study.get_trials(states=ended))
+            trials = study.get_trials(deepcopy=False, states=ended)
+            done = sum(t.user_attrs.get("stage", "search") == "search" and not was_killed(t) for t in trials)
         plan.setdefault(max(0, int(s["baseline_trials"]) - done), []).append(fam)
     return plan
 

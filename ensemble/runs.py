@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from ensemble.data import Dataset, load_dataset
 from ensemble.demo import ensure_demo
 from ensemble.errors import DataError, UsageError
 from ensemble.io import read_json, write_json
+from ensemble.locks import LOCKS_DIR, locked
 from ensemble.split import Split, load_split, save_split, stratified_split
 
 DEFAULTS = {"seed": 0, "val_frac": 0.1, "holdout_frac": 0.1}
@@ -80,9 +82,19 @@ class Run:
         return self.root.joinpath(*parts)
 
 
-def _check_name(name: str) -> None:
-    if not _NAME.match(name):
-        raise UsageError(f"run name '{name}' must use letters, digits, '.', '_' or '-'")
+def check_name(name: str) -> str:
+    """A run name is one plain folder name: letters, digits, '.', '_', '-', starting with a letter or digit."""
+    if not isinstance(name, str) or not _NAME.match(name) or len(name) > 100:
+        raise UsageError(
+            f"run name '{name}' must be one folder name of letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def run_root(name: str) -> Path:
+    """``runs/NAME`` for a valid name (checked before anything touches the disk)."""
+    return runs_dir() / check_name(name)
 
 
 def _same_settings(meta: dict, asked: dict[str, float | None], name: str) -> None:
@@ -103,8 +115,7 @@ def open_run(
     say: Callable[[str], None] = print,
 ) -> Run:
     """Open ``runs/NAME``, creating it (data check + split) if it does not exist yet."""
-    _check_name(name)
-    root = runs_dir() / name
+    root = run_root(name)
     asked = {"seed": seed, "val_frac": val_frac, "holdout_frac": holdout_frac}
     meta_path = root / "run.json"
     if meta_path.exists():
@@ -123,6 +134,16 @@ def open_run(
             )
         split = load_split(root / "split.json")
         return Run(name, root, meta, dataset, split)
+    with locked(runs_dir() / LOCKS_DIR / f"{name}.create"):  # two processes creating one run: one split
+        if meta_path.exists():
+            return open_run(name, data=data, seed=seed, val_frac=val_frac, holdout_frac=holdout_frac, say=say)
+        return _create_run(name, root, data, asked, say)
+
+
+def _create_run(
+    name: str, root: Path, data: str | Path | None, asked: dict[str, float | None], say: Callable[[str], None]
+) -> Run:
+    meta_path = root / "run.json"
     path, how = resolve_data(data, say)
     dataset = load_dataset(path)
     settings = {k: (v if v is not None else DEFAULTS[k]) for k, v in asked.items()}
@@ -138,3 +159,77 @@ def open_run(
     write_json(meta_path, meta)
     say(f"Created run {root} (data {how}: {path}, fingerprint {dataset.fingerprint[:16]})")
     return Run(name, root, meta, dataset, split)
+
+
+def delete_run(name: str, *, storage_url: str | None = None, say: Callable[[str], None] = print) -> None:
+    """``--restart``: delete ``runs/NAME`` (a real run folder only) and, with a remote storage, the run's studies.
+
+    The caller holds the run's writer lock. Refuses (UsageError) when the folder is not a run folder,
+    is a symbolic link, or a live process on this host is still adding trials to it.
+    """
+    from ensemble.locks import live_tokens, own_token
+
+    root = run_root(name)
+    if root.is_symlink() or (root.exists() and not root.is_dir()):
+        raise UsageError(f"{root} is not a run folder (a link or a file); remove it yourself if you mean to")
+    if root.is_dir():
+        if root.resolve().parent != runs_dir().resolve() or not (root / "run.json").is_file():
+            raise UsageError(f"{root} is not a run folder (no run.json); remove it yourself if you mean to")
+        mine = own_token(root)
+        busy = [t for t in live_tokens(root) if t != mine]
+        if busy:
+            pids = ", ".join(t.rsplit("-", 2)[-2] for t in busy)
+            raise UsageError(f"run {name} has live worker process(es) (pid {pids}); stop them before --restart")
+    if storage_url:
+        _delete_remote_studies(storage_url, say)
+    if root.is_dir():
+        say(f"--restart: deleting {root} and starting over")
+        shutil.rmtree(root)
+
+
+def run_study_names(all_names: list[str]) -> list[str]:
+    """The studies a run keeps in its storage: ``cnn`` and ``baseline-*``."""
+    return sorted(n for n in all_names if n == "cnn" or n.startswith("baseline-"))
+
+
+def _delete_remote_studies(storage_url: str, say: Callable[[str], None]) -> None:
+    import optuna
+
+    from ensemble.storage import redact
+
+    try:
+        storage = optuna.storages.get_storage(storage_url)
+        names = run_study_names(optuna.get_all_study_names(storage=storage))
+    except Exception as exc:  # optuna raises many kinds for a bad URL
+        raise UsageError(f"cannot open Optuna storage '{redact(storage_url)}': {exc}") from exc
+    for study in names:
+        say(f"--restart: deleting study '{study}' from {redact(storage_url)}")
+        optuna.delete_study(study_name=study, storage=storage)
+
+
+#: Leftovers of an interrupted writer, removed under the run's writer lock.
+_DEBRIS_GLOBS = (".ensemble-tmp-*", ".*.tmp", "report/.*.tmp", "ensemble/.*.tmp")
+
+
+def sweep_debris(root: Path, say: Callable[[str], None] = print) -> list[Path]:
+    """Remove what a killed writer left in ``root`` (the caller holds the writer lock); returns what went.
+
+    An ``ensemble`` folder caught between its two renames is restored from ``.ensemble-old-*``;
+    search-array copies are removed only when the process that wrote them is gone.
+    """
+    from ensemble.locks import token_alive
+
+    gone: list[Path] = []
+    olds = sorted(root.glob(".ensemble-old-*"))
+    if olds and not (root / "ensemble").exists():
+        olds.pop().rename(root / "ensemble")
+        say(f"restored {root / 'ensemble'} (a rebuild was interrupted before its new folder was in place)")
+    found = [p for pattern in _DEBRIS_GLOBS for p in root.glob(pattern)] + olds
+    for p in (root / ".cache").glob("*search-arrays-*"):
+        token = p.name.split("search-arrays-", 1)[1].split(".npz", 1)[0]
+        if not token_alive(root, token):
+            found.append(p)
+    for p in found:
+        shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+        gone.append(p)
+    return gone

@@ -19,8 +19,8 @@ import numpy as np
 from ensemble import cnn
 from ensemble.errors import EnsembleError, UsageError
 from ensemble.space import Space, load_space
-from ensemble.storage import fail_stale_trials, mark_owner, open_storage
-from ensemble.trial_worker import WorkerError, train_and_save, train_in_subprocess
+from ensemble.storage import fail_stale_trials, mark_owner, open_storage, was_killed
+from ensemble.trial_worker import WorkerError, partial_dir, train_and_save, train_in_subprocess
 
 if TYPE_CHECKING:
     import optuna
@@ -84,10 +84,11 @@ def known_good_params(space: Space) -> dict[str, Any]:
 
 
 def finished_trials(study: optuna.Study) -> int:
+    """Trials that ran to an end: complete, pruned, or failed on their own (a killed trial does not count)."""
     import optuna
 
     states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
-    return len(study.get_trials(deepcopy=False, states=states))
+    return sum(not was_killed(t) for t in study.get_trials(deepcopy=False, states=states))
 
 
 def _arrays(run: Run, settings: SearchSettings) -> dict[str, np.ndarray]:
@@ -116,7 +117,7 @@ def make_objective(
     backend, device = cnn.backend_name(), cnn.device_name()
 
     def objective(trial: optuna.Trial) -> float:
-        mark_owner(trial)
+        mark_owner(trial, run.root)
         config = cnn.validate_config(space.suggest(trial), where=str(space.path))
         config["mixed_precision"] = config["mixed_precision"] or settings.mixed_precision
         say(f"trial {trial.number}: {backend}/{device}, {_short(config)}")
@@ -135,14 +136,14 @@ def make_objective(
             else:
                 metrics = train_and_save(config, arrays, folder, seed=seed, on_epoch=on_epoch)
         except optuna.TrialPruned as exc:
-            shutil.rmtree(folder, ignore_errors=True)
+            _discard(folder)
             say(f"  trial {trial.number} {exc or 'pruned'}")
             raise
         except (EnsembleError, KeyboardInterrupt):
-            shutil.rmtree(folder, ignore_errors=True)
+            _discard(folder)
             raise
         except Exception as exc:  # NaN loss, OOM, a bad combination: this trial fails, the study goes on
-            shutil.rmtree(folder, ignore_errors=True)
+            _discard(folder)
             reason = str(exc) if isinstance(exc, WorkerError) else f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
             trial.set_user_attr("fail_reason", reason)
             say(f"  trial {trial.number} FAILED: {reason}")
@@ -164,6 +165,11 @@ def make_objective(
         return metrics["val_accuracy"]
 
     return objective
+
+
+def _discard(folder: Path) -> None:
+    shutil.rmtree(partial_dir(folder), ignore_errors=True)
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def _short(config: dict[str, Any]) -> str:
@@ -205,7 +211,9 @@ def run_search(
         if first:
             study.enqueue_trial(first)
             say("First trial: the known-good defaults of ensemble/cnn.py (inside the space), then TPE")
-    stale = fail_stale_trials(study)
+    stale = fail_stale_trials(study, run.root, local_storage=storage_url is None)
+    for number in stale:  # killed mid-trial: drop whatever it wrote
+        _discard(run.path("models", STUDY, f"trial-{number:04d}"))
     if stale:
         say(f"Marked {len(stale)} trial(s) left RUNNING by a stopped process as FAIL: {stale}")
     done = finished_trials(study)
@@ -214,20 +222,44 @@ def run_search(
         say(f"Study '{STUDY}' already has {done} finished trial(s) (asked for {settings.trials}); nothing to do.")
         return study
     say(f"Study '{STUDY}': {done} finished trial(s) so far, running up to {todo} more")
-    arrays_path = None
-    if settings.isolate:
-        arrays_path = run.path(".cache", "search-arrays.npz")
-        arrays_path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(arrays_path, **_arrays(run, settings))
+    arrays_path = _write_arrays(run, settings) if settings.isolate else None
     try:
         study.optimize(
             make_objective(run, space, settings, say, arrays_path),
-            n_trials=todo,
+            n_trials=todo,  # a cap: other workers' trials count too (the callback)
             timeout=settings.timeout,
             catch=(TrialFailed,),
+            callbacks=[_stop_at(settings.trials)],
             gc_after_trial=True,
         )
     finally:
         if arrays_path is not None:
             arrays_path.unlink(missing_ok=True)
     return study
+
+
+def _stop_at(target: int) -> Callable[[optuna.Study, optuna.trial.FrozenTrial], None]:
+    """Stop once the study (all processes together) has ``target`` finished trials."""
+
+    def callback(study: optuna.Study, _trial: optuna.trial.FrozenTrial) -> None:
+        if finished_trials(study) >= target:
+            study.stop()
+
+    return callback
+
+
+def arrays_file(run: Run, token: str) -> Path:
+    """This process's copy of the search arrays for its trial workers (one per process: never shared)."""
+    return run.path(".cache", f"search-arrays-{token}.npz")
+
+
+def _write_arrays(run: Run, settings: SearchSettings) -> Path:
+    from ensemble.locks import worker_token
+
+    path = arrays_file(run, worker_token(run.root))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as fh:
+        np.savez(fh, **_arrays(run, settings))
+    tmp.replace(path)
+    return path

@@ -9,8 +9,8 @@ Any Optuna storage URL (``postgresql://...``, ``mysql://...``) may be passed ins
 from __future__ import annotations
 
 import os
+import re
 import shlex
-import socket
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,6 +22,11 @@ if TYPE_CHECKING:
     from ensemble.runs import Run
 
 JOURNAL_NAME = "optuna.journal"
+
+
+def redact(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (for output, logs and errors)."""
+    return re.sub(r"(://[^:/@\s]*:)[^@/\s]*@", r"\1***@", url)
 
 
 def storage_location(run: Run, url: str | None = None) -> str:
@@ -45,7 +50,7 @@ def open_storage(run: Run, url: str | None = None) -> optuna.storages.BaseStorag
         Path(loc).parent.mkdir(parents=True, exist_ok=True)
         return optuna.storages.JournalStorage(JournalFileBackend(loc))
     except Exception as exc:  # optuna raises many kinds for a bad URL
-        raise UsageError(f"cannot open Optuna storage '{loc}': {exc}") from exc
+        raise UsageError(f"cannot open Optuna storage '{redact(loc)}': {redact(str(exc))}") from exc
 
 
 def dashboard_command(run: Run, url: str | None = None) -> str:
@@ -61,23 +66,54 @@ def optuna_cli_args(run: Run, url: str | None = None) -> str:
     return f"--storage {shlex.quote(loc)} --storage-class JournalFileBackend"
 
 
-def mark_owner(trial: optuna.Trial) -> None:
-    """Record which process runs ``trial``, so a later invocation can tell a live trial from a killed one."""
+def mark_owner(trial: optuna.Trial, run_root: Path) -> None:
+    """Tag ``trial`` with this process (pid, host and its live worker token; see :mod:`ensemble.locks`)."""
+    from ensemble.locks import host, worker_token
+
+    trial.set_user_attr("worker", worker_token(run_root))
     trial.set_user_attr("pid", os.getpid())
-    trial.set_user_attr("host", socket.gethostname())
+    trial.set_user_attr("host", host())
 
 
-def fail_stale_trials(study: optuna.Study) -> list[int]:
-    """Mark RUNNING trials whose process on this host is gone (killed) as FAIL, so they don't block or count."""
+KILLED_REASON = "left RUNNING by a process that stopped"
+
+
+def was_killed(trial: optuna.trial.FrozenTrial) -> bool:
+    """A trial failed because its process died (it does not count as a finished trial)."""
+    return bool(trial.user_attrs.get("killed"))
+
+
+def _owner_alive(t: optuna.trial.FrozenTrial, run_root: Path, others_live: bool) -> bool:
+    from ensemble.locks import host, token_alive
+
+    token, pid, where = t.user_attrs.get("worker"), t.user_attrs.get("pid"), t.user_attrs.get("host")
+    if token is not None:
+        return token_alive(run_root, str(token))
+    if pid is not None:  # tagged by an older version: pid only
+        return where != host() or _alive(int(pid))
+    # Not tagged yet: its process may be between Optuna's ask and our tag. Every trial-adding
+    # process holds a live token before it asks, so with no other live worker it is dead.
+    return others_live
+
+
+def fail_stale_trials(study: optuna.Study, run_root: Path, *, local_storage: bool = True) -> list[int]:
+    """Mark RUNNING trials whose process is gone (killed) as FAIL, tagged ``killed``, so they don't block or count.
+
+    A trial of another host is left alone, and so is an untagged trial in a remote storage
+    (another machine may be about to tag it).
+    """
     import optuna
 
+    from ensemble.locks import live_tokens, worker_token
+
+    mine = worker_token(run_root)
+    others_live = any(tok != mine for tok in live_tokens(run_root)) or not local_storage
     stale = []
-    host = socket.gethostname()
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        pid, where = t.user_attrs.get("pid"), t.user_attrs.get("host")
-        if pid is not None and (where != host or _alive(int(pid))):
-            continue  # alive here, or another machine's worker (shared storage): leave it
-        study._storage.set_trial_user_attr(t._trial_id, "fail_reason", "left RUNNING by a process that stopped")
+        if _owner_alive(t, run_root, others_live) or t.user_attrs.get("worker") == mine:
+            continue
+        study._storage.set_trial_user_attr(t._trial_id, "fail_reason", KILLED_REASON)
+        study._storage.set_trial_user_attr(t._trial_id, "killed", True)
         study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
         stale.append(t.number)
     return stale

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import shutil
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -55,10 +57,7 @@ def train_and_save(
         t0 = time.perf_counter()
         probas = {part: cnn.predict_proba(model, arrays[f"x_{part}"]) for part in ("val", "holdout", "test")}
         predict_s = time.perf_counter() - t0
-        folder.mkdir(parents=True, exist_ok=True)
-        model.save(folder / "model.keras")
-        save_probas(folder, probas)
-        write_json(folder / "config.json", {**config, "best_epoch": info["best_epoch"]})
+        _save(folder, model, probas, {**config, "best_epoch": info["best_epoch"]})
         params = cnn.count_params(model)
     finally:
         cnn.release()
@@ -75,7 +74,39 @@ def train_and_save(
     }
 
 
-def _child(conn: Any, arrays_path: str, config: dict[str, Any], folder: str, seed: int, env: dict[str, str]) -> None:
+def die_with_parent(parent_pid: int) -> None:
+    """Linux: get SIGKILL when the parent dies (PR_SET_PDEATHSIG); exit now if it already has."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent_pid:  # the parent died before the signal was armed
+        os._exit(1)
+
+
+def partial_dir(folder: Path) -> Path:
+    """Where a trial's files are written before the folder is renamed into place."""
+    return folder.with_name(f".{folder.name}.partial")
+
+
+def _save(folder: Path, model: Any, probas: dict[str, np.ndarray], config: dict[str, Any]) -> None:
+    """Write the trial's files into a ``.partial`` folder, then rename it: a kill never leaves half a trial."""
+    tmp = partial_dir(folder)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    model.save(tmp / "model.keras")
+    save_probas(tmp, probas)
+    write_json(tmp / "config.json", config)
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+
+
+def _child(
+    conn: Any, arrays_path: str, config: dict[str, Any], folder: str, seed: int, env: dict[str, str], parent: int
+) -> None:
+    die_with_parent(parent)
     os.environ.update(env)
     try:
         with np.load(arrays_path) as npz:
@@ -102,7 +133,8 @@ def train_in_subprocess(
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()
     env = {k: v for k, v in os.environ.items() if k.startswith(("KERAS_", "TF_", "CUDA_", "XLA_"))}
-    proc = ctx.Process(target=_child, args=(child, str(arrays_path), config, str(folder), seed, env), daemon=True)
+    args = (child, str(arrays_path), config, str(folder), seed, env, os.getpid())
+    proc = ctx.Process(target=_child, args=args, daemon=True)
     proc.start()
     child.close()
     pending: BaseException | None = None

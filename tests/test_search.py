@@ -11,7 +11,7 @@ from ensemble import cnn
 from ensemble.cli import main
 from ensemble.errors import SpaceError
 from ensemble.runs import open_run
-from ensemble.search import SearchSettings, load_cnn_space, run_search
+from ensemble.search import SearchSettings, finished_trials, load_cnn_space, run_search
 from ensemble.storage import open_storage
 
 TINY = """\
@@ -80,11 +80,12 @@ def test_resume_continues_and_stale_running_trials_fail(tiny) -> None:
     study._storage.set_trial_user_attr(ghost._trial_id, "host", __import__("socket").gethostname())
     study = run_search(run, space, SearchSettings(isolate=False, trials=3, pruner="none"), say=_quiet)
     states = [t.state for t in study.trials]
-    assert states.count(optuna.trial.TrialState.COMPLETE) == 2
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 3  # a killed trial does not use up --trials
     assert study.trials[1].state == optuna.trial.TrialState.FAIL
-    assert "stopped" in study.trials[1].user_attrs["fail_reason"]
+    assert study.trials[1].user_attrs["killed"] is True and "stopped" in study.trials[1].user_attrs["fail_reason"]
+    assert finished_trials(study) == 3
     again = run_search(run, space, SearchSettings(isolate=False, trials=3, pruner="none"), say=_quiet)
-    assert len(again.trials) == 3
+    assert len(again.trials) == 4
 
 
 def test_a_failing_trial_is_recorded_and_the_study_goes_on(tiny, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -38,9 +38,13 @@ def cmd_report(args: argparse.Namespace) -> int:
 def run_report(run: Any, *, storage_url: str | None = None, top_cnn: int = 5, gallery: int = 40) -> dict[str, Any]:
     """Make the report (quietly, with matplotlib's Agg backend)."""
     os.environ.setdefault("MPLBACKEND", "Agg")
+    from ensemble.locks import run_lock
     from ensemble.report import make_report
+    from ensemble.runs import runs_dir, sweep_debris
 
-    return make_report(run, storage_url=storage_url, top_cnn=top_cnn, gallery=gallery)
+    with run_lock(runs_dir(), run.name):  # one writer of the report and submission.csv
+        sweep_debris(run.root)
+        return make_report(run, storage_url=storage_url, top_cnn=top_cnn, gallery=gallery)
 
 
 SHORT = {

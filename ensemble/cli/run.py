@@ -19,7 +19,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "recorded in runs/NAME/stages.json: re-running the same command continues where it stopped. "
         f"Presets: {describe_presets()}.",
     )
-    p.add_argument("--name", default="main", metavar="NAME", help="run folder runs/NAME (default: main)")
+    p.add_argument(
+        "--run", "--name", dest="name", default="main", metavar="NAME",
+        help="run folder runs/NAME (default: main); --name is the same option",
+    )  # fmt: skip
     p.add_argument(
         "--data",
         metavar="PATH",
@@ -33,7 +36,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="DURATION",
         help="global time budget split across the stages, e.g. 28m, 2h (default: the preset's)",
     )
-    p.add_argument("--restart", action="store_true", help="delete runs/NAME and start over instead of resuming")
+    p.add_argument(
+        "--restart",
+        action="store_true",
+        help="delete the run folder runs/NAME (and, with --storage, the run's studies there) and start over",
+    )
     p.add_argument("--storage", metavar="URL", help="Optuna storage URL (default: the run's optuna.journal)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help=argparse.SUPPRESS)  # preset overrides
     p.set_defaults(func=cmd_run)
