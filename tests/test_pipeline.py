@@ -2,7 +2,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
+import stat
 import time
 from pathlib import Path
 
@@ -80,6 +82,11 @@ def test_run_end_to_end_then_resume(tmp_path: Path, runs_env: Path, capsys) -> N
     assert {"logreg", "knn", "cnn", "ensemble"} <= {r["family"] for r in rows}
     stages = json.loads((root / "stages.json").read_text())["stages"]
     assert all(stages[s]["done"] for s in ("data", "cnn_search", "baselines", "build", "report"))
+    mask = os.umask(0)
+    os.umask(mask)
+    for shared in ("submission.csv", "ensemble/manifest.json", "report/report.html", "report/summary.json"):
+        assert stat.S_IMODE((root / shared).stat().st_mode) == 0o666 & ~mask, shared  # readable by others
+    assert not list(root.glob(".*tmp*")) and not list((root / ".cache").glob("*"))  # no debris
 
     t0 = time.perf_counter()
     assert main(tiny_args(tmp_path, "e2e")) == 0

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -9,7 +10,7 @@ from conftest import write_dataset
 
 from ensemble.cli import main
 from ensemble.errors import DataError, UsageError
-from ensemble.runs import open_run
+from ensemble.runs import delete_run, open_run, sweep_debris
 
 
 def test_create_then_reopen(runs_env: Path, dataset: Path) -> None:
@@ -65,3 +66,85 @@ def test_bad_data_leaves_no_run_folder(runs_env: Path, dataset: Path, capsys: py
     (dataset / "test.csv").unlink()
     assert main(["data", "split", "--run", "bad", "--data", str(dataset)]) == 2
     assert not (runs_env / "bad").exists()
+
+
+# ---------------------------------------------------------------- --restart deletes only a real run folder
+def _sentinel(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "keep.txt").write_text("precious")
+    return folder / "keep.txt"
+
+
+@pytest.mark.parametrize("name", [".", "..", "a/../b", "../runs", "/ABS", "", "-x", "a\\b"])
+def test_restart_with_a_bad_name_deletes_nothing(runs_env: Path, tmp_path: Path, name: str, capsys) -> None:
+    keep = [_sentinel(runs_env / "other"), _sentinel(tmp_path / "outside"), _sentinel(runs_env / "a" / "b")]
+    if name == "/ABS":
+        name = str(tmp_path / "outside")
+    assert main(["run", f"--run={name}", "--restart"]) == 2
+    err = capsys.readouterr().err
+    assert "run name" in err and err.count("\n") == 1
+    assert all(k.read_text() == "precious" for k in keep)
+
+
+def test_restart_refuses_a_folder_that_is_not_a_run(runs_env: Path, tmp_path: Path, capsys) -> None:
+    keep = _sentinel(runs_env / "notarun")
+    assert main(["run", "--name", "notarun", "--restart"]) == 2
+    assert "not a run folder (no run.json)" in capsys.readouterr().err and keep.exists()
+    (runs_env / "link").symlink_to(_sentinel(tmp_path / "target").parent)
+    (tmp_path / "target" / "run.json").write_text("{}")
+    assert main(["run", "--run", "link", "--restart"]) == 2
+    assert "a link" in capsys.readouterr().err and (tmp_path / "target" / "keep.txt").exists()
+
+
+def test_restart_refuses_while_a_worker_adds_trials(runs_env: Path, dataset: Path) -> None:
+    import subprocess
+    import sys
+
+    run = open_run("busy", data=dataset, say=lambda s: None)
+    code = "import sys,time;from pathlib import Path;from ensemble.locks import worker_token;"
+    code += "print(worker_token(Path(sys.argv[1])),flush=True);time.sleep(60)"
+    proc = subprocess.Popen([sys.executable, "-c", code, str(run.root)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip()
+        with pytest.raises(UsageError, match=rf"live worker process\(es\) \(pid {proc.pid}\)"):
+            delete_run("busy", say=lambda s: None)
+        assert (run.root / "run.json").is_file()
+    finally:
+        proc.kill()
+        proc.wait()
+    delete_run("busy", say=lambda s: None)
+    assert not run.root.exists() and runs_env.is_dir()
+
+
+def test_restart_deletes_the_runs_studies_in_a_remote_storage(runs_env: Path, dataset: Path, tmp_path: Path) -> None:
+    import optuna
+
+    url = f"sqlite:///{tmp_path / 'remote.db'}"
+    for name in ("cnn", "baseline-knn", "someone-elses"):
+        optuna.create_study(study_name=name, storage=url)
+    open_run("r", data=dataset, say=lambda s: None)
+    said: list[str] = []
+    delete_run("r", storage_url=url, say=said.append)
+    assert optuna.get_all_study_names(storage=url) == ["someone-elses"]
+    assert any("deleting study 'cnn'" in s for s in said) and not (runs_env / "r").exists()
+
+
+# ---------------------------------------------------------------- debris of a killed writer
+def test_sweep_restores_an_interrupted_swap_and_removes_debris(runs_env: Path, dataset: Path) -> None:
+    from ensemble.locks import worker_token
+
+    run = open_run("s", data=dataset, say=lambda s: None)
+    old = run.path(".ensemble-old-1")
+    _sentinel(old)  # killed between "ensemble -> .ensemble-old-1" and ".ensemble-tmp-2 -> ensemble"
+    _sentinel(run.path(".ensemble-tmp-2"))
+    run.path(".submission.csv.abc.tmp").write_text("half")
+    cache = run.path(".cache")
+    cache.mkdir()
+    (cache / f"search-arrays-{os.uname().nodename}-1-dead.npz").write_bytes(b"x")
+    live = cache / f"search-arrays-{worker_token(run.root)}.npz"
+    live.write_bytes(b"x")
+    gone = sweep_debris(run.root, say=lambda s: None)
+    assert run.path("ensemble", "keep.txt").read_text() == "precious"
+    assert not old.exists() and not run.path(".ensemble-tmp-2").exists()
+    assert not run.path(".submission.csv.abc.tmp").exists() and live.exists()
+    assert len(gone) == 3  # the tmp folder, the tmp file and the dead process's arrays

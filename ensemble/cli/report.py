@@ -28,10 +28,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     from ensemble.errors import UsageError
     from ensemble.runs import open_run
 
+    from ensemble.locks import run_lock
+    from ensemble.runs import check_name, runs_dir
+
     if args.top_cnn < 1 or args.gallery < 0:
         raise UsageError("--top-cnn must be >= 1 and --gallery >= 0")
-    run = open_run(args.run, data=args.data)
-    print_report(run_report(run, storage_url=args.storage, top_cnn=args.top_cnn, gallery=args.gallery))
+    with run_lock(runs_dir(), check_name(args.run)):  # refused at once while another writer has the run
+        run = open_run(args.run, data=args.data)
+        print_report(run_report(run, storage_url=args.storage, top_cnn=args.top_cnn, gallery=args.gallery))
     return 0
 
 

@@ -1,0 +1,85 @@
+"""Stale-trial detection: trials of dead processes are failed (and flagged), live ones never."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+
+from ensemble.locks import worker_token
+from ensemble.storage import fail_stale_trials, mark_owner, redact, was_killed
+
+LIVE_WORKER = """
+import sys, time
+from pathlib import Path
+from ensemble.locks import worker_token
+print(worker_token(Path(sys.argv[1])), flush=True)
+time.sleep(120)
+"""
+
+
+@pytest.fixture
+def study(tmp_path: Path) -> optuna.Study:
+    from optuna.storages.journal import JournalFileBackend
+
+    storage = optuna.storages.JournalStorage(JournalFileBackend(str(tmp_path / "optuna.journal")))
+    return optuna.create_study(study_name="cnn", storage=storage)
+
+
+@pytest.fixture
+def other_worker(tmp_path: Path):
+    proc = subprocess.Popen([sys.executable, "-c", LIVE_WORKER, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    token = proc.stdout.readline().strip()
+    yield proc, token
+    proc.kill()
+    proc.wait()
+
+
+def _running(study: optuna.Study) -> list[int]:
+    return [t.number for t in study.get_trials(states=(optuna.trial.TrialState.RUNNING,))]
+
+
+def test_untagged_trial_is_left_alone_while_another_worker_lives(study, tmp_path: Path, other_worker) -> None:
+    study.ask()  # what another process's trial looks like between Optuna's ask and its tag
+    assert fail_stale_trials(study, tmp_path) == [] and _running(study) == [0]
+    proc, _ = other_worker
+    proc.kill()
+    proc.wait()
+    assert fail_stale_trials(study, tmp_path) == [0]  # now no live worker can own it
+    (t,) = study.trials
+    assert t.state == optuna.trial.TrialState.FAIL and was_killed(t)
+
+
+def test_untagged_trial_in_a_remote_storage_is_left_alone(study, tmp_path: Path) -> None:
+    study.ask()
+    assert fail_stale_trials(study, tmp_path, local_storage=False) == []
+
+
+def test_tagged_trials_live_or_dead(study, tmp_path: Path, other_worker) -> None:
+    _, token = other_worker
+    mine = study.ask()
+    mark_owner(mine, tmp_path)
+    theirs = study.ask()
+    theirs.set_user_attr("worker", token)
+    dead = study.ask()
+    dead.set_user_attr("worker", token.rsplit("-", 1)[0] + "-0000dead")  # same host and pid, other token
+    remote = study.ask()
+    remote.set_user_attr("worker", "elsewhere-42-abcd")
+    assert fail_stale_trials(study, tmp_path) == [dead.number]
+    assert _running(study) == [mine.number, theirs.number, remote.number]
+    assert mine.user_attrs["worker"] == worker_token(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql://user:s3cret@db:5432/optuna", "postgresql://user:***@db:5432/optuna"),
+        ("postgresql+psycopg://u:p%40ss@h/db", "postgresql+psycopg://u:***@h/db"),
+        ("sqlite:///x.db", "sqlite:///x.db"),
+    ],
+)
+def test_redact_hides_the_password(url: str, shown: str) -> None:
+    assert redact(url) == shown
