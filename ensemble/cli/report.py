@@ -26,10 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from ensemble.errors import UsageError
-    from ensemble.runs import open_run
-
     from ensemble.locks import run_lock
-    from ensemble.runs import check_name, runs_dir
+    from ensemble.runs import check_name, open_run, runs_dir
 
     if args.top_cnn < 1 or args.gallery < 0:
         raise UsageError("--top-cnn must be >= 1 and --gallery >= 0")
