@@ -27,14 +27,13 @@ from ensemble.baselines_models import FAMILIES, Family, FitContext, full_proba, 
 from ensemble.errors import SpaceError, UsageError
 from ensemble.locks import worker_token
 from ensemble.space import Space, load_space
+from ensemble.space import spaces_dir as shipped_spaces_dir
 from ensemble.storage import fail_stale_trials, mark_owner, open_storage
 
 if TYPE_CHECKING:
     import optuna
 
     from ensemble.runs import Run
-
-SPACES_DIR = Path("search_spaces")
 
 
 @dataclass(frozen=True)
@@ -92,8 +91,8 @@ class TaskResult:
 
 
 def space_path(family: str, spaces_dir: str | Path | None = None) -> Path:
-    """``search_spaces/<family>.yaml`` (relative to the current folder unless ``spaces_dir``)."""
-    return Path(spaces_dir or SPACES_DIR) / f"{family}.yaml"
+    """``<family>.yaml`` in ``spaces_dir`` (``--spaces``), by default among the shipped spaces."""
+    return (Path(spaces_dir) if spaces_dir else shipped_spaces_dir()) / f"{family}.yaml"
 
 
 def load_family_space(family: Family, path: Path) -> Space:

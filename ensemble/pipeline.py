@@ -26,8 +26,6 @@ from typing import Any
 from ensemble.errors import UsageError
 from ensemble.io import read_json, write_json
 
-SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
-
 #: Everything a preset sets, in one place. "shares": how the time budget is split across stages.
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": {  # CPU, 2 cores: <= 30 min on the 42k Kaggle data

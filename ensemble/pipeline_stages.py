@@ -60,8 +60,9 @@ def cnn_search(run: Run, s: dict[str, Any], deadline: float, log: Any, storage_u
     import optuna
 
     from ensemble import search
+    from ensemble.space import space_file
 
-    space_path = s["space"] if os.path.isabs(str(s["space"])) else str(_space_dir() / s["space"])
+    space_path = space_file(str(s["space"]))  # a shipped name (the presets) or a path (--set space=FILE)
     space = search.load_cnn_space(space_path)
     epochs = int(space.defaults().get("epochs", 1))
     mixed = s["mixed_precision"]
@@ -84,13 +85,6 @@ def cnn_search(run: Run, s: dict[str, Any], deadline: float, log: Any, storage_u
     count = {k.name.lower(): states.count(k) for k in optuna.trial.TrialState if states.count(k)}
     cut = search.finished_trials(study) < settings.trials
     return {"trials": count, "cut_short": cut}
-
-
-def _space_dir() -> Any:
-    from pathlib import Path
-
-    here = Path("search_spaces")
-    return here if here.is_dir() else Path(__file__).resolve().parents[1] / "search_spaces"
 
 
 # ---------------------------------------------------------------- baselines in a child process

@@ -5,7 +5,9 @@
     conv_blocks: {type: int, low: 2, high: 3}
     batch_norm: true            # fixed value
 
-Errors name the file and the key.
+Errors name the file and the key. The shipped spaces live in the package (``ensemble.search_spaces``,
+the repository's top-level ``search_spaces/`` folder): :func:`spaces_dir` finds them, :func:`space_file`
+turns a ``--space`` value or a preset's ``space`` setting into a file.
 """
 
 from __future__ import annotations
@@ -19,6 +21,58 @@ from ensemble.errors import SpaceError
 
 if TYPE_CHECKING:
     import optuna
+
+SPACES_PACKAGE = "ensemble.search_spaces"  # the top-level search_spaces/ folder, mapped in pyproject.toml
+
+
+def spaces_dir() -> Path:
+    """The folder of the shipped search spaces, wherever the package is installed (not the current folder).
+
+    ``pip install .`` copies them into ``ensemble/search_spaces/``; an editable install maps that package
+    to the repository's ``search_spaces/``, and a source checkout that is not installed finds it next to
+    the ``ensemble`` folder.
+    """
+    from importlib.resources import files
+
+    try:
+        root = files(SPACES_PACKAGE)
+    except ModuleNotFoundError:  # running from a source tree that was never installed
+        root = Path(__file__).resolve().parents[1] / "search_spaces"
+    if not isinstance(root, Path) or not root.is_dir():
+        raise SpaceError(f"shipped search spaces not found as a folder ({root}); reinstall with 'pip install .'")
+    return root
+
+
+def shipped_spaces() -> list[str]:
+    """The file names of the shipped search spaces (``cnn.yaml``, ``logreg.yaml``, ...)."""
+    return sorted(f.name for f in spaces_dir().glob("*.yaml"))
+
+
+def space_file(spec: str | Path) -> Path:
+    """The search-space file ``spec`` names: a user path, or the name of a shipped space.
+
+    A value with a folder part (``./cnn.yaml``, ``/x/my.yaml``) is a path, used as given. A bare file
+    name is a shipped space when one has that name (``cnn_quick.yaml``), else a file in the current
+    folder (``my.yaml``). A bare name that is both is refused rather than guessed.
+    """
+    path = Path(spec)
+    if str(spec) != path.name:  # "./x.yaml", "dir/x.yaml", an absolute path
+        return path
+    shipped = spaces_dir() / path.name
+    if not shipped.is_file():
+        if path.is_file():
+            return path
+        raise SpaceError(
+            f"{spec}: search-space file not found (not a file here, and not a shipped space: "
+            f"{', '.join(shipped_spaces())})"
+        )
+    if path.is_file():
+        raise SpaceError(
+            f"{spec}: ambiguous: both a file in the current folder and a shipped search space; "
+            f"write ./{path.name} for yours or {shipped} for the shipped one"
+        )
+    return shipped
+
 
 _RANGE_KEYS = {"int": {"type", "low", "high", "step", "log"}, "float": {"type", "low", "high", "step", "log"}}
 _RANGE_KEYS["categorical"] = {"type", "choices"}

@@ -20,18 +20,12 @@ if TYPE_CHECKING:
 DEFAULT_TRIALS = 4
 
 
-def default_spaces_dir() -> Path:
-    """./search_spaces when present, else the one next to the installed package (editable installs)."""
-    here = Path("search_spaces")
-    return here if here.is_dir() else Path(__file__).resolve().parents[2] / "search_spaces"
-
-
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "baselines",
         help="tune classical baselines (logreg, rf, extratrees, knn, svm, xgboost) as Optuna studies",
         description="One Optuna study 'baseline-FAMILY' per model family in the run's storage; re-running "
-        "continues the studies. Search trials fit on 'search_rows' training rows (see search_spaces/FAMILY.yaml), "
+        "continues the studies. Search trials fit on 'search_rows' training rows (see the shipped FAMILY.yaml spaces), "
         "then the best configuration is refitted on the whole training part as one more trial.",
     )
     add_run_args(p)
@@ -52,7 +46,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--storage", metavar="URL", help="Optuna storage URL (default: journal file runs/NAME/optuna.journal)"
     )
     p.add_argument("--jobs", type=int, metavar="N", help="parallel worker processes (default: number of CPU cores)")
-    p.add_argument("--spaces", metavar="DIR", help="folder with FAMILY.yaml search spaces (default: search_spaces/)")
+    p.add_argument(
+        "--spaces",
+        metavar="DIR",
+        help="folder with your FAMILY.yaml search spaces (default: the ones shipped with the package; "
+        "a search_spaces/ folder in the current folder is not used unless given here)",
+    )
     p.add_argument("--no-refit", action="store_true", help="skip refitting the best search trial on all training rows")
     p.add_argument("--seed", type=int, default=0, help="sampler and model seed (default 0)")
     p.set_defaults(func=cmd_baselines)
@@ -82,7 +81,7 @@ def cmd_baselines(args: argparse.Namespace) -> int:
 
     jobs, timeout = _check_args(args)
     names = bl.parse_models(args.models)
-    spaces_dir = Path(args.spaces) if args.spaces else default_spaces_dir()
+    spaces_dir = Path(args.spaces) if args.spaces else None  # None: the shipped spaces
     fams = [FAMILIES[n] for n in names]
     spaces = {f.name: bl.load_family_space(f, bl.space_path(f.name, spaces_dir)) for f in fams}
     run = open_run(args.run, data=args.data)

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import os
-from pathlib import Path
 
 from ensemble.cli.data import add_run_args
 from ensemble.durations import parse_duration
 
-DEFAULT_SPACE = Path(__file__).resolve().parents[2] / "search_spaces" / "cnn.yaml"
+DEFAULT_SPACE = "cnn.yaml"  # a shipped space (ensemble.space.space_file)
 BACKENDS = ("tensorflow", "jax", "torch")
 
 
@@ -28,7 +27,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--timeout", metavar="DURATION", help="stop starting trials after e.g. 30m")
     add_storage_arg(p)
     p.add_argument(
-        "--space", default=str(DEFAULT_SPACE), metavar="FILE", help="search-space YAML (default %(default)s)"
+        "--space",
+        default=DEFAULT_SPACE,
+        metavar="FILE",
+        help="search-space YAML: a path, or the name of a space shipped with the package "
+        "(cnn.yaml, cnn_quick.yaml, cnn_best.yaml; default %(default)s)",
     )
     p.add_argument("--pruner", choices=("median", "hyperband", "none"), default="median", help="default: median")
     p.add_argument("--seed", type=int, default=0, help="sampler and training seed (default 0)")
@@ -50,12 +53,13 @@ def cmd_search(args: argparse.Namespace) -> int:
     from ensemble.errors import UsageError
     from ensemble.runs import open_run
     from ensemble.search import SearchSettings, load_cnn_space, run_search
+    from ensemble.space import space_file
     from ensemble.storage import dashboard_command, optuna_cli_args
 
     if args.trials < 1:
         raise UsageError(f"--trials must be at least 1, got {args.trials}")
     timeout = parse_duration(args.timeout) if args.timeout else None
-    space = load_cnn_space(args.space)
+    space = load_cnn_space(space_file(args.space))
     run = open_run(args.run, data=args.data)
     print(f"Watch it live:  {dashboard_command(run, args.storage)}")
     settings = SearchSettings(
