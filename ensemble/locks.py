@@ -13,6 +13,7 @@ All are ``fcntl.flock`` locks: the kernel drops them when the process dies, SIGK
 
 from __future__ import annotations
 
+import atexit
 import fcntl
 import os
 import secrets
@@ -80,10 +81,17 @@ def worker_token(run_root: Path) -> str:
     token = f"{host()}-{os.getpid()}-{secrets.token_hex(4)}"
     folder = run_root / WORKERS_DIR
     folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder / f"{token}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    path = folder / f"{token}.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     fcntl.flock(fd, fcntl.LOCK_EX)
     _tokens[str(run_root.resolve())] = (token, fd)
+    atexit.register(_drop_token, path, os.getpid())  # a killed process's token is removed by the next check
     return token
+
+
+def _drop_token(path: Path, pid: int) -> None:
+    if os.getpid() == pid:
+        path.unlink(missing_ok=True)
 
 
 def own_token(run_root: Path) -> str | None:

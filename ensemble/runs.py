@@ -217,8 +217,9 @@ def sweep_debris(root: Path, say: Callable[[str], None] = print) -> list[Path]:
     An ``ensemble`` folder caught between its two renames is restored from ``.ensemble-old-*``;
     search-array copies are removed only when the process that wrote them is gone.
     """
-    from ensemble.locks import token_alive
+    from ensemble.locks import live_tokens, token_alive
 
+    live_tokens(root)  # removes the token files of dead workers
     gone: list[Path] = []
     olds = sorted(root.glob(".ensemble-old-*"))
     if olds and not (root / "ensemble").exists():
