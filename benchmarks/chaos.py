@@ -5,8 +5,9 @@
     python benchmarks/chaos.py --tiny --kills 2                 # the test suite's version (seconds per stage)
 
 First an unkilled reference run (same seed) is timed. Then the run under test is started, and at each
-of K moments the whole process group is SIGKILLed: the k-th kill aims at a stage in turn (a baseline
-trial, a CNN trial, build, report) at a seeded random delay after that stage starts. Then the run
+of K moments the whole process group is SIGKILLed, at a seeded random delay after the targeted
+stage starts: the kills are shared out over a baseline trial, a CNN trial, build and report, in
+the pipeline's order (K=10: 3, 3, 2, 2; a target whose stage already finished moves to the next). Then the run
 is left to finish. Checked afterwards (exit 1 if any fails):
 
 - a valid submission (``ensemble submission check`` rules, the test set's row count);
@@ -41,7 +42,7 @@ MARKERS = {  # a log line that shows the stage is at work
     "baselines": re.compile(r"\[\d\d:\d\d baselines\] (\S+ +trial|.*baselines --run)"),
     "cnn": re.compile(r"\[\d\d:\d\d cnn\] +trial \d+"),
     "build": re.compile(r"\[\d\d:\d\d build\]"),
-    "report": re.compile(r"\[\d\d:\d\d (report|run)\].*(report|leaderboard)|\[\d\d:\d\d build\] ensemble of"),
+    "report": re.compile(r"\[\d\d:\d\d build\] (ensemble of|ensemble already built|no ensemble)"),
 }
 TINY_SPACE = """conv_blocks: 2
 filters: {type: categorical, choices: [4, 8]}
@@ -259,10 +260,10 @@ def windows(root: Path, cnn_trials: int, base_trials: int) -> dict[str, float]:
 def chaos(cmd: list[str], env: dict[str, str], root: Path, kills: int, rng: random.Random, win: dict, log: Path):
     """Run with ``kills`` SIGKILLs of the process group; returns (kill records, orphans, wall seconds)."""
     records, orphans, t0, k = [], [], time.time(), 0
+    plan = sorted((TARGETS[i % len(TARGETS)] for i in range(kills)), key=TARGETS.index)  # stage by stage
     while k < kills:
         done = stages_done(root)
-        order = TARGETS[k % len(TARGETS) :] + TARGETS[: k % len(TARGETS)]
-        target = next((t for t in order if STAGE_OF[t] not in done), None)
+        target = next((t for t in plan[k:] + list(TARGETS) if STAGE_OF[t] not in done), None)
         if target is None:
             break  # the run finished before all kills were spent
         tag = f"chaos-{os.getpid()}-{k}"
