@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -25,7 +27,9 @@ KILL_GRACE_S = 30.0  # a baselines child still running this long after the searc
 
 
 # ---------------------------------------------------------------- CNN search with a deadline
-def deadline_pruner(inner: optuna.pruners.BasePruner, deadline: float, epochs: int, log: Any) -> Any:
+def deadline_pruner(
+    inner: optuna.pruners.BasePruner, deadline: float | Callable[[], float], epochs: int, log: Any
+) -> Any:
     """Wrap ``inner``: prune (and stop the study) once a trial would end past ``deadline``.
 
     A trial is pruned at an epoch end when the deadline has passed, or when its projected end
@@ -35,10 +39,11 @@ def deadline_pruner(inner: optuna.pruners.BasePruner, deadline: float, epochs: i
     import optuna
 
     complete = optuna.trial.TrialState.COMPLETE
+    when = deadline if callable(deadline) else (lambda: deadline)
 
     class DeadlinePruner(optuna.pruners.BasePruner):
         def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
-            now = time.time()
+            now, deadline = time.time(), when()
             if trial.intermediate_values and trial.datetime_start is not None:
                 done = max(trial.intermediate_values)
                 per_epoch = (now - trial.datetime_start.timestamp()) / max(done, 1)
@@ -55,16 +60,16 @@ def deadline_pruner(inner: optuna.pruners.BasePruner, deadline: float, epochs: i
     return DeadlinePruner()
 
 
-def cnn_search(run: Run, s: dict[str, Any], deadline: float, log: Any, storage_url: str | None) -> dict[str, Any]:
-    """Run or continue the ``cnn`` study until its trial count or its deadline."""
+def cnn_search(
+    run: Run, s: dict[str, Any], deadline: float, log: Any, storage_url: str | None, planned: Any = None
+) -> dict[str, Any]:
+    """Run or continue the ``cnn`` study until its trial count (or the budget's plan) or its deadline."""
     import optuna
 
     from ensemble import search
-    from ensemble.space import space_file
 
-    space_path = space_file(str(s["space"]))  # a shipped name (the presets) or a path (--set space=FILE)
-    space = search.load_cnn_space(space_path)
-    epochs = int(space.defaults().get("epochs", 1))
+    space_path, space = _cnn_space(s)
+    epochs = planned.plan.epochs if planned else int(space.defaults().get("epochs", 1))
     mixed = s["mixed_precision"]
     if mixed == "auto":
         from ensemble import cnn
@@ -72,19 +77,38 @@ def cnn_search(run: Run, s: dict[str, Any], deadline: float, log: Any, storage_u
         mixed = cnn.device_name() == "gpu"
     settings = search.SearchSettings(
         mixed_precision=bool(mixed),
-        trials=int(s["cnn_trials"]),
+        trials=planned.plan.members if planned else int(s["cnn_trials"]),
         timeout=max(1.0, deadline - time.time()),
         pruner=s["pruner"],
         seed=int(s.get("seed", 0)),
         max_train=s["max_train"],
+        epochs=planned.plan.epochs if planned else None,
     )
-    pruner = deadline_pruner(search.make_pruner(s["pruner"], epochs), deadline, epochs, log)
-    log(f"space {space_path}: {settings.trials} trials, stops starting new ones at the deadline")
-    study = search.run_search(run, space, settings, storage_url=storage_url, pruner=pruner, say=log)
+    if planned:
+        settings = dataclasses.replace(settings, trials=int(s["cnn_trials"]))  # a cap: the plan stops it
+    when = (lambda: planned.deadline) if planned else deadline
+    pruner = deadline_pruner(search.make_pruner(s["pruner"], epochs), when, epochs, log)
+    log(f"space {space_path}: up to {settings.trials} trials, stops starting new ones at the deadline")
+    callbacks = [planned.callback] if planned else []
+    study = search.run_search(
+        run, space, settings, storage_url=storage_url, pruner=pruner, callbacks=callbacks, say=log
+    )
     states = [t.state for t in study.get_trials(deepcopy=False)]
     count = {k.name.lower(): states.count(k) for k in optuna.trial.TrialState if states.count(k)}
-    cut = search.finished_trials(study) < settings.trials
-    return {"trials": count, "cut_short": cut}
+    if planned:  # cut short: fewer members trained than the plan has
+        cut = count.get("complete", 0) < max(1, planned.plan.members)
+    else:
+        cut = search.finished_trials(study) < settings.trials
+    info = {"trials": count, "cut_short": cut}
+    return {**info, "plan": planned.history} if planned else info
+
+
+def _cnn_space(s: dict[str, Any]) -> tuple[Any, Any]:
+    from ensemble import search
+    from ensemble.space import space_file
+
+    space_path = space_file(str(s["space"]))  # a shipped name (the presets) or a path (--set space=FILE)
+    return space_path, search.load_cnn_space(space_path)
 
 
 # ---------------------------------------------------------------- baselines in a child process
@@ -186,15 +210,18 @@ def search_stage(
         log("search", "CNN search and baselines already finished (stages.json); skipping")
         return
     deadline = budget.ends["search"]
-    worker = None
+    worker, planned = None, None
     t0 = time.time()
+    if need_cnn and s.get("plan"):
+        planned = _plan(run, s, stages, deadline, log)
+        deadline = planned.deadline
     if need_base and s["baselines"]:
         worker = BaselineWorker(run, s, deadline, log.for_stage("baselines"), storage_url)
         worker.on_done = lambda: stages.finish("baselines", time.time() - t0)
         worker.start()
     try:
         if need_cnn:
-            info = cnn_search(run, s, deadline, log.for_stage("cnn"), storage_url)
+            info = cnn_search(run, s, budget.ends["search"], log.for_stage("cnn"), storage_url, planned)
             stages.finish("cnn_search", time.time() - t0, **info)
             log("cnn", f"CNN search finished: {info['trials']}" + (" (cut short by the budget)" * info["cut_short"]))
         if worker is not None:
@@ -209,6 +236,18 @@ def search_stage(
         stages.finish("baselines", time.time() - t0, stopped_at_deadline=bool(worker and worker.stopped))
     else:
         log("baselines", f"baselines did not finish cleanly ({'; '.join(worker.errors)}); a re-run continues them")
+
+
+def _plan(run: Run, s: dict[str, Any], stages: Stages, end: float, log: Log) -> Any:
+    """Measure, plan members x epochs until ``end`` (searches + refits), and record the plan in stages.json."""
+    from ensemble import cnn
+    from ensemble.search_plan import plan_search
+
+    _, space = _cnn_space(s)
+    config = cnn.validate_config({k: v for k, v in space.defaults().items() if k in cnn.DEFAULTS})
+    planned = plan_search(run, config, s=s, end=end, log=log.for_stage("plan"), previous=stages.data.get("plan"))
+    stages.note(plan={"members": planned.plan.members, "epochs": planned.plan.epochs})
+    return planned
 
 
 def _wait(worker: BaselineWorker, kill_at: float, log: Log) -> None:
@@ -249,13 +288,18 @@ def build_stage(run: Run, s: dict[str, Any], stages: Stages, log: Log, storage_u
     stages.finish("build", time.time() - t0, members=len(m["members"]))
 
 
-def report_stage(run: Run, s: dict[str, Any], stages: Stages, log: Log, storage_url: str | None) -> dict[str, Any]:
-    """Leaderboard, report files and the submission (from a fallback model if no model exists)."""
+def report_stage(
+    run: Run, s: dict[str, Any], stages: Stages, log: Log, storage_url: str | None, again: bool = False
+) -> dict[str, Any]:
+    """Leaderboard, report files and the submission (from a fallback model if no model exists).
+
+    ``again``: rewrite them even if the stage is done (after the final refit).
+    """
     from ensemble.cli.report import print_report, run_report
     from ensemble.io import read_json
 
     summary = run.path("report", "summary.json")
-    if stages.done("report") and summary.is_file() and run.path("submission.csv").is_file():
+    if not again and stages.done("report") and summary.is_file() and run.path("submission.csv").is_file():
         got = read_json(summary)
         log("report", f"report already written: {run.path('report', 'report.html')}")
         log(
@@ -277,6 +321,26 @@ def report_stage(run: Run, s: dict[str, Any], stages: Stages, log: Log, storage_
         "holdout_accuracy": final.metrics["holdout_accuracy"],
         "submission": str(result["submission"]),
     }
+
+
+def refit_stage(run: Run, s: dict[str, Any], stages: Stages, end: float, log: Log, final: str) -> bool:
+    """Refit the final model's CNNs on every labeled digit until ``end``; True when a refit was written."""
+    if stages.done("refit"):
+        log("refit", "final refit already done (stages.json); skipping")
+        return False
+    t0 = time.time()
+    if not s.get("refit_full"):
+        stages.finish("refit", 0.0, skipped="refit_full is off")
+        return False
+    from ensemble.refit import refit_full
+
+    m = refit_full(run, final=final, deadline=end - 20.0, seed=int(s.get("seed", 0)), say=log.for_stage("refit"))
+    done = [e["name"] for e in (m or {}).get("members", []) if (e.get("refit_full") or {}).get("refit")]
+    stages.finish("refit", time.time() - t0, final_model=final, refitted=done)
+    if m is not None:
+        log("refit", f"refitted {len(done)} CNN member(s) of {final} on {m['refit_full']['rows']:,} digits "
+                     f"in {time.time() - t0:.0f}s")  # fmt: skip
+    return m is not None
 
 
 def fallback_model(run: Run, storage_url: str | None, log: Any, rows: int = 5000) -> None:

@@ -338,6 +338,27 @@ def write_final_submission(run: Run, entry: Entry) -> tuple[Path, np.ndarray]:
     return path, labels
 
 
+def refit_entry(run: Run, final: Entry) -> Entry | None:
+    """The final model refitted on every labeled digit (``runs/NAME/ensemble-full``), if it was."""
+    from ensemble.refit import FOLDER, current_refit
+
+    m = current_refit(run, final.name)
+    if m is None:
+        return None
+    done = [e["name"] for e in m["members"] if (e.get("refit_full") or {}).get("refit")]
+    kept = [e["name"] for e in m["members"] if e["kind"] == "cnn" and e["name"] not in done]
+    note = (
+        f"the submission comes from {final.name} refitted on all {m['refit_full']['rows']:,} labeled digits "
+        f"(train + validation + holdout): {len(done)} CNN member(s) refitted"
+        + (f", {len(kept)} kept as trained (no time): {', '.join(kept)}" if kept else "")
+        + ". The refitted models have no holdout score of their own; the holdout figures above are those "
+        "of the same configurations before the refit."
+    )
+    folder = run.path(FOLDER)
+    return Entry(name=f"{final.name} refit on all labels", kind="refit", family=final.family,
+                 holdout=final.holdout, test=_loader(folder, "test"), note=note)  # fmt: skip
+
+
 def make_report(
     run: Run,
     *,
@@ -353,7 +374,8 @@ def make_report(
     final = result["entries"][0]
     result["final"] = final
     result["mcnemar"] = significance(result)
-    sub, labels = write_final_submission(run, final)
+    result["refit"] = refit_entry(run, final)
+    sub, labels = write_final_submission(run, result["refit"] or final)
     result["submission"] = sub
     result["submission_counts"] = np.bincount(labels, minlength=10).tolist()
     result["files"] = write_outputs(run, result, storage_url=storage_url, gallery=gallery)
@@ -364,6 +386,7 @@ def make_report(
         "leaderboard": leaderboard_rows(result["entries"]),
         "mcnemar": {k: v for k, v in (result["mcnemar"] or {}).items()},
         "tta_and_ensembling": result["gains"],
+        "refit_full": result["refit"].note if result["refit"] else None,
     }
     write_json(run.path("report", "summary.json"), summary)
     result["files"].append(run.path("report", "summary.json"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import warnings
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -73,7 +74,7 @@ def gallery_png(images: np.ndarray, y: np.ndarray, proba: np.ndarray, limit: int
     """Misclassified digits, most confident mistakes first: 'true 4 -> 9 (0.87)' under each."""
     pred = proba.argmax(axis=1)
     wrong = np.flatnonzero(pred != y)
-    if len(wrong) == 0:
+    if len(wrong) == 0 or limit < 1:  # nothing wrong, or --gallery 0
         return None, 0
     wrong = wrong[np.argsort(-proba[wrong, pred[wrong]], kind="stable")][:limit]
     plt = _plt()
@@ -137,7 +138,9 @@ def importance_png(study: optuna.Study) -> tuple[bytes | None, str]:
     if len(done) < 2:
         return None, f"parameter importances need at least 2 completed trials (study has {len(done)})"
     try:
-        imp = optuna.importance.get_param_importances(study)
+        with warnings.catch_warnings():  # "quantiles select the same set of trials": few trials, said below
+            warnings.simplefilter("ignore", UserWarning)
+            imp = optuna.importance.get_param_importances(study)
     except (RuntimeError, ValueError) as exc:
         return None, f"parameter importances unavailable: {exc}"
     if not imp:

@@ -46,6 +46,7 @@ class SearchSettings:
     max_train: int | None = None  # subsample the train part during search (None: all rows)
     mixed_precision: bool = False  # float16 compute (useful on GPUs), float32 output layer
     isolate: bool = True  # train each trial in a fresh child process (bounded memory)
+    epochs: int | None = None  # every trial trains this many epochs (the budget's plan), whatever the space says
 
 
 def make_pruner(name: str, max_epochs: int) -> optuna.pruners.BasePruner:
@@ -120,6 +121,8 @@ def make_objective(
         mark_owner(trial, run.root)
         config = cnn.validate_config(space.suggest(trial), where=str(space.path))
         config["mixed_precision"] = config["mixed_precision"] or settings.mixed_precision
+        if settings.epochs:
+            config["epochs"] = settings.epochs
         say(f"trial {trial.number}: {backend}/{device}, {_short(config)}")
 
         def on_epoch(epoch: int, logs: dict[str, float]) -> None:
@@ -198,9 +201,13 @@ def run_search(
     *,
     storage_url: str | None = None,
     pruner: optuna.pruners.BasePruner | None = None,
+    callbacks: list[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] | None = None,
     say: Callable[[str], None] = print,
 ) -> optuna.Study:
-    """Run (or continue) the study until it has ``settings.trials`` finished trials or time runs out."""
+    """Run (or continue) the study until it has ``settings.trials`` finished trials or time runs out.
+
+    ``callbacks`` run after each trial (Optuna's ``optimize`` callbacks; one may ``study.stop()``).
+    """
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -229,7 +236,7 @@ def run_search(
             n_trials=todo,  # a cap: other workers' trials count too (the callback)
             timeout=settings.timeout,
             catch=(TrialFailed,),
-            callbacks=[_stop_at(settings.trials)],
+            callbacks=[_stop_at(settings.trials), *(callbacks or [])],
             gc_after_trial=True,
         )
     finally:

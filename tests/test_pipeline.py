@@ -38,7 +38,9 @@ def tiny_args(tmp_path: Path, name: str, *extra: str) -> list[str]:
     space = tmp_path / "tiny.yaml"
     space.write_text(TINY_SPACE)
     data = write_dataset(tmp_path / "data", n_train=300, n_test=40, seed=4)
+    plan = '{"min_epochs": 1, "max_epochs": 2, "min_members": 2, "max_members": 2, "overhead_s": 0.5}'
     sets = [f"space={space}", "cnn_trials=2", "baselines=logreg,knn", "baseline_trials=1", "top_k=2", "tta=none"]
+    sets += [f"plan={plan}"]
     return ["run", "--name", name, "--data", str(data), *extra] + [a for s in sets for a in ("--set", s)]
 
 

@@ -38,6 +38,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     parser = build_parser()
     args = parser.parse_args(argv)
+    if not args.debug:
+        from ensemble.quiet import filter_native_logs
+
+        filter_native_logs()  # TensorFlow's native start-up lines, here and in trial workers
     try:
         return int(args.func(args) or 0)
     except EnsembleError as exc:

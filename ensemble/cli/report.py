@@ -81,6 +81,8 @@ def print_report(result: dict[str, Any]) -> None:
         gain = "" if g["gain"] is None else f" ({g['gain'] * 100:+.2f} pts)"
         console.print(f"  {g['step']}: holdout {g['holdout_accuracy']:.4f}{gain}", soft_wrap=True)
     final = result["final"]
+    if result.get("refit"):
+        console.print(f"final refit: {result['refit'].note}", soft_wrap=True)
     console.print(
         f"final model: {final.name} (holdout accuracy {final.metrics['holdout_accuracy']:.4f}) -> "
         f"{result['submission']} (checked: {sum(result['submission_counts']):,} rows)",

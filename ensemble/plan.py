@@ -1,0 +1,110 @@
+"""The budget sets the plan: how many CNN members, and how many epochs each, fit the time left.
+
+From a measured training speed (images/s, timed on this machine under the load it has) the
+planner chooses members x epochs so that the searches' trainings, and the final refit of every
+member on all labeled digits, end within the seconds given:
+
+- long trainings first: every member gets ``max_epochs`` when ``min_members`` of them fit;
+- otherwise ``min_members`` members with as many epochs as fit, but no fewer than ``min_epochs``;
+- otherwise one member with what fits (at least one epoch);
+- more members (up to ``max_members``, a safety cap) only with time to spare.
+
+The plan is revised after every trial from the time left and the speed that trial measured.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class PlanSettings:
+    """A preset's planning knobs."""
+
+    min_epochs: int = 12
+    max_epochs: int = 24
+    min_members: int = 2
+    max_members: int = 8
+    overhead_s: float = 20.0  # per member: process start, compile, predicting val/holdout/test, saving
+    refit: bool = True
+
+
+@dataclass(frozen=True)
+class Plan:
+    """``members`` trainings of ``epochs`` epochs each (and their refits), at ``images_per_second``."""
+
+    members: int
+    epochs: int
+    images_per_second: float
+    search_seconds: float  # the members' search trainings, overhead included
+    refit_seconds: float  # their refits on every labeled digit (0 without refit)
+
+    @property
+    def seconds(self) -> float:
+        return self.search_seconds + self.refit_seconds
+
+    def describe(self) -> str:
+        refit = f" + refit {_mins(self.refit_seconds)}" if self.refit_seconds else ""
+        return (
+            f"{self.members} member{'s' * (self.members != 1)} x {self.epochs} epochs fit in "
+            f"{_mins(self.search_seconds)}{refit} at {self.images_per_second:,.0f} images/s"
+        )
+
+
+def _mins(seconds: float) -> str:
+    m = seconds / 60
+    return f"{m:.0f} min" if m >= 10 else f"{m:.1f} min"
+
+
+def make_plan(
+    seconds: float, *, images_per_second: float, n_train: int, n_all: int, settings: PlanSettings
+) -> Plan:
+    """The plan for ``seconds`` of training time at ``images_per_second`` (``n_all``: rows of the refit)."""
+    if images_per_second <= 0 or n_train <= 0:
+        raise ValueError("images_per_second and n_train must be positive")
+    s = settings
+    per_epoch = n_train / images_per_second + (n_all / images_per_second if s.refit else 0.0)
+    overhead = s.overhead_s * (2 if s.refit else 1)
+
+    def epochs_for(members: int) -> int:
+        return math.floor((seconds / members - overhead) / per_epoch)
+
+    members = min(s.max_members, max(0, math.floor(seconds / (s.max_epochs * per_epoch + overhead))))
+    if members >= s.min_members:
+        epochs = s.max_epochs
+    elif epochs_for(s.min_members) >= s.min_epochs:
+        members, epochs = s.min_members, min(s.max_epochs, epochs_for(s.min_members))
+    else:
+        members, epochs = 1, max(1, min(s.max_epochs, epochs_for(1)))
+    return _plan(members, epochs, images_per_second, n_train, n_all, s)
+
+
+def _plan(members: int, epochs: int, ips: float, n_train: int, n_all: int, s: PlanSettings) -> Plan:
+    search = members * (epochs * n_train / ips + s.overhead_s)
+    refit = members * (epochs * n_all / ips + s.overhead_s) if s.refit else 0.0
+    return Plan(members, epochs, ips, search, refit)
+
+
+def revise(
+    plan: Plan,
+    *,
+    done: int,
+    seconds_left: float,
+    images_per_second: float,
+    n_train: int,
+    n_all: int,
+    settings: PlanSettings,
+) -> Plan:
+    """The plan after ``done`` members finished: the refits of those are still owed from ``seconds_left``.
+
+    Returns the whole plan (``members`` counts the finished ones too, and is at least 1). The epoch
+    count stays as planned (members of one ensemble train alike); the number of members follows
+    the time left and the measured speed.
+    """
+    s = settings
+    owed = done * (plan.epochs * n_all / images_per_second + s.overhead_s) if s.refit else 0.0
+    left = seconds_left - owed
+    one = plan.epochs * (n_train + (n_all if s.refit else 0)) / images_per_second + s.overhead_s * (1 + s.refit)
+    more = min(s.max_members - done, max(0, math.floor(left / one))) if left > 0 else 0
+    return _plan(max(1, done + more), plan.epochs, images_per_second, n_train, n_all, s)  # a run needs a model

@@ -1,0 +1,220 @@
+"""Final refit on every labeled digit (AutoGluon's ``refit_full``): ``runs/NAME/ensemble-full/``.
+
+After selection (members, TTA views and weights, all chosen on validation) and the holdout report,
+each CNN of the final model is trained again, with its own config, seed and epoch count, on
+train + validation + holdout: every labeled digit. The refitted ensemble keeps the weights and views
+of the one it was made from and writes the test probabilities the submission is taken from.
+
+The refitted models have no holdout score of their own (they have seen the holdout): the report
+shows the holdout figures of the same configurations before the refit. Baseline members keep their
+fits on the training part. The manifest names its source (the final model and the sha256 of the
+ensemble manifest it came from), so a report never pairs a refit with another ensemble.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ensemble.artifacts import sha256_file
+from ensemble.errors import ArtifactError
+from ensemble.io import fsync_tree, read_json, swap_dir
+
+if TYPE_CHECKING:
+    from ensemble.runs import Run
+
+FOLDER = "ensemble-full"
+ENSEMBLE_ROWS = ("ensemble", "ensemble (TTA)", "ensemble (no TTA)")
+
+
+@dataclass(frozen=True)
+class RefitSource:
+    """What the final model is made of: its members (manifest entries), TTA views and source manifest."""
+
+    final: str
+    manifest: dict[str, Any]
+    views: list[str]
+    source_sha256: str
+
+
+def refit_source(run: Run, final: str) -> RefitSource | None:
+    """The final model as a refittable ensemble, or None (a baseline: nothing to refit)."""
+    src = run.path("ensemble", "manifest.json")
+    if final in ENSEMBLE_ROWS and src.is_file():
+        m = read_json(src)
+        views = ["identity"] if final == "ensemble (no TTA)" else list(m["tta"]["views"])
+        return RefitSource(final, m, views, sha256_file(src))
+    if final.startswith("cnn-trial-"):
+        number = int(final.rsplit("-", 1)[1])
+        folder = run.path("models", "cnn", f"trial-{number:04d}")
+        if not (folder / "model.keras").is_file():
+            return None
+        entry = {"name": final, "kind": "cnn", "weight": 1.0, "file": f"members/{final}.keras", "study": "cnn",
+                 "trial": number, "config": f"members/{final}.config.json"}  # fmt: skip
+        m = {"members": [entry], "tta": {"mode": "none", "views": ["identity"]}, "trial_folder": str(folder)}
+        return RefitSource(final, m, ["identity"], sha256_file(folder / "model.keras"))
+    return None
+
+
+def current_refit(run: Run, final: str) -> dict[str, Any] | None:
+    """The manifest of ``ensemble-full`` if it was refitted from this very final model, else None."""
+    path = run.path(FOLDER, "manifest.json")
+    if not path.is_file():
+        return None
+    src = refit_source(run, final)
+    if src is None:
+        return None
+    m = read_json(path)
+    info = m.get("refit_full", {})
+    return m if info.get("final") == final and info.get("source_sha256") == src.source_sha256 else None
+
+
+def _member_files(run: Run, src: RefitSource, entry: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
+    """(the member's current .keras file, its config) from the ensemble folder or its trial folder."""
+    if "trial_folder" in src.manifest:
+        folder = Path(src.manifest["trial_folder"])
+        return folder / "model.keras", read_json(folder / "config.json")
+    ens = run.path("ensemble")
+    if not entry.get("config"):
+        raise ArtifactError(f"{ens / entry['file']}: no config recorded for {entry['name']}; cannot refit it")
+    return ens / entry["file"], read_json(ens / entry["config"])
+
+
+def refit_full(
+    run: Run,
+    *,
+    final: str,
+    deadline: float | None = None,
+    seed: int = 0,
+    batch_size: int = 256,
+    say: Callable[[str], None] = print,
+) -> dict[str, Any] | None:
+    """Refit the final model's CNNs on every labeled digit and write ``runs/NAME/ensemble-full/``.
+
+    A member whose refit would end past ``deadline`` keeps its pre-refit model (recorded as skipped).
+    Returns the new manifest, or None when the final model has no CNN to refit.
+    """
+    src = refit_source(run, final)
+    cnns = [e for e in (src.manifest["members"] if src else []) if e["kind"] == "cnn"]
+    if src is None or not cnns:
+        say(f"final model {final} has no CNN member: nothing to refit")
+        return None
+    x_all, y_all = run.dataset.x_train, run.dataset.y_train
+    tmp = run.path(f".{FOLDER}-tmp-{time.time_ns()}")
+    try:
+        _copy_source(run, src, tmp)
+        models, record = _refit_members(run, src, cnns, x_all, y_all, tmp, deadline, seed, say)
+        proba_test = _test_proba(run, src, cnns, models, tmp, batch_size)
+        manifest = _manifest(run, src, record, len(y_all), proba_test, tmp)
+        fsync_tree(tmp)
+        swap_dir(tmp, run.path(FOLDER), old=run.path(f".{FOLDER}-old-{time.time_ns()}"))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return manifest
+
+
+def _copy_source(run: Run, src: RefitSource, tmp: Path) -> None:
+    if "trial_folder" in src.manifest:
+        (tmp / "members").mkdir(parents=True)
+        folder = Path(src.manifest["trial_folder"])
+        shutil.copy2(folder / "config.json", tmp / src.manifest["members"][0]["config"])
+        return
+    shutil.copytree(run.path("ensemble"), tmp)
+    for stale in ("proba_val.npy", "proba_holdout.npy", "proba_test.npy"):  # the pre-refit ensemble's
+        (tmp / stale).unlink(missing_ok=True)
+
+
+def _refit_members(
+    run: Run, src: RefitSource, cnns: list, x: np.ndarray, y: np.ndarray, tmp: Path, deadline: float | None,
+    seed: int, say: Callable[[str], None],
+) -> tuple[list[Any], dict[str, dict[str, Any]]]:  # fmt: skip
+    from ensemble import cnn
+    from ensemble.predict import load_keras_model
+
+    models, record = [], {}
+    for entry in cnns:
+        path, config = _member_files(run, src, entry)
+        config = {k: v for k, v in config.items() if k in cnn.DEFAULTS}
+        epochs, ips = int(config["epochs"]), _speed(run, entry)
+        need = epochs * len(x) / ips
+        if deadline is not None and time.time() + need > deadline:
+            say(f"{entry['name']}: no time to refit ({need / 60:.1f} min needed): keeps its pre-refit model")
+            models.append(load_keras_model(path, entry["name"]))
+            shutil.copy2(path, tmp / entry["file"])
+            record[entry["name"]] = {"refit": False, "reason": "no time left in the budget"}
+            continue
+        say(f"refit {entry['name']}: {len(x):,} labeled digits x {epochs} epochs (~{need / 60:.1f} min)")
+        t0 = time.perf_counter()
+
+        def on_epoch(epoch: int, logs: dict[str, float], name: str = entry["name"], total: int = epochs) -> None:
+            say(f"  refit {name} epoch {epoch}/{total}: accuracy {logs.get('accuracy', float('nan')):.4f}")
+
+        model, _ = cnn.fit_model(config, x, y, seed=seed + int(entry.get("trial", 0)), on_epoch=on_epoch)
+        model.save(tmp / entry["file"])
+        models.append(model)
+        record[entry["name"]] = {"refit": True, "epochs": epochs, "rows": len(x),
+                                 "seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
+    return models, record
+
+
+def _speed(run: Run, entry: dict[str, Any]) -> float:
+    """The member's measured training speed (images/s) from its trial, else a cautious 1,000."""
+    try:
+        import optuna
+
+        from ensemble.storage import open_storage
+
+        study = optuna.load_study(study_name=entry["study"], storage=open_storage(run))
+        return float(study.trials[int(entry["trial"])].user_attrs.get("images_per_second") or 1000.0)
+    except Exception:  # an unreadable study only makes the estimate cautious
+        return 1000.0
+
+
+def _test_proba(run: Run, src: RefitSource, cnns: list, models: list, tmp: Path, batch_size: int) -> np.ndarray:
+    from ensemble.fold import inference_model
+    from ensemble.predict import member_probas
+
+    fast = [inference_model(m) for m in models]
+    p = member_probas(fast, run.x_test, src.views, batch_size=batch_size).mean(axis=1)  # (M, N, 10)
+    total = np.tensordot([float(e["weight"]) for e in cnns], p, axes=1)
+    weights = sum(float(e["weight"]) for e in cnns)
+    for e in src.manifest["members"]:
+        if e["kind"] != "cnn":
+            total += float(e["weight"]) * np.load(tmp / e["probas"]["test"])
+            weights += float(e["weight"])
+    return (total / weights).astype(np.float32)
+
+
+def _manifest(
+    run: Run, src: RefitSource, record: dict[str, dict[str, Any]], rows: int, proba_test: np.ndarray, tmp: Path
+) -> dict[str, Any]:
+    import keras
+
+    from ensemble.build import write_manifest
+    from ensemble.predict import FORMAT, INPUT_SPEC, images_fingerprint, save_npy
+
+    save_npy(tmp / "proba_test.npy", proba_test)
+    m = {k: v for k, v in src.manifest.items() if k not in ("trial_folder", "artifacts", "metrics")}
+    m.setdefault("format", FORMAT)
+    m.setdefault("weights", {"mode": "single"})
+    m.setdefault("preprocessing", {"input": INPUT_SPEC, "views": "applied to raw pixels before each model"})
+    m["keras"] = {"backend": keras.backend.backend(), "version": keras.version()}  # what trained the refits
+    m.setdefault("data", {"fingerprint": run.meta["data"]["fingerprint"], "n_test": len(run.x_test),
+                          "test_fingerprint": images_fingerprint(run.x_test)})  # fmt: skip
+    m["tta"] = {**m.get("tta", {}), "views": src.views}
+    m["members"] = [{**e, "refit_full": record.get(e["name"])} for e in src.manifest["members"]]
+    m["metrics_before_refit"] = src.manifest.get("metrics", {})
+    m["refit_full"] = {
+        "final": src.final,
+        "source_sha256": src.source_sha256,
+        "rows": rows,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "note": "refitted members have no holdout score of their own; see metrics_before_refit",
+    }
+    return write_manifest(tmp, m)

@@ -1,0 +1,112 @@
+"""The CNN search of ``ensemble run`` as the budget plans it (see :mod:`ensemble.plan`).
+
+Before the first trial the training speed is measured (:func:`ensemble.trial_worker.probe_speed`),
+the plan (members x epochs, and the time their refits will need) is printed, and every trial then
+trains the planned number of epochs, so the one-cycle or cosine schedule spans them. After each
+trial the plan is revised from the time left and the speed the trial measured; the study stops
+once the planned members are trained. The time reserved for the refits moves the search deadline
+earlier, which the deadline pruner follows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ensemble.plan import Plan, PlanSettings, make_plan, revise
+
+if TYPE_CHECKING:
+    import optuna
+
+    from ensemble.runs import Run
+
+
+@dataclass
+class PlannedSearch:
+    """The plan of one invocation and the deadline it implies for the search (moves as the plan changes)."""
+
+    plan: Plan
+    settings: PlanSettings
+    end: float  # searches and refits must be done by then
+    n_train: int
+    n_all: int
+    log: Callable[[str], None]
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def deadline(self) -> float:
+        """When the CNN search must stop: the end less the time the planned refits need."""
+        return self.end - self.plan.refit_seconds
+
+    def record(self, why: str) -> None:
+        p = self.plan
+        self.history.append({"why": why, "members": p.members, "epochs": p.epochs,
+                             "images_per_second": round(p.images_per_second), "at": round(time.time())})  # fmt: skip
+        self.log(f"plan ({why}): {p.describe()}")
+
+    def callback(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        """After each trial: revise with the measured speed; stop when the planned members are trained."""
+        import optuna
+
+        from ensemble.search import finished_trials
+
+        ips = float(trial.user_attrs.get("images_per_second") or self.plan.images_per_second)
+        done = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+        self.plan = revise(self.plan, done=done, seconds_left=self.end - time.time(), images_per_second=ips,
+                           n_train=self.n_train, n_all=self.n_all, settings=self.settings)  # fmt: skip
+        self.record(f"after trial {trial.number}")
+        if finished_trials(study) >= self.plan.members and done >= 1:
+            study.stop()
+
+
+def plan_search(
+    run: Run,
+    config: dict[str, Any],
+    *,
+    s: dict[str, Any],
+    end: float,
+    log: Callable[[str], None],
+    previous: dict[str, int] | None = None,
+) -> PlannedSearch:
+    """Measure the speed of ``config`` here, now, and plan the members that fit until ``end``.
+
+    ``previous``: the plan an interrupted invocation of this run recorded; its epoch count is kept
+    (members of one ensemble train alike) and the members it already trained count.
+    """
+    from ensemble.trial_worker import probe_speed
+
+    x, y = run.part("train")
+    if s.get("max_train"):
+        x, y = x[: int(s["max_train"])], y[: int(s["max_train"])]
+    settings = PlanSettings(**{**s["plan"], "refit": bool(s["refit_full"])})
+    settings = PlanSettings(**{**settings.__dict__, "max_members": min(settings.max_members, int(s["cnn_trials"]))})
+    t0 = time.time()
+    ips = probe_speed(config, x, y, images=min(4096, len(y)))
+    log(f"measured {ips:,.0f} training images/s ({time.time() - t0:.0f}s probe)")
+    n_all = len(run.dataset.y_train)
+    left = max(0.0, end - time.time())
+    plan = make_plan(left, images_per_second=ips, n_train=len(y), n_all=n_all, settings=settings)
+    done = _completed(run)
+    if previous and done:
+        plan = dataclasses.replace(plan, epochs=int(previous["epochs"]))
+        plan = revise(plan, done=done, seconds_left=left, images_per_second=ips, n_train=len(y), n_all=n_all,
+                      settings=settings)  # fmt: skip
+    planned = PlannedSearch(plan, settings, end, len(y), n_all, log)
+    planned.record("start" if not done else f"resumed with {done} member(s) trained")
+    return planned
+
+
+def _completed(run: Run) -> int:
+    """COMPLETE trials of the run's CNN study so far (0 when it has none yet)."""
+    import optuna
+
+    from ensemble.storage import open_storage
+
+    try:
+        study = optuna.load_study(study_name="cnn", storage=open_storage(run))
+    except KeyError:
+        return 0
+    return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))

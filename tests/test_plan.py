@@ -1,0 +1,76 @@
+"""The budget sets the plan: members x epochs from the measured speed, revised as trials finish."""
+
+from __future__ import annotations
+
+import pytest
+
+from ensemble.plan import Plan, PlanSettings, make_plan, revise
+
+QUICK = PlanSettings(min_epochs=12, max_epochs=24, min_members=2, max_members=8, overhead_s=20.0)
+N_TRAIN, N_ALL = 33_600, 42_000
+
+
+def plan_for(seconds: float, ips: float, settings: PlanSettings = QUICK) -> Plan:
+    return make_plan(seconds, images_per_second=ips, n_train=N_TRAIN, n_all=N_ALL, settings=settings)
+
+
+def test_slow_and_fast_machines_get_different_plans_in_the_same_budget() -> None:
+    budget = 24 * 60.0
+    slow, fast = plan_for(budget, 1_000), plan_for(budget, 6_000)
+    assert (slow.members, slow.epochs) == (1, 18)  # not even 2 x 12 fit: one member, as long as fits
+    assert (fast.members, fast.epochs) == (4, 24)  # long trainings first, then as many members as fit
+    mid = plan_for(budget, 2_300)
+    assert mid.members == 2 and QUICK.min_epochs <= mid.epochs < QUICK.max_epochs
+    for p in (slow, fast, mid):
+        assert p.seconds <= budget  # searches and refits fit the time given
+    assert "2 members x 20 epochs fit in" in mid.describe() and "at 2,300 images/s" in mid.describe()
+
+
+def test_without_refit_more_fits() -> None:
+    off = PlanSettings(**{**QUICK.__dict__, "refit": False})
+    with_refit, without = plan_for(1_500, 2_300), plan_for(1_500, 2_300, off)
+    assert without.refit_seconds == 0 and with_refit.refit_seconds > 0
+    assert (without.members, without.epochs) > (with_refit.members, with_refit.epochs)
+
+
+@pytest.mark.parametrize("seconds", [0.0, 5.0])
+def test_no_time_still_plans_one_short_member(seconds: float) -> None:
+    p = plan_for(seconds, 2_000)
+    assert (p.members, p.epochs) == (1, 1)
+
+
+def test_revision_follows_the_measured_speed() -> None:
+    start = plan_for(1_800, 3_000)
+    assert start.members >= 2
+    slower = revise(start, done=1, seconds_left=900, images_per_second=1_500, n_train=N_TRAIN, n_all=N_ALL,
+                    settings=QUICK)  # fmt: skip
+    faster = revise(start, done=1, seconds_left=900, images_per_second=6_000, n_train=N_TRAIN, n_all=N_ALL,
+                    settings=QUICK)  # fmt: skip
+    assert slower.epochs == faster.epochs == start.epochs  # members of one ensemble train alike
+    assert 1 <= slower.members < faster.members <= QUICK.max_members
+    gone = revise(start, done=0, seconds_left=-5, images_per_second=3_000, n_train=N_TRAIN, n_all=N_ALL,
+                  settings=QUICK)  # fmt: skip
+    assert gone.members == 1  # a run always gets a model
+
+
+def test_planned_search_stops_the_study_with_a_fake_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    import optuna
+
+    from ensemble import search_plan
+
+    now = [1_000.0]
+    monkeypatch.setattr(search_plan.time, "time", lambda: now[0])
+    said: list[str] = []
+    planned = search_plan.PlannedSearch(plan_for(1_800, 3_000), QUICK, 1_000.0 + 1_800, N_TRAIN, N_ALL, said.append)
+    first_deadline = planned.deadline
+    study = optuna.create_study(direction="maximize")
+
+    def objective(trial: optuna.Trial) -> float:
+        now[0] += 700.0  # each member takes 700 s of the fake clock
+        trial.set_user_attr("images_per_second", 3_000.0)
+        return 0.99
+
+    study.optimize(objective, n_trials=10, callbacks=[planned.callback])
+    assert len(study.trials) == planned.plan.members < 10  # stopped by the revised plan, not the cap
+    assert planned.deadline != first_deadline or planned.plan.members == 2
+    assert said[-1].startswith("plan (after trial") and len(planned.history) == len(study.trials)

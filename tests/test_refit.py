@@ -1,0 +1,76 @@
+"""Final refit on every labeled digit: ensemble-full from the final model, used for the submission."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import write_dataset
+
+from ensemble.build import build_ensemble
+from ensemble.predict import load_ensemble, predict_proba
+from ensemble.refit import current_refit, refit_full
+from ensemble.report import make_report
+from ensemble.runs import open_run
+from ensemble.search import SearchSettings, load_cnn_space, run_search
+
+pytest.importorskip("keras")
+TINY = """\
+conv_blocks: 2
+filters: 4
+dense_units: 16
+dense_dropout: 0.0
+conv_dropout: 0.0
+batch_size: 32
+epochs: 2
+rotation: 0.0
+zoom: 0.0
+shift: 0.0
+learning_rate: {type: float, low: 2.0e-3, high: 4.0e-3, log: true}
+"""
+
+
+@pytest.fixture
+def built(runs_env: Path, tmp_path: Path):
+    data = write_dataset(tmp_path / "data", n_train=300, n_test=30)
+    (tmp_path / "cnn.yaml").write_text(TINY)
+    run = open_run("r", data=data, say=lambda s: None)
+    space = load_cnn_space(tmp_path / "cnn.yaml")
+    run_search(run, space, SearchSettings(isolate=False, trials=2, pruner="none", epochs=3), say=lambda s: None)
+    build_ensemble(run, top_k=2, weights="equal", tta="identity,shift:1:0", progress=False, say=lambda s: None)
+    return run
+
+
+def test_refit_trains_every_cnn_member_on_all_labels(built) -> None:
+    run = built
+    said: list[str] = []
+    m = refit_full(run, final="ensemble (TTA)", say=said.append)
+    assert m is not None and m["refit_full"]["rows"] == 300 == len(run.dataset.y_train)
+    cnns = [e for e in m["members"] if e["kind"] == "cnn"]
+    assert len(cnns) == 2 and all(e["refit_full"] == {**e["refit_full"], "refit": True, "epochs": 3} for e in cnns)
+    assert m["tta"]["views"] == ["identity", "shift:1:0"] and "metrics_before_refit" in m
+    ens = load_ensemble(run.path("ensemble-full"))  # hashes verify; members load
+    p = predict_proba(ens, run.x_test)
+    stored = np.load(run.path("ensemble-full", "proba_test.npy"))
+    assert np.allclose(p, stored, atol=1e-5) and (p.argmax(1) == stored.argmax(1)).all()
+    assert not run.path("ensemble-full", "proba_holdout.npy").exists()  # the refit has no holdout score
+    assert any("60" not in s and "300 labeled digits x 3 epochs" in s for s in said)
+    assert current_refit(run, "ensemble (TTA)") is not None and current_refit(run, "cnn-trial-0000") is None
+
+
+def test_report_submits_the_refit_of_the_final_model_only(built) -> None:
+    run = built
+    result = make_report(run, gallery=0, say=lambda s: None)
+    final = result["final"].name
+    if refit_full(run, final=final, say=lambda s: None) is None:
+        pytest.skip(f"the tiny run's final model {final} is a baseline")
+    again = make_report(run, gallery=0, say=lambda s: None)
+    assert again["final"].name == final and again["refit"] is not None
+    labels = np.loadtxt(run.path("submission.csv"), delimiter=",", skiprows=1, dtype=int)[:, 1]
+    assert (labels == np.load(run.path("ensemble-full", "proba_test.npy")).argmax(1)).all()
+    assert "no holdout score of their own" in again["refit"].note
+    # a rebuilt ensemble is another source: its report no longer pairs with the old refit
+    build_ensemble(run, top_k=1, weights="equal", tta="none", progress=False, say=lambda s: None)
+    if final.startswith("ensemble"):
+        assert current_refit(run, final) is None
