@@ -6,8 +6,9 @@
 
 First an unkilled reference run (same seed) is timed. Then the run under test is started, and at each
 of K moments the whole process group is SIGKILLed, at a seeded random delay after the targeted
-stage starts: the kills are shared out over a baseline trial, a CNN trial, build and report, in
-the pipeline's order (K=10: 3, 3, 2, 2; a target whose stage already finished moves to the next). Then the run
+stage starts: the kills are shared out over a baseline trial, a CNN trial, build, report and refit, in
+the pipeline's order (K=10: 2 each; a target whose stage already finished moves to the next; the final
+refit only happens when the final model has a CNN). Then the run
 is left to finish. Checked afterwards (exit 1 if any fails):
 
 - a valid submission (``ensemble submission check`` rules, the test set's row count);
@@ -36,13 +37,14 @@ import threading
 import time
 from pathlib import Path
 
-TARGETS = ("baselines", "cnn", "build", "report")
-STAGE_OF = {"baselines": "baselines", "cnn": "cnn_search", "build": "build", "report": "report"}
+TARGETS = ("baselines", "cnn", "build", "report", "refit")
+STAGE_OF = {"baselines": "baselines", "cnn": "cnn_search", "build": "build", "report": "report", "refit": "refit"}
 MARKERS = {  # a log line that shows the stage is at work
     "baselines": re.compile(r"\[\d\d:\d\d baselines\] (\S+ +trial|.*baselines --run)"),
     "cnn": re.compile(r"\[\d\d:\d\d cnn\] +trial \d+"),
     "build": re.compile(r"\[\d\d:\d\d build\]"),
     "report": re.compile(r"\[\d\d:\d\d build\] (ensemble of|ensemble already built|no ensemble)"),
+    "refit": re.compile(r"\[\d\d:\d\d refit\] refit \S+: "),
 }
 TINY_SPACE = """conv_blocks: 2
 filters: {type: categorical, choices: [4, 8]}
@@ -57,7 +59,7 @@ rotation: 0.0
 zoom: 0.0
 shift: 0.0
 """
-FIXED_WINDOWS = {"cnn": 3.0, "baselines": 2.0, "build": 2.0, "report": 1.0}  # --no-reference: seconds
+FIXED_WINDOWS = {"cnn": 3.0, "baselines": 2.0, "build": 2.0, "report": 1.0, "refit": 2.0}  # --no-reference: seconds
 
 
 def write_slice(src: Path | None, rows: int, test_rows: int, out: Path) -> Path:
@@ -158,7 +160,7 @@ def stages_done(root: Path) -> set[str]:
 # ---------------------------------------------------------------- invariants
 def _debris(root: Path) -> list[str]:
     found = [*root.rglob("*.partial"), *root.rglob("*.tmp"), *root.glob(".ensemble-tmp-*")]
-    found += [*root.glob(".ensemble-old-*"), *(root / ".cache").glob("*search-arrays*")]
+    found += [*root.glob(".ensemble-old-*"), *root.glob(".ensemble-full-*"), *(root / ".cache").glob("*search-arrays*")]
     found += list((root / ".workers").glob("*.lock"))  # a dead process's token
     return sorted(str(p.relative_to(root)) for p in found)
 
@@ -215,6 +217,8 @@ def check_invariants(root: Path, cnn_trials: int) -> dict[str, str]:
     out["every COMPLETE trial's artifacts load"] = "ok" if not broken else "; ".join(broken[:3])
     try:
         load_ensemble(root / "ensemble")
+        if (root / "ensemble-full").exists():  # the final refit's ensemble, when the final model had CNNs
+            load_ensemble(root / "ensemble-full")
         out["ensemble manifest verifies"] = "ok"
     except Exception as exc:  # a manifest that does not verify is a broken invariant
         out["ensemble manifest verifies"] = str(exc)
@@ -254,6 +258,7 @@ def windows(root: Path, cnn_trials: int, base_trials: int) -> dict[str, float]:
         "baselines": 0.9 * st["baselines"]["seconds"],
         "build": 0.8 * st["build"]["seconds"],
         "report": 0.8 * st["report"]["seconds"],
+        "refit": 0.8 * st.get("refit", {}).get("seconds", 2.0),
     }
 
 
@@ -299,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rows", type=int, default=4000, help="labeled rows of the slice (default 4000)")
     ap.add_argument("--test-rows", type=int, default=1000, help="test rows of the slice (default 1000)")
     ap.add_argument("--cnn-trials", type=int, default=4, help="CNN trials the run is asked for (default 4)")
+    ap.add_argument("--epochs", type=int, default=3, help="epochs of each CNN trial (default 3; --tiny: 2)")
     ap.add_argument("--budget", default="15m", help="the run's --time-budget (default 15m: never reached)")
     ap.add_argument("--tiny", action="store_true", help="a 2-epoch toy CNN space and 600 rows (the test suite's)")
     ap.add_argument("--workdir", type=Path, help="keep runs and logs here (default: a temporary folder)")
@@ -310,6 +316,9 @@ def main(argv: list[str] | None = None) -> int:
     rows, test_rows = (600, 100) if args.tiny else (args.rows, args.test_rows)
     data = write_slice(args.data, rows, test_rows, work / "data")
     sets: dict[str, object] = {"cnn_trials": args.cnn_trials, "baseline_trials": 2, "top_k": 3}
+    epochs = 2 if args.tiny else args.epochs  # a fixed plan: exactly --cnn-trials members of this many epochs
+    sets["plan"] = {"min_epochs": epochs, "max_epochs": epochs, "min_members": args.cnn_trials,
+                    "max_members": args.cnn_trials, "overhead_s": 1.0}  # fmt: skip
     if args.tiny:
         (work / "tiny.yaml").write_text(TINY_SPACE)
         sets.update(space=str(work / "tiny.yaml"), baselines="logreg,knn")

@@ -7,6 +7,7 @@ Ours: ``ensemble.cnn`` with in-graph augmentation and a one-cycle schedule (conf
 
     python benchmarks/train_throughput.py                     # full: time-to-99.3% for both (real data)
     python benchmarks/train_throughput.py --throughput-only   # images/s only, every installed backend
+    python benchmarks/train_throughput.py --options           # ours under CPU options: bf16, jit, threads, batch
 
 The backend is $KERAS_BACKEND (or --backend). Data: $ENSEMBLE_DATA, else ../shared/data/digit-recognizer if present,
 else the offline demo digits (time-to-target is then not meaningful).
@@ -224,6 +225,65 @@ def throughput_all(args: argparse.Namespace) -> None:
         print(f"fastest backend for ours on this CPU: {best[0]}")
 
 
+OPTIONS: list[dict] = [  # each measured in its own process (policies and thread pools do not leak)
+    {"name": "float32, batch 128 (default)"},
+    {"name": "mixed_bfloat16, batch 128", "policy": "mixed_bfloat16"},
+    {"name": "float32, batch 128, jit_compile", "jit": True},
+    {"name": "float32, batch 256", "batch": 256},
+    {"name": "mixed_bfloat16, batch 256", "policy": "mixed_bfloat16", "batch": 256},
+    {"name": "float32, batch 128, 1 inter-op + 2 intra-op threads", "threads": [2, 1]},
+    {"name": "float32, batch 128, no augmentation layer", "cfg": {"rotation": 0, "zoom": 0, "shift": 0}},
+    {"name": "float32, batch 128, no BatchNorm", "cfg": {"batch_norm": False}},
+]
+
+
+def options_all(args: argparse.Namespace) -> None:
+    """Images/s of ours under each CPU option, in one run (reference: the default, measured first)."""
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    has = [f for f in ("avx512f", "avx512_bf16", "amx_bf16") if f" {f}" in flags]
+    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    model = next((ln.split(":", 1)[1].strip() for ln in lscpu.splitlines() if ln.startswith("Model name")), "?")
+    print(f"CPU {model}, {os.cpu_count()} cores; flags: {', '.join(has) or 'no AVX-512'}")
+    print(f"ours (ensemble.cnn quick config), {args.n} images/epoch, median of epochs 2-3; ratio vs the first row")
+    base = None
+    for opt in OPTIONS:
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+        if opt.get("threads"):
+            env.update(TF_NUM_INTRAOP_THREADS=str(opt["threads"][0]), TF_NUM_INTEROP_THREADS=str(opt["threads"][1]))
+        cmd = [sys.executable, __file__, "--option-child", json.dumps(opt), "--n", str(args.n)]
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if out.returncode != 0:
+            print(f"{opt['name']:<55} failed: {(out.stderr.strip().splitlines() or ['?'])[-1]}")
+            continue
+        ips = json.loads(out.stdout.strip().splitlines()[-1])["ips"]
+        base = base or ips
+        print(f"{opt['name']:<55} {ips:7.0f} img/s   {ips / base:.2f}x")
+
+
+def option_child(args: argparse.Namespace) -> None:
+    import keras
+
+    from ensemble.cnn import as_input, build_model, compile_model, one_hot
+
+    opt = json.loads(args.option_child)
+    x, y, xv, yv = load_split()
+    x, y = x[: args.n], y[: args.n]
+    if opt.get("policy"):
+        keras.mixed_precision.set_global_policy(opt["policy"])
+    cfg = {**OURS, "batch_size": opt.get("batch", 128), "epochs": 3, **opt.get("cfg", {})}
+    keras.utils.set_random_seed(0)
+    model = build_model(cfg)
+    compile_model(model, cfg, len(x))
+    if opt.get("jit"):
+        model.compile(optimizer=model.optimizer, loss=model.loss, metrics=["accuracy"], jit_compile=True)
+    r = _timed_fit(
+        lambda cb, n: model.fit(as_input(x), one_hot(y), batch_size=cfg["batch_size"], epochs=n, callbacks=[cb],
+                                verbose=0),
+        len(x), 3, None, model.count_params(),
+    )  # fmt: skip
+    print(json.dumps({"ips": r["images_per_second"]}))
+
+
 def child(args: argparse.Namespace) -> None:
     x, y, xv, yv = load_split()
     x, y = x[: args.n], y[: args.n]
@@ -239,11 +299,17 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=6000, help="images per epoch in --throughput-only")
     ap.add_argument("--ref-epochs", type=int, default=12)
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--options", action="store_true", help="images/s of ours under CPU options (bf16, jit, ...)")
+    ap.add_argument("--option-child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.backend:
         os.environ["KERAS_BACKEND"] = args.backend
     if args.child:
         return child(args)
+    if args.option_child:
+        return option_child(args)
+    if args.options:
+        return options_all(args)
     if args.throughput_only:
         return throughput_all(args)
     import keras

@@ -208,7 +208,7 @@ def _delete_remote_studies(storage_url: str, say: Callable[[str], None]) -> None
 
 
 #: Leftovers of an interrupted writer, removed under the run's writer lock.
-_DEBRIS_GLOBS = (".ensemble-tmp-*", ".*.tmp", "report/.*.tmp", "ensemble/.*.tmp")
+_DEBRIS_GLOBS = (".ensemble-tmp-*", ".ensemble-full-tmp-*", ".*.tmp", "report/.*.tmp", "ensemble/.*.tmp")
 
 
 def sweep_debris(root: Path, say: Callable[[str], None] = print) -> list[Path]:
@@ -221,11 +221,13 @@ def sweep_debris(root: Path, say: Callable[[str], None] = print) -> list[Path]:
 
     live_tokens(root)  # removes the token files of dead workers
     gone: list[Path] = []
-    olds = sorted(root.glob(".ensemble-old-*"))
-    if olds and not (root / "ensemble").exists():
-        olds.pop().rename(root / "ensemble")
-        say(f"restored {root / 'ensemble'} (a rebuild was interrupted before its new folder was in place)")
-    found = [p for pattern in _DEBRIS_GLOBS for p in root.glob(pattern)] + olds
+    found = [p for pattern in _DEBRIS_GLOBS for p in root.glob(pattern)]
+    for name in ("ensemble", "ensemble-full"):  # the build's and the final refit's folders
+        olds = sorted(root.glob(f".{name}-old-*"))
+        if olds and not (root / name).exists():
+            olds.pop().rename(root / name)
+            say(f"restored {root / name} (a rewrite was interrupted before its new folder was in place)")
+        found += olds
     for p in (root / ".cache").glob("*search-arrays-*"):
         token = p.name.split("search-arrays-", 1)[1].split(".npz", 1)[0]
         if not token_alive(root, token):
