@@ -2,9 +2,18 @@
 
 Builds an ensemble folder of randomly initialised CNNs of a chosen size (speed does not depend
 on the weights), then times the real predict path (hash check, load, TTA, soft voting) on random
-images. Prints time, images/s and each member's parameters and FLOPs per image.
+images. Prints the CPU model (lscpu), time, images/s and each member's parameters and FLOPs per
+image; then, in the same run, the reference path (the previous ``member_probas``: batches shared
+out among threads, every thread calling every model) and the ratio reference / product path,
+with the largest probability difference and the number of labels that differ between them.
+``--bf16`` also times the opt-in bfloat16 path and counts the labels it changes: untrained
+members on random pixels give nearly uniform probabilities (top-2 margins ~1e-5), so that count
+is an upper bound on what bfloat16 does to trained members on digits; the largest float32 margin
+among the changed labels is printed with it.
 
-    python benchmarks/predict_throughput.py                      # default member: 16-32 filters, dense 64
+    python benchmarks/predict_throughput.py --cnn conv_blocks=3   # the quick preset's member (656k params)
+    python benchmarks/predict_throughput.py --cnn conv_blocks=3 --bf16
+    python benchmarks/predict_throughput.py                      # small member: 16-32 filters, dense 64
     python benchmarks/predict_throughput.py --filters 32,64 --dense 128
     python benchmarks/predict_throughput.py --sweep --images 4000 # several sizes, extrapolated to 28,000
     python benchmarks/predict_throughput.py --cnn filters=16,conv_blocks=2,dense_units=64   # ensemble.cnn model
@@ -16,8 +25,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -26,7 +37,7 @@ import numpy as np
 from ensemble.build import write_manifest
 from ensemble.fold import model_cost
 from ensemble.predict import FORMAT, INPUT_SPEC, load_ensemble, predict_proba
-from ensemble.tta import CANDIDATES
+from ensemble.tta import CANDIDATES, stack_views
 
 VIEWS8 = list(CANDIDATES[:8])  # identity, 4 one-pixel shifts, rot +-8, zoom 1.1
 SWEEP = [("8,16", 32), ("16,32", 64), ("32,64", 128), ("32,64,128", 128)]
@@ -66,6 +77,57 @@ def parse_cnn(text: str) -> dict:
     return out
 
 
+def cpu_model() -> str:
+    """The CPU's model name as lscpu prints it (else /proc/cpuinfo, else 'unknown')."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
+def reference_proba(ens, images: np.ndarray, batch_size: int, workers: int = 2) -> np.ndarray:
+    """The previous product path, kept as the reference: batches of all views shared out among
+    ``workers`` threads, each thread calling every model; weighted mean over members of their
+    mean over views."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    cnns = [m for m in ens.members if m.model is not None]
+    views, n = ens.views, len(images)
+    full = min(batch_size, n)
+    total = np.zeros((n, 10), np.float64)
+    lock = threading.Lock()
+
+    def run_batch(start: int) -> None:
+        chunk = images[start : start + batch_size]
+        b = len(chunk)
+        if b < full:
+            chunk = np.concatenate([chunk, np.zeros((full - b, 28, 28), chunk.dtype)])
+        xb = stack_views(views, chunk)
+        acc = np.zeros((b, 10), np.float64)
+        for m in cnns:
+            p = np.asarray(m.model.predict_on_batch(xb), np.float32).reshape(len(views), full, 10)[:, :b]
+            acc += m.weight * p.mean(axis=0)
+        with lock:
+            total[start : start + b] = acc
+
+    starts = list(range(0, n, batch_size))
+    run_batch(starts[0])
+    with ThreadPoolExecutor(workers) as pool:
+        for fut in [pool.submit(run_batch, s) for s in starts[1:]]:
+            fut.result()
+    return (total / sum(m.weight for m in ens.members)).astype(np.float32)
+
+
 def write_ensemble(folder: Path, models: list, views: list[str]) -> None:
     """A minimal ensemble folder in the format ``ensemble build`` writes."""
     import keras
@@ -96,6 +158,8 @@ def bench(
     batch_size: int,
     cnn: dict | None = None,
     workers: int | None = None,
+    reference: bool = True,
+    bf16: bool = False,
 ) -> dict:
     import keras
 
@@ -119,9 +183,28 @@ def bench(
         t1 = time.perf_counter()
         p = predict_proba(ens, images, batch_size=batch_size, progress=sys.stderr.isatty(), workers=workers)
         sec = time.perf_counter() - t1
+        extra: dict = {}
+        if reference:
+            reference_proba(ens, images[: min(n, batch_size)], batch_size)  # warm-up
+            t2 = time.perf_counter()
+            ref = reference_proba(ens, images, batch_size)
+            extra["reference_s"] = time.perf_counter() - t2
+            extra["reference_maxdiff"] = float(np.abs(ref - p).max())
+            extra["reference_label_diffs"] = int(np.sum(ref.argmax(1) != p.argmax(1)))
+        if bf16:
+            predict_proba(ens, images[: min(n, batch_size)], batch_size=batch_size, precision="bfloat16")
+            t3 = time.perf_counter()
+            pb = predict_proba(ens, images, batch_size=batch_size, workers=workers, precision="bfloat16")
+            extra["bf16_s"] = time.perf_counter() - t3
+            extra["bf16_maxdiff"] = float(np.abs(pb - p).max())
+            extra["bf16_label_diffs"] = int(np.sum(pb.argmax(1) != p.argmax(1)))
+            top2 = np.sort(p, axis=1)[:, -2:]
+            changed = pb.argmax(1) != p.argmax(1)
+            extra["bf16_changed_max_margin"] = float((top2[:, 1] - top2[:, 0])[changed].max()) if changed.any() else 0.0
     assert p.shape == (n, 10)
     passes = n * members * len(views)
     return {
+        **extra,
         "backend": keras.backend.backend(),
         "member": f"ensemble.cnn {cnn}" if cnn is not None else f"conv {filters} dense {dense}",
         **cost,
@@ -144,6 +227,19 @@ def report(r: dict, members: int, n_views: int, target_n: int) -> None:
         + (f" | est. {est:.0f}s for {target_n:,}" if r["n"] != target_n else "")
         + (" | OK <= 60s" if est <= 60 else " | OVER 60s")
     )
+    if "reference_s" in r:
+        print(
+            f"  reference (previous path: batches in 2 threads, every thread calls every model): "
+            f"{r['reference_s']:.1f}s | ratio reference / product path {r['reference_s'] / r['seconds']:.2f}x | "
+            f"max |dp| {r['reference_maxdiff']:.2g}, labels differing {r['reference_label_diffs']} of {r['n']:,}"
+        )
+    if "bf16_s" in r:
+        print(
+            f"  bfloat16 (opt-in): {r['bf16_s']:.1f}s, est. {r['bf16_s'] * target_n / r['n']:.0f}s for {target_n:,} | "
+            f"speed-up vs float32 {r['seconds'] / r['bf16_s']:.2f}x | max |dp| {r['bf16_maxdiff']:.2g}, "
+            f"labels changed {r['bf16_label_diffs']} of {r['n']:,} (largest float32 top-2 margin among them "
+            f"{r['bf16_changed_max_margin']:.2g})"
+        )
 
 
 def main() -> int:
@@ -156,24 +252,47 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=128, help="images per batch (x views per model call)")
     ap.add_argument("--workers", type=int, help="batches predicted at once in threads (default 2)")
     ap.add_argument("--sweep", action="store_true", help=f"try member sizes {SWEEP}")
+    ap.add_argument("--no-reference", action="store_true", help="skip timing the previous path (the ratio's reference)")
+    ap.add_argument("--bf16", action="store_true", help="also time the opt-in bfloat16 path and count changed labels")
     ap.add_argument(
         "--cnn", action="append", metavar="K=V,...", help="member = ensemble.cnn.build_model(config) (repeatable)"
     )
     args = ap.parse_args()
     views = list(CANDIDATES[: args.views])
     print(
-        f"Keras backend {os.environ.get('KERAS_BACKEND', 'tensorflow')}, {os.cpu_count()} CPUs, "
+        f"CPU {cpu_model()} | Keras backend {os.environ.get('KERAS_BACKEND', 'tensorflow')}, {os.cpu_count()} CPUs, "
         f"load average {os.getloadavg()[0]:.1f}, views {views}"
     )
     if args.cnn:
         for text in args.cnn:
-            r = bench([], 0, args.members, views, args.images, args.batch_size, parse_cnn(text), args.workers)
+            r = bench(
+                [],
+                0,
+                args.members,
+                views,
+                args.images,
+                args.batch_size,
+                parse_cnn(text),
+                args.workers,
+                not args.no_reference,
+                args.bf16,
+            )
             report(r, args.members, len(views), 28_000)
         return 0
     sizes = SWEEP if args.sweep else [(args.filters, args.dense)]
     for filters, dense in sizes:
         f = [int(v) for v in filters.split(",")]
-        r = bench(f, dense, args.members, views, args.images, args.batch_size, workers=args.workers)
+        r = bench(
+            f,
+            dense,
+            args.members,
+            views,
+            args.images,
+            args.batch_size,
+            workers=args.workers,
+            reference=not args.no_reference,
+            bf16=args.bf16,
+        )
         report(r, args.members, len(views), 28_000)
     return 0
 

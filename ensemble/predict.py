@@ -25,7 +25,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from ensemble.errors import ArtifactError, DataError, UsageError
-from ensemble.fold import inference_model
+from ensemble.fold import PRECISIONS, bfloat16_model, inference_model, native_bfloat16
 from ensemble.io import atomic_write, read_json
 from ensemble.tta import IDENTITY, SIDE, stack_views
 
@@ -34,6 +34,7 @@ FORMAT = "ensemble-manifest/1"
 N_CLASSES = 10
 INPUT_SPEC = "float32 (N, 28, 28, 1) raw pixel values 0-255; rescaling is inside each model"
 Advance = Callable[[int], None]
+log = logging.getLogger(__name__)
 
 
 def images_fingerprint(images: np.ndarray) -> str:
@@ -123,7 +124,6 @@ def _one_line(exc: BaseException, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-#: Layers that are the identity at inference.
 def member_probas(
     models: Sequence[Any],
     images: np.ndarray,
@@ -133,56 +133,110 @@ def member_probas(
     advance: Advance | None = None,
     names: Sequence[str] = (),
     workers: int | None = None,
+    precision: str | None = None,
 ) -> np.ndarray:
     """Probabilities of every model under every view: float32 (M, V, N, 10).
 
-    Each batch of ``batch_size`` images is expanded to all its views (view-major) and given to
-    each model in one ``predict_on_batch`` call. ``workers`` batches run at once in threads
-    (backends release the GIL while computing), which keeps both cores of a small CPU busy.
+    Each batch of ``batch_size`` images is expanded to all its views (view-major, one array of
+    V x batch_size images) and given to each model in one ``predict_on_batch`` call, the last
+    batch padded so that every call has one shape. With ``workers`` > 1 the *models* are shared
+    out among that many threads, each predicting all batches for its own models: no model is
+    ever called from two threads at once (calls on one model from several threads crashed under
+    the JAX backend), while two calls can still run at once on a small CPU.
+
+    ``precision`` is float32 (default) or bfloat16 (opt-in, see :func:`ensemble.fold.bfloat16_model`);
+    None reads the ``ENSEMBLE_PREDICT_PRECISION`` environment variable.
     """
     if batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {batch_size}")
     images = as_images(images)
+    models = _in_precision(models, resolve_precision(precision))
     n, v = len(images), len(views)
     out = np.empty((len(models), v, n, N_CLASSES), np.float32)
-
     full = min(batch_size, n)
+    starts = list(range(0, n, batch_size))
 
-    def run_batch(start: int) -> None:
+    def views_of(start: int) -> tuple[int, np.ndarray]:
         chunk = images[start : start + batch_size]
         b = len(chunk)
         if b < full:  # pad the last batch: every call has one shape, so no backend retraces
             chunk = np.concatenate([chunk, np.zeros((full - b, *chunk.shape[1:]), chunk.dtype)])
-        xb = stack_views(views, chunk)
-        for m, model in enumerate(models):
-            p = np.asarray(model.predict_on_batch(xb), dtype=np.float32)
-            if p.shape != (v * full, N_CLASSES):
-                raise ArtifactError(f"member {_name(names, m)}: output shape {p.shape}, expected ({v * full}, 10)")
-            p = p.reshape(v, full, N_CLASSES)[:, :b]
-            if start == 0 and (p.min() < -1e-4 or np.abs(p.sum(axis=-1) - 1).max() > 1e-3):
-                raise ArtifactError(f"member {_name(names, m)}: outputs are not softmax probabilities")
-            out[m, :, start : start + b] = p
-        if advance is not None:
-            advance(b)
+        return b, stack_views(views, chunk)
 
-    workers = default_workers() if workers is None else workers
-    starts = list(range(0, n, batch_size))
-    run_batch(starts[0])  # first batch alone: traces/compiles each model once, checks outputs
-    if workers <= 1 or len(starts) < 3:
-        for start in starts[1:]:
-            run_batch(start)
-    else:
-        from concurrent.futures import ThreadPoolExecutor
+    def predict(m: int, start: int, b: int, xb: np.ndarray) -> None:
+        p = np.asarray(models[m].predict_on_batch(xb), dtype=np.float32)
+        if p.shape != (v * full, N_CLASSES):
+            raise ArtifactError(f"member {_name(names, m)}: output shape {p.shape}, expected ({v * full}, 10)")
+        p = p.reshape(v, full, N_CLASSES)[:, :b]
+        if start == 0 and (p.min() < -1e-4 or np.abs(p.sum(axis=-1) - 1).max() > 1e-3):
+            raise ArtifactError(f"member {_name(names, m)}: outputs are not softmax probabilities")
+        out[m, :, start : start + b] = p
 
-        with ThreadPoolExecutor(workers) as pool:
-            for fut in [pool.submit(run_batch, start) for start in starts[1:]]:
-                fut.result()
+    # First batch alone, every model: traces/compiles each once and checks its outputs.
+    b, xb = views_of(starts[0])
+    for m in range(len(models)):
+        predict(m, starts[0], b, xb)
+    if advance is not None:
+        advance(b)
+    rest = starts[1:]
+    workers = max(1, min(default_workers() if workers is None else workers, len(models)))
+    if workers == 1 or not rest:
+        for start in rest:
+            b, xb = views_of(start)
+            for m in range(len(models)):
+                predict(m, start, b, xb)
+            if advance is not None:
+                advance(b)
+        return out
+
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    done = [0] * len(rest)  # per batch: how many threads have predicted it; the last one advances
+    lock = threading.Lock()
+
+    def run(own: list[int]) -> None:
+        for i, start in enumerate(rest):
+            b, xb = views_of(start)
+            for m in own:
+                predict(m, start, b, xb)
+            with lock:
+                done[i] += 1
+                last = done[i] == workers
+            if last and advance is not None:
+                advance(b)
+
+    ids = list(range(len(models)))
+    with ThreadPoolExecutor(workers) as pool:
+        for fut in [pool.submit(run, ids[k::workers]) for k in range(workers)]:
+            fut.result()
     return out
 
 
+PRECISION_ENV = "ENSEMBLE_PREDICT_PRECISION"
+
+
+def resolve_precision(precision: str | None = None) -> str:
+    """``precision``, else ``$ENSEMBLE_PREDICT_PRECISION``, else float32; checked against PRECISIONS."""
+    value = (precision or os.environ.get(PRECISION_ENV) or "float32").strip().lower()
+    if value not in PRECISIONS:
+        raise UsageError(f"precision must be one of {', '.join(PRECISIONS)}, got '{value}' (${PRECISION_ENV})")
+    return value
+
+
+def _in_precision(models: Sequence[Any], precision: str) -> list[Any]:
+    """The models as they predict in ``precision`` (bfloat16 copies; float32 models as given)."""
+    if precision == "float32":
+        return list(models)
+    if not native_bfloat16():
+        log.warning("bfloat16 prediction on a CPU without AVX512-BF16/AMX: emulated, likely slower than float32")
+    return [bfloat16_model(m) for m in models]
+
+
 def default_workers() -> int:
-    """Batches predicted at once. Two threads keep both cores of a small CPU busy: measured on
-    2 cores, 20-30% faster under TensorFlow, up to 1.5x under torch, the same under JAX."""
+    """Threads predicting at once, each with its own members (see :func:`member_probas`). Under
+    TensorFlow, whose ops already use every core, one and two measured the same on 2 cores; two
+    let a backend whose ops use one core (torch was measured up to 1.5x faster) use both."""
     return 2
 
 
@@ -428,8 +482,12 @@ def predict_proba(
     batch_size: int = 128,
     progress: bool = False,
     workers: int | None = None,
+    precision: str | None = None,
 ) -> np.ndarray:
-    """Ensemble probabilities (N, 10): weighted mean over members of their mean over views."""
+    """Ensemble probabilities (N, 10): weighted mean over members of their mean over views.
+
+    ``precision``: see :func:`member_probas` (float32 unless bfloat16 is asked for).
+    """
     images = as_images(images, "test images")
     views = ens.views if tta else [IDENTITY]
     cnns = [m for m in ens.members if m.model is not None]
@@ -443,7 +501,8 @@ def predict_proba(
                 batch_size=batch_size,
                 advance=adv,
                 names=[m.name for m in cnns],
-                workers=default_workers() if workers is None else workers,
+                workers=workers,
+                precision=precision,
             )
         for m, p in zip(cnns, probs):
             total += m.weight * p.mean(axis=0)

@@ -421,3 +421,101 @@ def test_keras_member_loads_from_the_checked_bytes_in_a_private_copy(tmp_path, m
     with pytest.raises(ArtifactError, match=r"m0\.keras: cannot load Keras model for member m0: ") as err:
         load_keras_model(folder / "members" / "m0.keras", "m0", data=b"not a zip")
     assert "\n" not in str(err.value) and not list(scratch.iterdir())
+
+
+def _straightforward(models: list, x: np.ndarray, views: list[str]) -> np.ndarray:
+    """The plain path: every member, every view, the whole set in one ``predict_on_batch`` call."""
+    from ensemble.tta import apply_view
+
+    return np.stack(
+        [np.stack([np.asarray(m.predict_on_batch(apply_view(v, x)[..., None])) for v in views]) for m in models]
+    )
+
+
+def _small_cnn(seed: int):
+    """An ``ensemble.cnn`` member (BatchNorm, dropout, augmentation layer), folded as predict folds it."""
+    from ensemble.cnn import build_model
+    from ensemble.fold import inference_model
+
+    keras.utils.set_random_seed(seed)
+    model = build_model({"conv_blocks": 2, "filters": 4, "dense_units": 8})
+    for layer in model.layers:  # non-trivial BatchNorm statistics, so folding changes the arithmetic
+        if type(layer).__name__ == "BatchNormalization":
+            rng = np.random.default_rng(seed)
+            layer.moving_mean.assign(rng.normal(0, 0.1, layer.moving_mean.shape))
+            layer.moving_variance.assign(rng.uniform(0.5, 2.0, layer.moving_variance.shape))
+    return inference_model(model)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_member_probas_matches_per_member_per_view_predictions(workers: int) -> None:
+    # Same arithmetic, other batch shapes: a backend may pick other kernels/blocking for a batch
+    # of V x 5 images than for 23, which reorders float32 sums (relative error ~1e-7 per add);
+    # probabilities agree to 1e-5, far below any margin that decides a label here.
+    models = [tiny(0), _small_cnn(1), _small_cnn(2)]
+    views = ["identity", "shift:1:0", "rot:8", "zoom:1.1"]
+    x = images(23, seed=3)  # 23 = 4 batches of 5 + a padded batch of 3
+    p = member_probas(models, x, views, batch_size=5, workers=workers, precision="float32")
+    ref = _straightforward(models, x, views)
+    assert p.shape == ref.shape == (3, 4, 23, 10)
+    np.testing.assert_allclose(p, ref, atol=1e-5, rtol=0)
+    assert np.array_equal(p.argmax(-1), ref.argmax(-1))
+    np.testing.assert_array_equal(p.mean(1).argmax(-1), ref.mean(1).argmax(-1))  # TTA-averaged labels too
+
+
+def test_no_model_is_called_from_two_threads() -> None:
+    import threading
+    import time
+
+    class Guarded:
+        """A model that records whether two threads ever called it at once."""
+
+        def __init__(self, model) -> None:
+            self.model, self.busy, self.overlap, self.threads = model, threading.Lock(), False, set()
+
+        def predict_on_batch(self, xb):
+            if not self.busy.acquire(blocking=False):
+                self.overlap = True
+                self.busy.acquire()
+            try:
+                self.threads.add(threading.get_ident())
+                time.sleep(0.002)  # widen the window a second thread would hit
+                return self.model.predict_on_batch(xb)
+            finally:
+                self.busy.release()
+
+    base = [tiny(i) for i in range(3)]
+    guarded = [Guarded(m) for m in base]
+    x = images(30)
+    seen: list[int] = []
+    p = member_probas(guarded, x, ["identity", "shift:0:1"], batch_size=4, workers=2, advance=seen.append)
+    assert not any(g.overlap for g in guarded)
+    assert sum(seen) == len(x)  # every image advanced once
+    np.testing.assert_allclose(p, _straightforward(base, x, ["identity", "shift:0:1"]), atol=1e-5, rtol=0)
+
+
+def test_bfloat16_is_opt_in_and_changes_only_near_ties(monkeypatch) -> None:
+    from ensemble.predict import PRECISION_ENV, resolve_precision
+
+    monkeypatch.delenv(PRECISION_ENV, raising=False)
+    assert resolve_precision() == "float32"
+    monkeypatch.setenv(PRECISION_ENV, "bfloat16")
+    assert resolve_precision() == "bfloat16"
+    assert resolve_precision("float32") == "float32"  # an explicit argument wins
+    monkeypatch.setenv(PRECISION_ENV, "float16")
+    with pytest.raises(UsageError, match="precision must be one of float32, bfloat16"):
+        resolve_precision()
+    monkeypatch.delenv(PRECISION_ENV)
+
+    models = [_small_cnn(1), _small_cnn(2)]
+    views = ["identity", "rot:-8"]
+    x = images(40, seed=5)
+    p32 = member_probas(models, x, views, batch_size=16)
+    np.testing.assert_allclose(p32, _straightforward(models, x, views), atol=1e-5, rtol=0)  # default: float32
+    p16 = member_probas(models, x, views, batch_size=16, precision="bfloat16")
+    # bfloat16 keeps 8 significant bits: probabilities move by ~1e-3, and a label can change only
+    # where float32's top two probabilities are that close.
+    np.testing.assert_allclose(p16, p32, atol=2e-2, rtol=0)
+    top2 = np.sort(p32, axis=-1)[..., -2:]
+    changed = p16.argmax(-1) != p32.argmax(-1)
+    assert np.all((top2[..., 1] - top2[..., 0])[changed] < 2e-2)
