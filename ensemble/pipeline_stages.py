@@ -47,7 +47,7 @@ def deadline_pruner(
             if trial.intermediate_values and trial.datetime_start is not None:
                 done = max(trial.intermediate_values)
                 per_epoch = (now - trial.datetime_start.timestamp()) / max(done, 1)
-                total = int(trial.params.get("epochs", epochs))
+                total = int(trial.params.get("epochs", trial.user_attrs.get("epochs", epochs)))
                 projected = now + per_epoch * max(0, total - done)
                 has_model = bool(study.get_trials(deepcopy=False, states=(complete,)))
                 if now >= deadline or (has_model and projected > deadline):
@@ -82,7 +82,7 @@ def cnn_search(
         pruner=s["pruner"],
         seed=int(s.get("seed", 0)),
         max_train=s["max_train"],
-        epochs=planned.plan.epochs if planned else None,
+        epochs=(lambda: planned.plan.epochs) if planned else None,
     )
     if planned:
         settings = dataclasses.replace(settings, trials=int(s["cnn_trials"]))  # a cap: the plan stops it

@@ -96,15 +96,24 @@ def revise(
     n_all: int,
     settings: PlanSettings,
 ) -> Plan:
-    """The plan after ``done`` members finished: the refits of those are still owed from ``seconds_left``.
+    """The plan after ``done`` members finished; ``seconds_left`` must also pay for their refits.
 
-    Returns the whole plan (``members`` counts the finished ones too, and is at least 1). The epoch
-    count stays as planned (members of one ensemble train alike); the number of members follows
-    the time left and the measured speed.
+    Returns the whole plan: ``members`` counts the finished ones too (at least 1), ``epochs`` is what
+    the next members train. Members keep the planned epochs while whole ones fit; when the time left
+    holds no whole member but one of at least ``min_epochs`` fits, one more member trains that many.
+    ``search_seconds`` and ``refit_seconds`` count only what is still to do.
     """
-    s = settings
-    owed = done * (plan.epochs * n_all / images_per_second + s.overhead_s) if s.refit else 0.0
+    s, ips = settings, images_per_second
+    owed = done * (plan.epochs * n_all / ips + s.overhead_s) if s.refit else 0.0
     left = seconds_left - owed
-    one = plan.epochs * (n_train + (n_all if s.refit else 0)) / images_per_second + s.overhead_s * (1 + s.refit)
-    more = min(s.max_members - done, max(0, math.floor(left / one))) if left > 0 else 0
-    return _plan(max(1, done + more), plan.epochs, images_per_second, n_train, n_all, s)  # a run needs a model
+    per_epoch = (n_train + (n_all if s.refit else 0)) / ips
+    overhead = s.overhead_s * (2 if s.refit else 1)
+    room = s.max_members - done
+    epochs, more = plan.epochs, min(room, max(0, math.floor(left / (plan.epochs * per_epoch + overhead))))
+    if more == 0 and room > 0:
+        fit = math.floor((left - overhead) / per_epoch)
+        if fit >= s.min_epochs:
+            epochs, more = min(fit, s.max_epochs), 1
+    search = more * (epochs * n_train / ips + s.overhead_s)
+    refit = owed + (more * (epochs * n_all / ips + s.overhead_s) if s.refit else 0.0)
+    return Plan(max(1, done + more), epochs, ips, search, refit)  # a run needs a model

@@ -9,6 +9,7 @@ draws learning curves and the pruner can stop bad trials), then saves ``model.ke
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +47,8 @@ class SearchSettings:
     max_train: int | None = None  # subsample the train part during search (None: all rows)
     mixed_precision: bool = False  # float16 compute (useful on GPUs), float32 output layer
     isolate: bool = True  # train each trial in a fresh child process (bounded memory)
-    epochs: int | None = None  # every trial trains this many epochs (the budget's plan), whatever the space says
+    # every trial trains this many epochs (the budget's plan, read as each trial starts), whatever the space says
+    epochs: int | Callable[[], int] | None = None
 
 
 def make_pruner(name: str, max_epochs: int) -> optuna.pruners.BasePruner:
@@ -121,11 +123,16 @@ def make_objective(
         mark_owner(trial, run.root)
         config = cnn.validate_config(space.suggest(trial), where=str(space.path))
         config["mixed_precision"] = config["mixed_precision"] or settings.mixed_precision
-        if settings.epochs:
-            config["epochs"] = settings.epochs
+        planned = settings.epochs() if callable(settings.epochs) else settings.epochs
+        if planned:
+            config["epochs"] = int(planned)
+        trial.set_user_attr("epochs", config["epochs"])  # what the deadline pruner projects with
         say(f"trial {trial.number}: {backend}/{device}, {_short(config)}")
 
+        ends: list[float] = []  # when each epoch ended: the trial's speed at its end, for the budget's plan
+
         def on_epoch(epoch: int, logs: dict[str, float]) -> None:
+            ends.append(time.perf_counter())
             trial.report(logs["val_accuracy"], epoch)
             say(f"  trial {trial.number} epoch {epoch}: val_accuracy {logs['val_accuracy']:.4f}")
             if trial.should_prune():
@@ -156,6 +163,7 @@ def make_objective(
             "backend": backend,
             "device": device,
             "n_train": len(arrays["y_train"]),
+            **_recent_speed(ends, len(arrays["y_train"])),
             "artifact_dir": str(folder),
             "data_fingerprint": run.dataset.fingerprint,
         }
@@ -168,6 +176,12 @@ def make_objective(
         return metrics["val_accuracy"]
 
     return objective
+
+
+def _recent_speed(ends: list[float], n_train: int) -> dict[str, float]:
+    """Images/s over the trial's last epochs (validation included): its speed once other work stopped."""
+    steps = np.diff(ends[-4:])
+    return {"recent_images_per_second": round(n_train / float(np.median(steps)), 1)} if len(steps) else {}
 
 
 def _discard(folder: Path) -> None:

@@ -53,7 +53,10 @@ class PlannedSearch:
 
         from ensemble.search import finished_trials
 
-        ips = float(trial.user_attrs.get("images_per_second") or self.plan.images_per_second)
+        attrs = trial.user_attrs  # the speed at the trial's end: the baselines may have slowed its start
+        ips = float(
+            attrs.get("recent_images_per_second") or attrs.get("images_per_second") or self.plan.images_per_second
+        )
         done = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
         self.plan = revise(self.plan, done=done, seconds_left=self.end - time.time(), images_per_second=ips,
                            n_train=self.n_train, n_all=self.n_all, settings=self.settings)  # fmt: skip

@@ -42,15 +42,19 @@ def test_no_time_still_plans_one_short_member(seconds: float) -> None:
 def test_revision_follows_the_measured_speed() -> None:
     start = plan_for(1_800, 3_000)
     assert start.members >= 2
-    slower = revise(start, done=1, seconds_left=900, images_per_second=1_500, n_train=N_TRAIN, n_all=N_ALL,
-                    settings=QUICK)  # fmt: skip
-    faster = revise(start, done=1, seconds_left=900, images_per_second=6_000, n_train=N_TRAIN, n_all=N_ALL,
-                    settings=QUICK)  # fmt: skip
-    assert slower.epochs == faster.epochs == start.epochs  # members of one ensemble train alike
-    assert 1 <= slower.members < faster.members <= QUICK.max_members
-    gone = revise(start, done=0, seconds_left=-5, images_per_second=3_000, n_train=N_TRAIN, n_all=N_ALL,
-                  settings=QUICK)  # fmt: skip
-    assert gone.members == 1  # a run always gets a model
+
+    def again(done: int, left: float, ips: float) -> Plan:
+        return revise(start, done=done, seconds_left=left, images_per_second=ips, n_train=N_TRAIN, n_all=N_ALL,
+                      settings=QUICK)  # fmt: skip
+
+    slower, faster = again(1, 1_400, 2_400), again(1, 1_400, 6_000)
+    assert faster.epochs == start.epochs and faster.members > slower.members >= 1
+    # no whole member fits any more, but a shorter one (>= min_epochs) does: it trains fewer epochs
+    short = again(1, 1_000, 3_000)
+    assert short.members == 2 and QUICK.min_epochs <= short.epochs < start.epochs
+    assert short.search_seconds + short.refit_seconds <= 1_000
+    assert again(1, 500, 3_000).members == 1  # not even a short one: stop
+    assert again(0, -5, 3_000).members == 1  # a run always gets a model
 
 
 def test_planned_search_stops_the_study_with_a_fake_clock(monkeypatch: pytest.MonkeyPatch) -> None:
