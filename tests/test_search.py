@@ -177,3 +177,16 @@ def test_batchnorm_momentum_follows_training_length() -> None:
     assert cnn.bn_momentum(3_200, cnn.DEFAULTS) == 0.9  # demo data: 25 steps x 8 epochs
     model = cnn.build_model(cnn.DEFAULTS, momentum=0.9)
     assert {layer.momentum for layer in model.layers if type(layer).__name__ == "BatchNormalization"} == {0.9}
+
+
+def test_search_arrays_are_one_file_per_process_written_atomically(tiny) -> None:
+    from ensemble.locks import worker_token
+    from ensemble.search import _write_arrays, arrays_file
+
+    run, _, _ = tiny
+    path = _write_arrays(run, SearchSettings(isolate=True))
+    assert path == arrays_file(run, worker_token(run.root)) and worker_token(run.root) in path.name
+    assert arrays_file(run, "otherhost-1-abcd") != path  # another process never shares (or deletes) this file
+    with np.load(path) as npz:
+        assert npz["x_train"].shape == run.part("train")[0].shape
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary file left behind
