@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from ensemble.runs import Run
 
 FALLBACK_STUDY = "baseline-fallback"
+POST_SEARCH_S = 150.0  # what build + report take at most (42k digits, quick preset: 15-60 s measured)
 KILL_GRACE_S = 30.0  # a baselines child still running this long after the search deadline is stopped
 
 
@@ -212,8 +213,9 @@ def search_stage(
     deadline = budget.ends["search"]
     worker, planned = None, None
     t0 = time.time()
-    if need_cnn and s.get("plan"):
-        planned = _plan(run, s, stages, deadline, log)
+    if need_cnn and s.get("plan"):  # searches + refits may use the build/report shares they will not need
+        post = min(budget.ends["report"] - budget.ends["search"], POST_SEARCH_S)
+        planned = _plan(run, s, stages, budget.ends["report"] - post, log)
         deadline = planned.deadline
     if need_base and s["baselines"]:
         worker = BaselineWorker(run, s, deadline, log.for_stage("baselines"), storage_url)

@@ -28,6 +28,7 @@ class PlanSettings:
     max_members: int = 8
     overhead_s: float = 20.0  # per member: process start, compile, predicting val/holdout/test, saving
     refit: bool = True
+    speed_margin: float = 1.0  # the first plan assumes this fraction of the probed speed (the probe runs alone)
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,7 @@ def make_plan(
     if images_per_second <= 0 or n_train <= 0:
         raise ValueError("images_per_second and n_train must be positive")
     s = settings
+    images_per_second *= s.speed_margin
     per_epoch = n_train / images_per_second + (n_all / images_per_second if s.refit else 0.0)
     overhead = s.overhead_s * (2 if s.refit else 1)
 

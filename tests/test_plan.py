@@ -78,3 +78,10 @@ def test_planned_search_stops_the_study_with_a_fake_clock(monkeypatch: pytest.Mo
     assert len(study.trials) == planned.plan.members < 10  # stopped by the revised plan, not the cap
     assert planned.deadline != first_deadline or planned.plan.members == 2
     assert said[-1].startswith("plan (after trial") and len(planned.history) == len(study.trials)
+
+
+def test_speed_margin_makes_the_first_plan_cautious() -> None:
+    cautious = PlanSettings(**{**QUICK.__dict__, "speed_margin": 0.85})
+    full, careful = plan_for(1_530, 2_312), plan_for(1_530, 2_312, cautious)
+    assert careful.members == full.members == 2 and careful.epochs < full.epochs
+    assert careful.images_per_second == pytest.approx(0.85 * 2_312)
