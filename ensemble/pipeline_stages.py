@@ -215,7 +215,7 @@ def search_stage(
     t0 = time.time()
     if need_cnn and s.get("plan"):  # searches + refits may use the build/report shares they will not need
         post = min(budget.ends["report"] - budget.ends["search"], POST_SEARCH_S)
-        planned = _plan(run, s, stages, budget.ends["report"] - post, log)
+        planned = _plan(run, s, stages, budget.ends["report"] - post, log, storage_url)
         deadline = planned.deadline
     if need_base and s["baselines"]:
         worker = BaselineWorker(run, s, deadline, log.for_stage("baselines"), storage_url)
@@ -240,14 +240,16 @@ def search_stage(
         log("baselines", f"baselines did not finish cleanly ({'; '.join(worker.errors)}); a re-run continues them")
 
 
-def _plan(run: Run, s: dict[str, Any], stages: Stages, end: float, log: Log) -> Any:
+def _plan(run: Run, s: dict[str, Any], stages: Stages, end: float, log: Log, storage_url: str | None) -> Any:
     """Measure, plan members x epochs until ``end`` (searches + refits), and record the plan in stages.json."""
     from ensemble import cnn
     from ensemble.search_plan import plan_search
 
     _, space = _cnn_space(s)
     config = cnn.validate_config({k: v for k, v in space.defaults().items() if k in cnn.DEFAULTS})
-    planned = plan_search(run, config, s=s, end=end, log=log.for_stage("plan"), previous=stages.data.get("plan"))
+    planned = plan_search(
+        run, config, s=s, end=end, log=log.for_stage("plan"), previous=stages.data.get("plan"), storage_url=storage_url
+    )
     stages.note(plan={"members": planned.plan.members, "epochs": planned.plan.epochs})
     return planned
 

@@ -73,6 +73,7 @@ def plan_search(
     end: float,
     log: Callable[[str], None],
     previous: dict[str, int] | None = None,
+    storage_url: str | None = None,
 ) -> PlannedSearch:
     """Measure the speed of ``config`` here, now, and plan the members that fit until ``end``.
 
@@ -92,7 +93,7 @@ def plan_search(
     n_all = len(run.dataset.y_train)
     left = max(0.0, end - time.time())
     plan = make_plan(left, images_per_second=ips, n_train=len(y), n_all=n_all, settings=settings)
-    done = _completed(run)
+    done = _completed(run, storage_url)
     if previous and done:
         plan = dataclasses.replace(plan, epochs=int(previous["epochs"]))
         plan = revise(plan, done=done, seconds_left=left, images_per_second=ips, n_train=len(y), n_all=n_all,
@@ -102,14 +103,14 @@ def plan_search(
     return planned
 
 
-def _completed(run: Run) -> int:
+def _completed(run: Run, storage_url: str | None) -> int:
     """COMPLETE trials of the run's CNN study so far (0 when it has none yet)."""
     import optuna
 
     from ensemble.storage import open_storage
 
     try:
-        study = optuna.load_study(study_name="cnn", storage=open_storage(run))
+        study = optuna.load_study(study_name="cnn", storage=open_storage(run, storage_url))
     except KeyError:
         return 0
     return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
