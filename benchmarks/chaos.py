@@ -310,7 +310,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", type=Path, help="keep runs and logs here (default: a temporary folder)")
     ap.add_argument("--no-reference", action="store_true", help="skip the unkilled run (no overhead figure)")
     args = ap.parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # this process loads the trials' models to check them
+    from ensemble.quiet import filter_native_logs
+
+    filter_native_logs()  # this process loads the trials' models to check them: no TensorFlow start-up lines
     work = args.workdir or Path(tempfile.mkdtemp(prefix="ensemble-chaos-"))
     work.mkdir(parents=True, exist_ok=True)
     rows, test_rows = (600, 100) if args.tiny else (args.rows, args.test_rows)
