@@ -10,6 +10,19 @@ from ensemble.data import PIXEL_COLUMNS, TRAIN_COLUMNS
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_DATA = REPO.parent / "shared" / "data" / "digit-recognizer"
+#: A CNN search space that trains in seconds (``.format(epochs=N)``).
+TINY_CNN_SPACE = """\
+conv_blocks: 2
+filters: 4
+dense_units: 16
+dense_dropout: 0.0
+conv_dropout: 0.0
+batch_size: 32
+epochs: {epochs}
+rotation: 5.0
+learning_rate: {{type: float, low: 1.0e-3, high: 3.0e-3, log: true}}
+optimizer: {{type: categorical, choices: [adam, sgd]}}
+"""
 
 
 def synthetic_digits(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_dataset
+from conftest import TINY_CNN_SPACE, write_dataset
 
 from ensemble.build import build_ensemble
 from ensemble.predict import load_ensemble, predict_proba
@@ -16,25 +16,12 @@ from ensemble.runs import open_run
 from ensemble.search import SearchSettings, load_cnn_space, run_search
 
 pytest.importorskip("keras")
-TINY = """\
-conv_blocks: 2
-filters: 4
-dense_units: 16
-dense_dropout: 0.0
-conv_dropout: 0.0
-batch_size: 32
-epochs: 2
-rotation: 0.0
-zoom: 0.0
-shift: 0.0
-learning_rate: {type: float, low: 2.0e-3, high: 4.0e-3, log: true}
-"""
 
 
 @pytest.fixture
 def built(runs_env: Path, tmp_path: Path):
     data = write_dataset(tmp_path / "data", n_train=300, n_test=30)
-    (tmp_path / "cnn.yaml").write_text(TINY)
+    (tmp_path / "cnn.yaml").write_text(TINY_CNN_SPACE.format(epochs=2))
     run = open_run("r", data=data, say=lambda s: None)
     space = load_cnn_space(tmp_path / "cnn.yaml")
     run_search(run, space, SearchSettings(isolate=False, trials=2, pruner="none", epochs=3), say=lambda s: None)

@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import optuna
 import pytest
+from conftest import TINY_CNN_SPACE as TINY
 from conftest import write_dataset
 
 from ensemble import cnn
@@ -13,19 +14,6 @@ from ensemble.errors import SpaceError
 from ensemble.runs import open_run
 from ensemble.search import SearchSettings, finished_trials, load_cnn_space, run_search
 from ensemble.storage import open_storage
-
-TINY = """\
-conv_blocks: 2
-filters: 4
-dense_units: 16
-dense_dropout: 0.0
-conv_dropout: 0.0
-batch_size: 32
-epochs: {epochs}
-rotation: 5.0
-learning_rate: {{type: float, low: 1.0e-3, high: 3.0e-3, log: true}}
-optimizer: {{type: categorical, choices: [adam, sgd]}}
-"""
 
 
 @pytest.fixture
