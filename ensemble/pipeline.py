@@ -290,7 +290,7 @@ def _run_locked(
     search_stage(run, s, stages, budget, log, storage_url)
     build_stage(run, s, stages, log, storage_url)
     got = report_stage(run, s, stages, log, storage_url)
-    if refit_stage(run, s, stages, budget.start + budget.seconds, log, got["final_model"]):
+    if refit_stage(run, s, stages, budget.start + budget.seconds, log, got["final_model"], storage_url):
         got = report_stage(run, s, stages, log, storage_url, again=True)  # the submission from the refit
     return got
 

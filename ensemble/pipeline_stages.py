@@ -327,7 +327,9 @@ def report_stage(
     }
 
 
-def refit_stage(run: Run, s: dict[str, Any], stages: Stages, end: float, log: Log, final: str) -> bool:
+def refit_stage(
+    run: Run, s: dict[str, Any], stages: Stages, end: float, log: Log, final: str, storage_url: str | None
+) -> bool:
     """Refit the final model's CNNs on every labeled digit until ``end``; True when a refit was written."""
     if stages.done("refit"):
         log("refit", "final refit already done (stages.json); skipping")
@@ -338,7 +340,10 @@ def refit_stage(run: Run, s: dict[str, Any], stages: Stages, end: float, log: Lo
         return False
     from ensemble.refit import refit_full
 
-    m = refit_full(run, final=final, deadline=end - 20.0, seed=int(s.get("seed", 0)), say=log.for_stage("refit"))
+    m = refit_full(
+        run, final=final, deadline=end - 20.0, seed=int(s.get("seed", 0)), storage_url=storage_url,
+        say=log.for_stage("refit"),
+    )  # fmt: skip
     done = [e["name"] for e in (m or {}).get("members", []) if (e.get("refit_full") or {}).get("refit")]
     stages.finish("refit", time.time() - t0, final_model=final, refitted=done)
     if m is not None:

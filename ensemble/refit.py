@@ -93,6 +93,7 @@ def refit_full(
     deadline: float | None = None,
     seed: int = 0,
     batch_size: int = 256,
+    storage_url: str | None = None,
     say: Callable[[str], None] = print,
 ) -> dict[str, Any] | None:
     """Refit the final model's CNNs on every labeled digit and write ``runs/NAME/ensemble-full/``.
@@ -109,7 +110,7 @@ def refit_full(
     tmp = run.path(f".{FOLDER}-tmp-{time.time_ns()}")
     try:
         _copy_source(run, src, tmp)
-        models, record = _refit_members(run, src, cnns, x_all, y_all, tmp, deadline, seed, say)
+        models, record = _refit_members(run, src, cnns, x_all, y_all, tmp, deadline, seed, storage_url, say)
         proba_test = _test_proba(run, src, cnns, models, tmp, batch_size)
         manifest = _manifest(run, src, record, len(y_all), proba_test, tmp)
         fsync_tree(tmp)
@@ -132,7 +133,7 @@ def _copy_source(run: Run, src: RefitSource, tmp: Path) -> None:
 
 def _refit_members(
     run: Run, src: RefitSource, cnns: list, x: np.ndarray, y: np.ndarray, tmp: Path, deadline: float | None,
-    seed: int, say: Callable[[str], None],
+    seed: int, storage_url: str | None, say: Callable[[str], None],
 ) -> tuple[list[Any], dict[str, dict[str, Any]]]:  # fmt: skip
     from ensemble import cnn
     from ensemble.predict import load_keras_model
@@ -141,7 +142,7 @@ def _refit_members(
     for entry in cnns:
         path, config = _member_files(run, src, entry)
         config = {k: v for k, v in config.items() if k in cnn.DEFAULTS}
-        epochs, ips = int(config["epochs"]), _speed(run, entry)
+        epochs, ips = int(config["epochs"]), _speed(run, entry, storage_url)
         need = epochs * len(x) / ips
         if deadline is not None and time.time() + need > deadline:
             say(f"{entry['name']}: no time to refit ({need / 60:.1f} min needed): keeps its pre-refit model")
@@ -163,14 +164,14 @@ def _refit_members(
     return models, record
 
 
-def _speed(run: Run, entry: dict[str, Any]) -> float:
+def _speed(run: Run, entry: dict[str, Any], storage_url: str | None) -> float:
     """The member's measured training speed (images/s) from its trial, else a cautious 1,000."""
     try:
         import optuna
 
         from ensemble.storage import open_storage
 
-        study = optuna.load_study(study_name=entry["study"], storage=open_storage(run))
+        study = optuna.load_study(study_name=entry["study"], storage=open_storage(run, storage_url))
         return float(study.trials[int(entry["trial"])].user_attrs.get("images_per_second") or 1000.0)
     except Exception:  # an unreadable study only makes the estimate cautious
         return 1000.0

@@ -86,7 +86,7 @@ def plan_search(
     if s.get("max_train"):
         x, y = x[: int(s["max_train"])], y[: int(s["max_train"])]
     settings = PlanSettings(**{**s["plan"], "refit": bool(s["refit_full"])})
-    settings = PlanSettings(**{**settings.__dict__, "max_members": min(settings.max_members, int(s["cnn_trials"]))})
+    settings = dataclasses.replace(settings, max_members=min(settings.max_members, int(s["cnn_trials"])))
     t0 = time.time()
     ips = probe_speed(config, x, y, images=min(4096, len(y)))
     log(f"measured {ips:,.0f} training images/s ({time.time() - t0:.0f}s probe)")
