@@ -9,6 +9,10 @@ member on all labeled digits, end within the seconds given:
 - otherwise one member with what fits (at least one epoch);
 - more members (up to ``max_members``, a safety cap) only with time to spare.
 
+Two speeds enter: the searches' trainings share the CPU with the baseline searches, so they run at
+``speed_margin`` x the probed speed (the probe runs alone); the refits run alone after the build, at
+``refit_margin`` x the probed speed (process start-up, compilation and prediction cost the rest).
+
 The plan is revised after every trial from the time left and the speed that trial measured.
 """
 
@@ -28,16 +32,18 @@ class PlanSettings:
     max_members: int = 8
     overhead_s: float = 20.0  # per member: process start, compile, predicting val/holdout/test, saving
     refit: bool = True
-    speed_margin: float = 1.0  # the first plan assumes this fraction of the probed speed (the probe runs alone)
+    speed_margin: float = 1.0  # search trainings run at this fraction of the probed speed (beside the baselines)
+    refit_margin: float = 1.0  # refits (alone, after the build) run at this fraction of the probed speed
 
 
 @dataclass(frozen=True)
 class Plan:
-    """``members`` trainings of ``epochs`` epochs each (and their refits), at ``images_per_second``."""
+    """``members`` trainings of ``epochs`` epochs each at ``images_per_second``, and their refits."""
 
     members: int
     epochs: int
-    images_per_second: float
+    images_per_second: float  # the searches' trainings
+    refit_images_per_second: float  # the refits' (the same as the searches' without refit)
     search_seconds: float  # the members' search trainings, overhead included
     refit_seconds: float  # their refits on every labeled digit (0 without refit)
 
@@ -46,10 +52,12 @@ class Plan:
         return self.search_seconds + self.refit_seconds
 
     def describe(self) -> str:
-        refit = f" + refit {_mins(self.refit_seconds)}" if self.refit_seconds else ""
+        refit = (
+            f" + refit {_mins(self.refit_seconds)} at {self.refit_images_per_second:,.0f}" if self.refit_seconds else ""
+        )
         return (
             f"{self.members} member{'s' * (self.members != 1)} x {self.epochs} epochs fit in "
-            f"{_mins(self.search_seconds)}{refit} at {self.images_per_second:,.0f} images/s"
+            f"{_mins(self.search_seconds)} at {self.images_per_second:,.0f}{refit} images/s"
         )
 
 
@@ -58,15 +66,13 @@ def _mins(seconds: float) -> str:
     return f"{m:.0f} min" if m >= 10 else f"{m:.1f} min"
 
 
-def make_plan(
-    seconds: float, *, images_per_second: float, n_train: int, n_all: int, settings: PlanSettings
-) -> Plan:
+def make_plan(seconds: float, *, images_per_second: float, n_train: int, n_all: int, settings: PlanSettings) -> Plan:
     """The plan for ``seconds`` of training time at ``images_per_second`` (``n_all``: rows of the refit)."""
     if images_per_second <= 0 or n_train <= 0:
         raise ValueError("images_per_second and n_train must be positive")
     s = settings
-    images_per_second *= s.speed_margin
-    per_epoch = n_train / images_per_second + (n_all / images_per_second if s.refit else 0.0)
+    ips, refit_ips = images_per_second * s.speed_margin, images_per_second * s.refit_margin
+    per_epoch = n_train / ips + (n_all / refit_ips if s.refit else 0.0)
     overhead = s.overhead_s * (2 if s.refit else 1)
 
     def epochs_for(members: int) -> int:
@@ -79,13 +85,13 @@ def make_plan(
         members, epochs = s.min_members, min(s.max_epochs, epochs_for(s.min_members))
     else:
         members, epochs = 1, max(1, min(s.max_epochs, epochs_for(1)))
-    return _plan(members, epochs, images_per_second, n_train, n_all, s)
+    return _plan(members, epochs, ips, refit_ips, n_train, n_all, s)
 
 
-def _plan(members: int, epochs: int, ips: float, n_train: int, n_all: int, s: PlanSettings) -> Plan:
+def _plan(members: int, epochs: int, ips: float, refit_ips: float, n_train: int, n_all: int, s: PlanSettings) -> Plan:
     search = members * (epochs * n_train / ips + s.overhead_s)
-    refit = members * (epochs * n_all / ips + s.overhead_s) if s.refit else 0.0
-    return Plan(members, epochs, ips, search, refit)
+    refit = members * (epochs * n_all / refit_ips + s.overhead_s) if s.refit else 0.0
+    return Plan(members, epochs, ips, refit_ips, search, refit)
 
 
 def revise(
@@ -100,15 +106,16 @@ def revise(
 ) -> Plan:
     """The plan after ``done`` members finished; ``seconds_left`` must also pay for their refits.
 
-    Returns the whole plan: ``members`` counts the finished ones too (at least 1), ``epochs`` is what
-    the next members train. Members keep the planned epochs while whole ones fit; when the time left
-    holds no whole member but one of at least ``min_epochs`` fits, one more member trains that many.
-    ``search_seconds`` and ``refit_seconds`` count only what is still to do.
+    ``images_per_second``: the speed the last trial measured (the next searches' speed); the refits
+    keep the plan's refit speed. Returns the whole plan: ``members`` counts the finished ones too (at
+    least 1), ``epochs`` is what the next members train. Members keep the planned epochs while whole
+    ones fit; when the time left holds no whole member but one of at least ``min_epochs`` fits, one
+    more member trains that many. ``search_seconds`` and ``refit_seconds`` count only what is still to do.
     """
-    s, ips = settings, images_per_second
-    owed = done * (plan.epochs * n_all / ips + s.overhead_s) if s.refit else 0.0
+    s, ips, refit_ips = settings, images_per_second, plan.refit_images_per_second
+    owed = done * (plan.epochs * n_all / refit_ips + s.overhead_s) if s.refit else 0.0
     left = seconds_left - owed
-    per_epoch = (n_train + (n_all if s.refit else 0)) / ips
+    per_epoch = n_train / ips + (n_all / refit_ips if s.refit else 0.0)
     overhead = s.overhead_s * (2 if s.refit else 1)
     room = s.max_members - done
     epochs, more = plan.epochs, min(room, max(0, math.floor(left / (plan.epochs * per_epoch + overhead))))
@@ -117,5 +124,5 @@ def revise(
         if fit >= s.min_epochs:
             epochs, more = min(fit, s.max_epochs), 1
     search = more * (epochs * n_train / ips + s.overhead_s)
-    refit = owed + (more * (epochs * n_all / ips + s.overhead_s) if s.refit else 0.0)
-    return Plan(max(1, done + more), epochs, ips, search, refit)  # a run needs a model
+    refit = owed + (more * (epochs * n_all / refit_ips + s.overhead_s) if s.refit else 0.0)
+    return Plan(max(1, done + more), epochs, ips, refit_ips, search, refit)  # a run needs a model

@@ -169,8 +169,7 @@ def sections(run: Run, result: dict[str, Any], figs: dict[str, Any]) -> list[tup
             f"{final.name} has the best holdout accuracy ({final.metrics['holdout_accuracy']:.4f}, "
             f"{final.metrics['holdout_correct']:,}/{len(result['y']):,}); ties go to the cheaper model. "
             f"It wrote {result['submission']} ({sum(result['submission_counts']):,} rows, checked; "
-            f"predicted labels {counts})."
-            + (f" Final refit: {result['refit'].note}" if result.get("refit") else ""),
+            f"predicted labels {counts})." + (f" Final refit: {result['refit'].note}" if result.get("refit") else ""),
             [],
             None,
         ),

@@ -86,9 +86,7 @@ for i in range(int(sys.argv[3])):
 
 def test_stages_updates_from_two_processes_are_all_kept(tmp_path: Path) -> None:
     path = tmp_path / "stages.json"
-    procs = [
-        subprocess.Popen([sys.executable, "-c", STAGES_WRITER, str(path), who, "60"]) for who in ("a", "b")
-    ]
+    procs = [subprocess.Popen([sys.executable, "-c", STAGES_WRITER, str(path), who, "60"]) for who in ("a", "b")]
     assert [p.wait() for p in procs] == [0, 0]
     data = json.loads(path.read_text())
     assert {f"{w}-{i}" for w in "ab" for i in range(60)} <= set(data)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from ensemble.plan import Plan, PlanSettings, make_plan, revise
@@ -85,3 +87,21 @@ def test_speed_margin_makes_the_first_plan_cautious() -> None:
     full, careful = plan_for(1_530, 2_312), plan_for(1_530, 2_312, cautious)
     assert careful.members == full.members == 2 and careful.epochs < full.epochs
     assert careful.images_per_second == pytest.approx(0.85 * 2_312)
+
+
+def test_refits_are_planned_at_their_own_speed() -> None:
+    # a measured quick run: probe 2,467 images/s alone, the first trial 1,665 beside the baselines
+    settings = PlanSettings(**{**QUICK.__dict__, "speed_margin": 0.7, "refit_margin": 0.8})
+    start = plan_for(1_500, 2_467, settings)
+    assert start.members == 2 and start.refit_images_per_second == pytest.approx(0.8 * 2_467)
+    assert start.images_per_second == pytest.approx(0.7 * 2_467) and start.seconds <= 1_500
+    trial_s = start.epochs * N_TRAIN / 1_665 + 20
+    after = revise(start, done=1, seconds_left=1_500 - trial_s, images_per_second=1_665, n_train=N_TRAIN,
+                   n_all=N_ALL, settings=settings)  # fmt: skip
+    assert after.members == 2 and after.epochs >= QUICK.min_epochs  # the second member still fits
+    assert after.refit_images_per_second == start.refit_images_per_second  # refits run alone: not the trial's speed
+    assert after.search_seconds + after.refit_seconds <= 1_500 - trial_s
+    # planning the refits at the trial's slow speed would shorten (or drop) the second member for nothing
+    slow = dataclasses.replace(start, refit_images_per_second=1_665)
+    assert revise(slow, done=1, seconds_left=1_500 - trial_s, images_per_second=1_665, n_train=N_TRAIN,
+                  n_all=N_ALL, settings=settings).epochs < after.epochs  # fmt: skip
