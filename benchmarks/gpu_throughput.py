@@ -3,9 +3,9 @@
     KERAS_BACKEND=jax python benchmarks/gpu_throughput.py [--n 16384]
 
 Models: the classic Kaggle kernel's network (see train_throughput.py) without augmentation and
-with its augmentation moved into the graph (ensemble.augment.RandomAffine), and ours
-(ensemble.cnn.DEFAULTS) in float32 and mixed float16. Data: random pixels (throughput does not
-depend on them). "device": arrays placed on the GPU once (ensemble.cnn.on_device); "host": NumPy
+with its augmentation moved into the graph (ensemble.search.cnn.augment.RandomAffine), and ours
+(ensemble.search.cnn.model.DEFAULTS) in float32 and mixed float16. Data: random pixels (throughput does not
+depend on them). "device": arrays placed on the GPU once (ensemble.search.cnn.model.on_device); "host": NumPy
 arrays that Keras copies per batch. Figure: the best of epochs 2-3 (epoch 1 compiles).
 On a machine without a GPU it runs on the CPU and says so (slowly: use a small --n).
 """
@@ -32,7 +32,7 @@ def main() -> None:
     import keras
     from train_throughput import reference_model
 
-    from ensemble import cnn
+    from ensemble.search.cnn import model as cnn
 
     n = args.n
     x = np.random.default_rng(0).integers(0, 255, (n, 28, 28, 1)).astype(np.float32)

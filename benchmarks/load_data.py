@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ensemble.data import load_train, locate
+from ensemble.data.load import load_train, locate
 
 
 def measure(fn, repeats: int = 3) -> tuple[float, int, object]:

@@ -16,7 +16,7 @@ among the changed labels is printed with it.
     python benchmarks/predict_throughput.py                      # small member: 16-32 filters, dense 64
     python benchmarks/predict_throughput.py --filters 32,64 --dense 128
     python benchmarks/predict_throughput.py --sweep --images 4000 # several sizes, extrapolated to 28,000
-    python benchmarks/predict_throughput.py --cnn filters=16,conv_blocks=2,dense_units=64   # ensemble.cnn model
+    python benchmarks/predict_throughput.py --cnn filters=16,conv_blocks=2,dense_units=64   # ensemble.search.cnn.model model
 
 Timings on a shared CPU are noisy: run it twice and compare with the machine's load average.
 """
@@ -34,10 +34,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ensemble.build import write_manifest
-from ensemble.fold import model_cost
-from ensemble.predict import FORMAT, INPUT_SPEC, load_ensemble, predict_proba
-from ensemble.tta import CANDIDATES, stack_views
+from ensemble.combine.build import write_manifest
+from ensemble.search.cnn.simplify import model_cost
+from ensemble.inference.predict import FORMAT, INPUT_SPEC, load_ensemble, predict_proba
+from ensemble.combine.tta import CANDIDATES, stack_views
 
 VIEWS8 = list(CANDIDATES[:8])  # identity, 4 one-pixel shifts, rot +-8, zoom 1.1
 SWEEP = [("8,16", 32), ("16,32", 64), ("32,64", 128), ("32,64,128", 128)]
@@ -62,7 +62,7 @@ def make_cnn(filters: list[int], dense: int, seed: int = 0):
 
 
 def parse_cnn(text: str) -> dict:
-    """``key=value,...`` -> a config for ``ensemble.cnn.build_model`` (ints, floats, true/false, words)."""
+    """``key=value,...`` -> a config for ``ensemble.search.cnn.model.build_model`` (ints, floats, true/false, words)."""
     out: dict = {}
     for item in filter(None, text.split(",")):
         key, _, raw = item.partition("=")
@@ -164,7 +164,7 @@ def bench(
     import keras
 
     if cnn is not None:
-        from ensemble.cnn import build_model
+        from ensemble.search.cnn.model import build_model
 
         models = []
         for i in range(members):
@@ -206,7 +206,7 @@ def bench(
     return {
         **extra,
         "backend": keras.backend.backend(),
-        "member": f"ensemble.cnn {cnn}" if cnn is not None else f"conv {filters} dense {dense}",
+        "member": f"ensemble.search.cnn.model {cnn}" if cnn is not None else f"conv {filters} dense {dense}",
         **cost,
         "load_s": t_load,
         "seconds": sec,
@@ -255,7 +255,7 @@ def main() -> int:
     ap.add_argument("--no-reference", action="store_true", help="skip timing the previous path (the ratio's reference)")
     ap.add_argument("--bf16", action="store_true", help="also time the opt-in bfloat16 path and count changed labels")
     ap.add_argument(
-        "--cnn", action="append", metavar="K=V,...", help="member = ensemble.cnn.build_model(config) (repeatable)"
+        "--cnn", action="append", metavar="K=V,...", help="member = ensemble.search.cnn.model.build_model(config) (repeatable)"
     )
     args = ap.parse_args()
     views = list(CANDIDATES[: args.views])

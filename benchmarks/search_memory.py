@@ -42,8 +42,8 @@ def main() -> None:
     os.environ["ENSEMBLE_RUNS"] = str(tmp / "runs")
     (tmp / "cnn.yaml").write_text(SPACE)
 
-    from ensemble.runs import open_run
-    from ensemble.search import SearchSettings, load_cnn_space, run_search
+    from ensemble.data.runs import open_run
+    from ensemble.search.cnn.study import SearchSettings, load_cnn_space, run_search
 
     run = open_run("mem", say=lambda s: None)
     space = load_cnn_space(tmp / "cnn.yaml")

@@ -3,7 +3,7 @@
 Reference (same run, same data, same backend): the classic Kaggle Keras kernel —
 2x Conv32 5x5, max-pool, dropout .25; 2x Conv64 3x3, max-pool, dropout .25; Dense 256,
 dropout .5; RMSprop, batch 86, NumPy-side augmentation (rotation 10, zoom .1, shift .1) per batch.
-Ours: ``ensemble.cnn`` with in-graph augmentation and a one-cycle schedule (config below).
+Ours: ``ensemble.search.cnn.model`` with in-graph augmentation and a one-cycle schedule (config below).
 
     python benchmarks/train_throughput.py                     # full: time-to-99.3% for both (real data)
     python benchmarks/train_throughput.py --throughput-only   # images/s only, every installed backend
@@ -52,9 +52,9 @@ OURS = {
 
 
 def load_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    from ensemble.data import load_dataset
-    from ensemble.demo import ensure_demo
-    from ensemble.split import stratified_split
+    from ensemble.data.load import load_dataset
+    from ensemble.data.demo import ensure_demo
+    from ensemble.data.split import stratified_split
 
     ds = load_dataset(REAL if REAL.exists() else ensure_demo())
     s = stratified_split(ds.y_train, seed=0, val_frac=0.1, holdout_frac=0.0)
@@ -66,7 +66,7 @@ def reference_model(in_graph_augment: bool = False):
     import keras
     from keras import layers
 
-    from ensemble.augment import RandomAffine
+    from ensemble.search.cnn.augment import RandomAffine
 
     augment = [layers.Rescaling(1 / 255.0), RandomAffine(10, 0.1, 0.1)] if in_graph_augment else []
     m = keras.Sequential(
@@ -110,7 +110,7 @@ def numpy_augment(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def fit_reference(x, y, xv, yv, epochs: int, target: float | None) -> dict:
     import keras
 
-    from ensemble.cnn import one_hot
+    from ensemble.search.cnn.model import one_hot
 
     class Batches(keras.utils.PyDataset):
         def __init__(self) -> None:
@@ -150,7 +150,7 @@ def fit_reference(x, y, xv, yv, epochs: int, target: float | None) -> dict:
 def fit_ours(x, y, xv, yv, epochs: int, target: float | None) -> dict:
     import keras
 
-    from ensemble.cnn import as_input, build_model, compile_model, one_hot
+    from ensemble.search.cnn.model import as_input, build_model, compile_model, one_hot
 
     keras.utils.set_random_seed(0)
     cfg = {**OURS, "epochs": epochs}
@@ -244,7 +244,7 @@ def options_all(args: argparse.Namespace) -> None:
     lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
     model = next((ln.split(":", 1)[1].strip() for ln in lscpu.splitlines() if ln.startswith("Model name")), "?")
     print(f"CPU {model}, {os.cpu_count()} cores; flags: {', '.join(has) or 'no AVX-512'}")
-    print(f"ours (ensemble.cnn quick config), {args.n} images/epoch, median of epochs 2-3; ratio vs the first row")
+    print(f"ours (ensemble.search.cnn.model quick config), {args.n} images/epoch, median of epochs 2-3; ratio vs the first row")
     base = None
     for opt in OPTIONS:
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
@@ -263,7 +263,7 @@ def options_all(args: argparse.Namespace) -> None:
 def option_child(args: argparse.Namespace) -> None:
     import keras
 
-    from ensemble.cnn import as_input, build_model, compile_model, one_hot
+    from ensemble.search.cnn.model import as_input, build_model, compile_model, one_hot
 
     opt = json.loads(args.option_child)
     x, y, xv, yv = load_split()

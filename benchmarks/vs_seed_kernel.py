@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from ensemble.runs import Run
+    from ensemble.data.runs import Run
 
 BENCH = Path(__file__).resolve().parent
 KERNEL_PROBA = "seed_kernel_proba_holdout.npy"
@@ -98,7 +98,7 @@ def final_model_proba(run: Run, final_proba: str | None, storage: str | None) ->
         )
     summary = read_json(summary_path)
     name = summary["final_model"]
-    from ensemble.report import collect
+    from ensemble.report.summary import collect
 
     entries = collect(run, storage_url=storage, top_cnn=10**6)["entries"]
     entry = next((e for e in entries if e.name == name), None)
@@ -123,7 +123,7 @@ def kernel_batches(x: np.ndarray, y: np.ndarray, seed: int) -> Any:
     """A Keras PyDataset of augmented batches of 86, reshuffled every epoch, augmented on the CPU."""
     import keras
 
-    from ensemble.cnn import one_hot
+    from ensemble.search.cnn.model import one_hot
 
     sys.path.insert(0, str(BENCH))
     from train_throughput import numpy_augment
@@ -184,7 +184,7 @@ def train_kernel(run: Run, args: argparse.Namespace, seconds: float) -> tuple[np
     """Train the seed kernel within ``seconds``; its holdout probabilities and what it did."""
     import keras
 
-    from ensemble.cnn import one_hot
+    from ensemble.search.cnn.model import one_hot
 
     sys.path.insert(0, str(BENCH))
     from train_throughput import reference_model
@@ -240,7 +240,7 @@ def load_reused(run: Run) -> tuple[np.ndarray, dict[str, Any]]:
 def compare(y: np.ndarray, product: np.ndarray, kernel: np.ndarray, names: tuple[str, str]) -> dict[str, Any]:
     """Holdout accuracy and errors of both, and the McNemar test (a = product, b = kernel)."""
     from ensemble.errors import UsageError
-    from ensemble.report import mcnemar, mcnemar_words
+    from ensemble.report.summary import mcnemar, mcnemar_words
 
     for what, p in (("product", product), ("seed kernel", kernel)):
         if p.shape != (len(y), 10):
@@ -307,7 +307,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     """Open the run, get both models' holdout probabilities, compare, save; returns the result."""
     from ensemble.errors import UsageError
     from ensemble.io import write_json
-    from ensemble.runs import open_run, run_root
+    from ensemble.data.runs import open_run, run_root
 
     if not (run_root(args.run) / "run.json").is_file():  # open_run would create it
         raise UsageError(f"no run '{args.run}' in {run_root(args.run).parent}")

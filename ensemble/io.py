@@ -100,7 +100,7 @@ def swap_dir(new: Path, final: Path, *, old: Path) -> None:
     """Put folder ``new`` in place of ``final``; the previous ``final`` is deleted only once ``new`` is there.
 
     With renameat2 the swap is one atomic step. Elsewhere ``final`` is first renamed to ``old``: a
-    crash between the two renames leaves it there, and ``ensemble.runs.sweep_debris`` restores it.
+    crash between the two renames leaves it there, and ``ensemble.data.runs.sweep_debris`` restores it.
     """
     if not final.exists():
         new.rename(final)

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ensemble.data import PIXEL_COLUMNS, TRAIN_COLUMNS
+from ensemble.data.load import PIXEL_COLUMNS, TRAIN_COLUMNS
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_DATA = REPO.parent / "shared" / "data" / "digit-recognizer"

@@ -5,7 +5,7 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from ensemble.augment import RandomAffine, warp  # noqa: E402
+from ensemble.search.cnn.augment import RandomAffine, warp  # noqa: E402
 
 
 def _bar() -> np.ndarray:

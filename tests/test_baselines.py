@@ -8,15 +8,15 @@ import optuna
 import pytest
 from conftest import write_dataset
 
-from ensemble.artifacts import load_proba
-from ensemble.baselines import first_params, load_family_space, parse_models, space_path, subsample
-from ensemble.baselines_models import FAMILIES, load_model
+from ensemble.search.artifacts import load_proba
+from ensemble.search.baselines.study import first_params, load_family_space, parse_models, space_path, subsample
+from ensemble.search.baselines.models import FAMILIES, load_model
 from ensemble.cli import main
 from ensemble.durations import parse_duration
 from ensemble.errors import UsageError
-from ensemble.runs import open_run
-from ensemble.space import load_space
-from ensemble.storage import open_storage
+from ensemble.data.runs import open_run
+from ensemble.search.spaces import load_space
+from ensemble.search.storage import open_storage
 
 REPO_SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
 ATTRS = {"val_accuracy", "val_logloss", "fit_seconds", "predict_seconds", "artifact_dir", "family", "n_train", "stage"}

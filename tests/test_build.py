@@ -9,8 +9,8 @@ from conftest import write_dataset
 
 from ensemble.cli import main
 from ensemble.errors import DataError, UsageError
-from ensemble.predict import load_ensemble, predict_proba
-from ensemble.runs import open_run
+from ensemble.inference.predict import load_ensemble, predict_proba
+from ensemble.data.runs import open_run
 
 keras = pytest.importorskip("keras")
 
@@ -34,10 +34,10 @@ def make_trials(run, n: int = 3, study: str = "cnn", **attrs) -> list[Path]:
     """Fake completed CNN trials: model.keras, config.json, proba_*.npy and user_attrs in the run's journal."""
     import optuna
 
-    from ensemble.artifacts import save_probas, trial_dir
+    from ensemble.search.artifacts import save_probas, trial_dir
     from ensemble.io import write_json
-    from ensemble.storage import open_storage
-    from ensemble.voting import accuracy, log_loss
+    from ensemble.search.storage import open_storage
+    from ensemble.combine.voting import accuracy, log_loss
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     st = optuna.create_study(study_name=study, storage=open_storage(run), direction="maximize", load_if_exists=True)
@@ -102,7 +102,7 @@ def test_build_then_predict_writes_a_checked_submission(run, tmp_path: Path, cap
 
 
 def test_identity_only_tta_equals_no_tta(run) -> None:
-    from ensemble.build import build_ensemble
+    from ensemble.combine.build import build_ensemble
 
     m = build_ensemble(run, top_k=3, weights="equal", tta="identity", progress=False, say=lambda s: None)
     assert m["tta"]["views"] == ["identity"]
@@ -119,13 +119,13 @@ def test_identity_only_tta_equals_no_tta(run) -> None:
 
 
 def test_top_k_order_and_list_tta(run) -> None:
-    from ensemble.build import build_ensemble
+    from ensemble.combine.build import build_ensemble
 
     m = build_ensemble(run, top_k=1, weights="equal", tta="shift:1:0,rot:8", progress=False, say=lambda s: None)
     assert m["tta"]["views"] == ["shift:1:0", "rot:8"] and m["tta"]["mode"] == "list"
     assert len(m["members"]) == 1
-    from ensemble.build import _candidates
-    from ensemble.storage import open_storage
+    from ensemble.combine.build import _candidates
+    from ensemble.search.storage import open_storage
 
     ranked = _candidates(open_storage(run), "cnn", "cnn")
     assert m["members"][0]["name"] == ranked[0].name
@@ -134,7 +134,7 @@ def test_top_k_order_and_list_tta(run) -> None:
 
 
 def test_build_refuses_trials_from_other_data(run) -> None:
-    from ensemble.build import build_ensemble
+    from ensemble.combine.build import build_ensemble
 
     make_trials(run, n=1, study="cnn", data_fingerprint="0" * 64)
     with pytest.raises(DataError, match="trial-0003 was trained on data 0000"):
@@ -142,7 +142,7 @@ def test_build_refuses_trials_from_other_data(run) -> None:
 
 
 def test_build_refuses_probabilities_of_another_split(run) -> None:
-    from ensemble.build import build_ensemble
+    from ensemble.combine.build import build_ensemble
 
     f = run.path("models", "cnn", "trial-0000", "proba_val.npy")
     np.save(f, np.load(f)[:-1])
@@ -155,14 +155,14 @@ def test_build_without_cnn_study_is_a_usage_error(tmp_path: Path, runs_env: Path
     open_run("empty", data=str(data), say=lambda s: None)
     assert main(["build", "--run", "empty"]) == 2
     assert "no 'cnn' study; run the CNN search first" in capsys.readouterr().err
-    from ensemble.build import build_ensemble
+    from ensemble.combine.build import build_ensemble
 
     with pytest.raises(UsageError, match="--top-k"):
         build_ensemble(open_run("empty", say=lambda s: None), top_k=0)
 
 
 def test_refit_uses_train_plus_val_and_keeps_holdout_out(run, monkeypatch: pytest.MonkeyPatch) -> None:
-    import ensemble.build as build
+    import ensemble.combine.build as build
 
     seen = {}
 
@@ -192,11 +192,11 @@ def test_greedy_can_pull_in_a_baseline(run, tmp_path: Path) -> None:
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import FunctionTransformer
 
-    from ensemble.artifacts import save_probas, trial_dir
-    from ensemble.build import build_ensemble
-    from ensemble.predict import load_ensemble, predict_proba
-    from ensemble.storage import open_storage
-    from ensemble.voting import accuracy, log_loss
+    from ensemble.search.artifacts import save_probas, trial_dir
+    from ensemble.combine.build import build_ensemble
+    from ensemble.inference.predict import load_ensemble, predict_proba
+    from ensemble.search.storage import open_storage
+    from ensemble.combine.voting import accuracy, log_loss
 
     x_tr, y_tr = run.part("train")
     pipe = make_pipeline(FunctionTransformer(_flatten), LogisticRegression(max_iter=300)).fit(x_tr, y_tr)

@@ -11,7 +11,7 @@ import optuna
 import pytest
 from optuna.storages.journal import JournalFileBackend
 
-from ensemble.submission import check_submission
+from ensemble.report.submission import check_submission
 
 pytest.importorskip("keras")
 CHAOS = Path(__file__).resolve().parents[1] / "benchmarks" / "chaos.py"

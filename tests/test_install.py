@@ -1,4 +1,4 @@
-"""The shipped search spaces: packaged in the wheel and found from any folder (ensemble.space.spaces_dir)."""
+"""The shipped search spaces: packaged in the wheel and found from any folder (ensemble.search.spaces.spaces_dir)."""
 
 from __future__ import annotations
 
@@ -14,12 +14,12 @@ import pytest
 from conftest import REPO, write_dataset
 from setuptools import find_packages
 
-from ensemble.baselines import space_path
-from ensemble.baselines_models import FAMILIES
+from ensemble.search.baselines.study import space_path
+from ensemble.search.baselines.models import FAMILIES
 from ensemble.errors import SpaceError
-from ensemble.pipeline import PRESETS
-from ensemble.search import load_cnn_space
-from ensemble.space import shipped_spaces, space_file, spaces_dir
+from ensemble.pipeline.run import PRESETS
+from ensemble.search.cnn.study import load_cnn_space
+from ensemble.search.spaces import shipped_spaces, space_file, spaces_dir
 
 CNN_SPACES = ("cnn.yaml", "cnn_quick.yaml", "cnn_best.yaml")
 # what a source copy needs to build; build outputs and local state stay behind
@@ -102,10 +102,10 @@ def test_wheel_install_finds_shipped_spaces_from_another_folder(tmp_path):
     check = (
         "import ensemble, sys\n"
         "from pathlib import Path\n"
-        "from ensemble.baselines import space_path\n"
-        "from ensemble.pipeline import PRESETS\n"
-        "from ensemble.search import load_cnn_space\n"
-        "from ensemble.space import shipped_spaces, space_file, spaces_dir\n"
+        "from ensemble.search.baselines.study import space_path\n"
+        "from ensemble.pipeline.run import PRESETS\n"
+        "from ensemble.search.cnn.study import load_cnn_space\n"
+        "from ensemble.search.spaces import shipped_spaces, space_file, spaces_dir\n"
         "site = Path(sys.argv[1]).resolve()\n"
         "assert Path(ensemble.__file__).resolve().is_relative_to(site), ensemble.__file__\n"
         "assert spaces_dir().resolve() == site / 'ensemble' / 'search_spaces', spaces_dir()\n"

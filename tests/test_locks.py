@@ -16,7 +16,7 @@ import pytest
 from ensemble.cli import main
 from ensemble.errors import UsageError
 from ensemble.locks import live_tokens, run_lock, token_alive, worker_token
-from ensemble.pipeline import Stages
+from ensemble.pipeline.run import Stages
 
 HOLD = """
 import sys, time
@@ -77,7 +77,7 @@ def test_a_reused_pid_does_not_keep_a_dead_token_alive(runs_env: Path) -> None:
 STAGES_WRITER = """
 import sys
 from pathlib import Path
-from ensemble.pipeline import Stages
+from ensemble.pipeline.run import Stages
 stages = Stages(Path(sys.argv[1]))
 for i in range(int(sys.argv[3])):
     stages.note(**{f"{sys.argv[2]}-{i}": i})
@@ -99,7 +99,7 @@ def test_trainer_child_dies_with_its_parent(tmp_path: Path) -> None:
     script = textwrap.dedent(
         """
         import multiprocessing as mp, os, sys, time
-        from ensemble.trial_worker import die_with_parent
+        from ensemble.search.cnn.trainer import die_with_parent
 
         def child(parent):
             die_with_parent(parent)

@@ -13,8 +13,8 @@ from conftest import write_dataset
 
 from ensemble.cli import main
 from ensemble.errors import UsageError
-from ensemble.pipeline import PRESETS, Budget, parse_overrides, settings_for
-from ensemble.submission import check_submission
+from ensemble.pipeline.run import PRESETS, Budget, parse_overrides, settings_for
+from ensemble.report.submission import check_submission
 
 pytest.importorskip("keras")
 

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from ensemble.plan import Plan, PlanSettings, make_plan, revise
+from ensemble.search.plan import Plan, PlanSettings, make_plan, revise
 
 QUICK = PlanSettings(min_epochs=12, max_epochs=24, min_members=2, max_members=8, overhead_s=20.0)
 N_TRAIN, N_ALL = 33_600, 42_000
@@ -62,7 +62,7 @@ def test_revision_follows_the_measured_speed() -> None:
 def test_planned_search_stops_the_study_with_a_fake_clock(monkeypatch: pytest.MonkeyPatch) -> None:
     import optuna
 
-    from ensemble import search_plan
+    from ensemble.search import planned as search_plan
 
     now = [1_000.0]
     monkeypatch.setattr(search_plan.time, "time", lambda: now[0])

@@ -11,8 +11,8 @@ import pytest
 
 from ensemble.cli import main
 from ensemble.errors import ArtifactError, DataError, UsageError
-from ensemble.fold import model_cost
-from ensemble.predict import as_images, load_ensemble, member_probas, predict_proba
+from ensemble.search.cnn.simplify import model_cost
+from ensemble.inference.predict import as_images, load_ensemble, member_probas, predict_proba
 
 keras = pytest.importorskip("keras")
 
@@ -29,8 +29,8 @@ def tiny(seed: int):
 
 
 def make_ensemble(folder: Path, n: int = 2, views: list[str] | None = None, weights: list[float] | None = None) -> Path:
-    from ensemble.build import write_manifest
-    from ensemble.predict import FORMAT
+    from ensemble.combine.build import write_manifest
+    from ensemble.inference.predict import FORMAT
 
     (folder / "members").mkdir(parents=True)
     members = []
@@ -73,7 +73,7 @@ def test_tampered_artifact_is_refused(tmp_path: Path, capsys) -> None:
     with pytest.raises(ArtifactError, match=r"m1\.keras: sha256 .* does not match manifest\.json"):
         load_ensemble(folder)
     test = tmp_path / "test.csv"
-    from ensemble.data import PIXEL_COLUMNS
+    from ensemble.data.load import PIXEL_COLUMNS
 
     rows = images(5).reshape(5, -1)
     test.write_text(",".join(PIXEL_COLUMNS) + "\n" + "\n".join(",".join(map(str, r)) for r in rows) + "\n")
@@ -112,7 +112,7 @@ def test_wrong_input_shape_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="batch-size"):
         predict_proba(ens, images(), batch_size=0)
     # a member built for other inputs is refused when loaded
-    from ensemble.build import write_manifest
+    from ensemble.combine.build import write_manifest
 
     folder = tmp_path / "e"
     bad = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Flatten(), keras.layers.Dense(10, "softmax")])
@@ -123,8 +123,8 @@ def test_wrong_input_shape_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_baseline_member_needs_the_runs_test_set(tmp_path: Path) -> None:
-    from ensemble.build import write_manifest
-    from ensemble.predict import images_fingerprint
+    from ensemble.combine.build import write_manifest
+    from ensemble.inference.predict import images_fingerprint
 
     folder = make_ensemble(tmp_path / "e", n=1)
     x = images(6)
@@ -165,7 +165,7 @@ def test_predicts_under_another_backend(tmp_path: Path) -> None:
     np.save(tmp_path / "x.npy", x)
     here = predict_proba(load_ensemble(folder), x)
     code = (
-        "import sys, numpy as np, keras; from ensemble.predict import load_ensemble, predict_proba; "
+        "import sys, numpy as np, keras; from ensemble.inference.predict import load_ensemble, predict_proba; "
         "p = predict_proba(load_ensemble(sys.argv[1]), np.load(sys.argv[2])); "
         "np.save(sys.argv[3], p); print(keras.backend.backend())"
     )
@@ -187,7 +187,7 @@ def test_predicts_under_another_backend(tmp_path: Path) -> None:
 def test_inference_model_folds_batchnorm_and_keeps_outputs() -> None:
     from keras import layers
 
-    from ensemble.fold import inference_model
+    from ensemble.search.cnn.simplify import inference_model
 
     keras.utils.set_random_seed(0)
     inp = keras.Input((28, 28, 1))
@@ -217,7 +217,7 @@ def test_inference_model_folds_batchnorm_and_keeps_outputs() -> None:
 def test_first_trace_warning_of_each_member_is_dropped_other_tensorflow_warnings_pass() -> None:
     import logging
 
-    from ensemble.predict import _OneTracePerModel
+    from ensemble.inference.predict import _OneTracePerModel
 
     f = _OneTracePerModel()
 
@@ -253,7 +253,7 @@ def evil_pickle(marker: Path) -> bytes:
 
 def _rewrite_manifest(folder: Path, edit=lambda m: None) -> None:
     """Apply ``edit`` to the manifest and re-hash every file in the folder, as `ensemble build` does."""
-    from ensemble.build import write_manifest
+    from ensemble.combine.build import write_manifest
 
     m = json.loads((folder / "manifest.json").read_text())
     edit(m)
@@ -265,8 +265,8 @@ def with_baselines(tmp_path_factory) -> dict[str, Path]:
     """Per family: an ensemble of one CNN and one baseline whose saved model predicts (no stored test probas)."""
     from conftest import synthetic_digits
 
-    from ensemble.baselines_models import FAMILIES, FitContext, save_model
-    from ensemble.preprocess import fit_preprocessor
+    from ensemble.search.baselines.models import FAMILIES, FitContext, save_model
+    from ensemble.search.baselines.preprocess import fit_preprocessor
 
     x, y = synthetic_digits(200, seed=3)
     ctx = FitContext(threads=1, seed=0, device="cpu", n_features=784, x_var=0.1)
@@ -318,7 +318,7 @@ def test_unlisted_file_in_a_member_folder_is_never_loaded(with_baselines, tmp_pa
     assert ens.members[1].model_files == {n: f"members/b/{n}" for n in loads}
     np.testing.assert_allclose(predict_proba(ens, x), before, atol=1e-6)  # the baseline's own model predicted
     assert not marker.exists()
-    from ensemble.predict import read_verified
+    from ensemble.inference.predict import read_verified
 
     with pytest.raises(ArtifactError, match=rf"b/{planted}: not listed with a sha256 in manifest\.json"):
         read_verified(folder, ens.manifest, f"members/b/{planted}")
@@ -371,7 +371,7 @@ def test_listed_file_changed_after_build_is_refused(with_baselines, tmp_path, fa
 
 @pytest.mark.parametrize("rel", ["../outside.npy", "members/../../outside.npy", "ABS", "members\\..\\..\\x.npy", ""])
 def test_manifest_paths_must_stay_in_the_folder(tmp_path: Path, rel: str) -> None:
-    from ensemble.artifacts import sha256_file
+    from ensemble.search.artifacts import sha256_file
 
     folder = make_ensemble(tmp_path / "e", n=1)
     outside = tmp_path / "outside.npy"
@@ -402,7 +402,7 @@ def test_keras_member_loads_from_the_checked_bytes_in_a_private_copy(tmp_path, m
     import stat
     import tempfile
 
-    from ensemble.predict import _private_copy, load_keras_model
+    from ensemble.inference.predict import _private_copy, load_keras_model
 
     folder = make_ensemble(tmp_path / "e", n=1)
     raw = (folder / "members" / "m0.keras").read_bytes()
@@ -425,7 +425,7 @@ def test_keras_member_loads_from_the_checked_bytes_in_a_private_copy(tmp_path, m
 
 def _straightforward(models: list, x: np.ndarray, views: list[str]) -> np.ndarray:
     """The plain path: every member, every view, the whole set in one ``predict_on_batch`` call."""
-    from ensemble.tta import apply_view
+    from ensemble.combine.tta import apply_view
 
     return np.stack(
         [np.stack([np.asarray(m.predict_on_batch(apply_view(v, x)[..., None])) for v in views]) for m in models]
@@ -433,9 +433,9 @@ def _straightforward(models: list, x: np.ndarray, views: list[str]) -> np.ndarra
 
 
 def _small_cnn(seed: int):
-    """An ``ensemble.cnn`` member (BatchNorm, dropout, augmentation layer), folded as predict folds it."""
-    from ensemble.cnn import build_model
-    from ensemble.fold import inference_model
+    """An ``ensemble.search.cnn.model`` member (BatchNorm, dropout, augmentation layer), folded as predict folds it."""
+    from ensemble.search.cnn.model import build_model
+    from ensemble.search.cnn.simplify import inference_model
 
     keras.utils.set_random_seed(seed)
     model = build_model({"conv_blocks": 2, "filters": 4, "dense_units": 8})
@@ -495,7 +495,7 @@ def test_no_model_is_called_from_two_threads() -> None:
 
 
 def test_bfloat16_is_opt_in_and_changes_only_near_ties(monkeypatch) -> None:
-    from ensemble.predict import PRECISION_ENV, resolve_precision
+    from ensemble.inference.predict import PRECISION_ENV, resolve_precision
 
     monkeypatch.delenv(PRECISION_ENV, raising=False)
     assert resolve_precision() == "float32"

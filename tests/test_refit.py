@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 from conftest import TINY_CNN_SPACE, write_dataset
 
-from ensemble.build import build_ensemble
-from ensemble.predict import load_ensemble, predict_proba
-from ensemble.refit import current_refit, refit_full
-from ensemble.report import make_report
-from ensemble.runs import open_run
-from ensemble.search import SearchSettings, load_cnn_space, run_search
+from ensemble.combine.build import build_ensemble
+from ensemble.inference.predict import load_ensemble, predict_proba
+from ensemble.inference.refit import current_refit, refit_full
+from ensemble.report.summary import make_report
+from ensemble.data.runs import open_run
+from ensemble.search.cnn.study import SearchSettings, load_cnn_space, run_search
 
 pytest.importorskip("keras")
 

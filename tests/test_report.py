@@ -8,9 +8,9 @@ import pytest
 from conftest import write_dataset
 
 from ensemble.cli import main
-from ensemble.report import Entry, expected_calibration_error, mcnemar, mcnemar_words, rank, wilson_interval
-from ensemble.runs import open_run
-from ensemble.submission import check_submission
+from ensemble.report.summary import Entry, expected_calibration_error, mcnemar, mcnemar_words, rank, wilson_interval
+from ensemble.data.runs import open_run
+from ensemble.report.submission import check_submission
 
 
 def test_wilson_interval_is_inside_0_1_and_contains_the_rate() -> None:
@@ -57,8 +57,8 @@ def fake_trial(run, study: str, number: int, accuracy: float, attrs: dict, seed:
     """A completed trial with saved probabilities that get ``accuracy`` of each part right."""
     import optuna
 
-    from ensemble.artifacts import save_probas, trial_dir
-    from ensemble.storage import open_storage
+    from ensemble.search.artifacts import save_probas, trial_dir
+    from ensemble.search.storage import open_storage
 
     rng = np.random.default_rng(seed)
     folder = trial_dir(run, study, number)
@@ -93,7 +93,7 @@ def run(tmp_path: Path, runs_env: Path):
 
 def add_ensemble(run, members: list[int]) -> None:
     """A built-ensemble folder as ``ensemble build`` leaves it (without the Keras members)."""
-    from ensemble.artifacts import load_proba
+    from ensemble.search.artifacts import load_proba
     from ensemble.io import write_json
 
     folder = run.path("ensemble")
@@ -167,9 +167,9 @@ def _probas(n: int, seed: int) -> np.ndarray:
 
 
 def test_final_submission_is_checked_before_it_replaces_the_old_one(run, monkeypatch: pytest.MonkeyPatch) -> None:
-    from ensemble import submission
+    from ensemble.report import submission
     from ensemble.errors import DataError
-    from ensemble.report import write_final_submission
+    from ensemble.report.summary import write_final_submission
 
     n = len(run.x_test)
     first = _probas(n, 1)

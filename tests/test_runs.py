@@ -10,7 +10,7 @@ from conftest import write_dataset
 
 from ensemble.cli import main
 from ensemble.errors import DataError, UsageError
-from ensemble.runs import delete_run, open_run, sweep_debris
+from ensemble.data.runs import delete_run, open_run, sweep_debris
 
 
 def test_create_then_reopen(runs_env: Path, dataset: Path) -> None:

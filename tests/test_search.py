@@ -8,12 +8,12 @@ import pytest
 from conftest import TINY_CNN_SPACE as TINY
 from conftest import write_dataset
 
-from ensemble import cnn
+from ensemble.search.cnn import model as cnn
 from ensemble.cli import main
 from ensemble.errors import SpaceError
-from ensemble.runs import open_run
-from ensemble.search import SearchSettings, finished_trials, load_cnn_space, run_search
-from ensemble.storage import open_storage
+from ensemble.data.runs import open_run
+from ensemble.search.cnn.study import SearchSettings, finished_trials, load_cnn_space, run_search
+from ensemble.search.storage import open_storage
 
 
 @pytest.fixture
@@ -139,7 +139,7 @@ def test_shipped_space_is_valid() -> None:
 
 
 def test_first_trial_of_a_new_study_is_the_known_good_default(tmp_path: Path) -> None:
-    from ensemble.search import known_good_params
+    from ensemble.search.cnn.study import known_good_params
 
     f = tmp_path / "cnn.yaml"
     f.write_text(
@@ -169,7 +169,7 @@ def test_batchnorm_momentum_follows_training_length() -> None:
 
 def test_search_arrays_are_one_file_per_process_written_atomically(tiny) -> None:
     from ensemble.locks import worker_token
-    from ensemble.search import _write_arrays, arrays_file
+    from ensemble.search.cnn.study import _write_arrays, arrays_file
 
     run, _, _ = tiny
     path = _write_arrays(run, SearchSettings(isolate=True))

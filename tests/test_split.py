@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from ensemble.errors import DataError
-from ensemble.split import load_split, save_split, stratified_split
+from ensemble.data.split import load_split, save_split, stratified_split
 
 
 def _labels() -> np.ndarray:

@@ -10,7 +10,7 @@ import optuna
 import pytest
 
 from ensemble.locks import worker_token
-from ensemble.storage import fail_stale_trials, mark_owner, redact, was_killed
+from ensemble.search.storage import fail_stale_trials, mark_owner, redact, was_killed
 
 LIVE_WORKER = """
 import sys, time

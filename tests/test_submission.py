@@ -7,7 +7,7 @@ import pytest
 
 from ensemble.cli import main
 from ensemble.errors import DataError
-from ensemble.submission import check_submission, write_submission
+from ensemble.report.submission import check_submission, write_submission
 
 
 def test_round_trip(tmp_path: Path) -> None:
@@ -154,7 +154,7 @@ def test_refused_labels_leave_the_old_file(
 def test_failed_check_leaves_old_file_byte_identical(
     corrupt, pattern: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from ensemble import submission
+    from ensemble.report import submission
 
     write_submission(tmp_path / "s.csv", np.array([9, 8, 7, 6, 5]))
     before = (tmp_path / "s.csv").read_bytes()
@@ -184,7 +184,7 @@ def test_cli_rejects_loose_labels_in_one_line(label: str, tmp_path: Path, capsys
 
 
 def _one_row_test(folder: Path) -> Path:
-    from ensemble.data import PIXEL_COLUMNS
+    from ensemble.data.load import PIXEL_COLUMNS
 
     test = folder / "test.csv"
     test.write_text(",".join(PIXEL_COLUMNS) + "\n" + ",".join(["0"] * 784) + "\n")

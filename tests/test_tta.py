@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from ensemble.errors import UsageError
-from ensemble.tta import CANDIDATES, IDENTITY, apply_view, parse_views, select_views, stack_views
+from ensemble.combine.tta import CANDIDATES, IDENTITY, apply_view, parse_views, select_views, stack_views
 
 
 def _img() -> np.ndarray:

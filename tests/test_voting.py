@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ensemble.voting import SoftVoter, accuracy, greedy_weights, log_loss, soft_vote
+from ensemble.combine.voting import SoftVoter, accuracy, greedy_weights, log_loss, soft_vote
 
 
 def _probs(n: int, seed: int) -> np.ndarray:

@@ -9,13 +9,13 @@ import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ensemble.baselines_models import FAMILIES
+from ensemble.search.baselines.models import FAMILIES
 from ensemble.cli.data import add_run_args
 from ensemble.durations import parse_duration
 from ensemble.errors import UsageError
 
 if TYPE_CHECKING:
-    from ensemble.baselines import Task, TaskResult
+    from ensemble.search.baselines.study import Task, TaskResult
 
 DEFAULT_TRIALS = 4
 
@@ -75,9 +75,9 @@ def _check_args(args: argparse.Namespace) -> tuple[int, float | None]:
 
 
 def cmd_baselines(args: argparse.Namespace) -> int:
-    from ensemble import baselines as bl
-    from ensemble.runs import open_run
-    from ensemble.storage import dashboard_command
+    from ensemble.search.baselines import study as bl
+    from ensemble.data.runs import open_run
+    from ensemble.search.storage import dashboard_command
 
     jobs, timeout = _check_args(args)
     names = bl.parse_models(args.models)
@@ -160,7 +160,7 @@ class _Progress:
 
 def _summarize(bl: Any, fams: list, studies: dict, results: list, wall: float, run: Any, storage: str | None) -> int:
     from ensemble.errors import EnsembleError
-    from ensemble.storage import optuna_cli_args
+    from ensemble.search.storage import optuna_cli_args
 
     print(f"{'family':<11} {'trials':>6} {'failed':>6} {'best val_acc':>12} {'trial':>5} {'n_train':>8} {'time':>7}")
     no_result = []

@@ -58,15 +58,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 def cmd_build(args: argparse.Namespace) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow start-up chatter
     from ensemble.locks import run_lock
-    from ensemble.runs import check_name, runs_dir
+    from ensemble.data.runs import check_name, runs_dir
 
     with run_lock(runs_dir(), check_name(args.run)):  # refused at once while another writer has the run
         return _build(args)
 
 
 def _build(args: argparse.Namespace) -> int:
-    from ensemble.build import build_ensemble
-    from ensemble.runs import open_run
+    from ensemble.combine.build import build_ensemble
+    from ensemble.data.runs import open_run
 
     run = open_run(args.run, data=args.data)
     m = build_ensemble(

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import time
 
-from ensemble.data import load_dataset, summarize
-from ensemble.demo import write_demo
-from ensemble.runs import open_run
+from ensemble.data.load import load_dataset, summarize
+from ensemble.data.demo import write_demo
+from ensemble.data.runs import open_run
 
 
 def add_run_args(p: argparse.ArgumentParser) -> None:

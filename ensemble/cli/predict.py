@@ -46,7 +46,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def read_test(path: str | Path) -> np.ndarray:
     """Test images from a test CSV (.csv/.csv.gz) or a dataset folder/zip."""
-    from ensemble.data import file_member, load_test, locate
+    from ensemble.data.load import file_member, load_test, locate
 
     p = Path(path)
     if p.is_file() and not p.name.endswith(".zip"):
@@ -66,8 +66,8 @@ def run_predict(
     say: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """The ``ensemble predict`` pipeline: verify, load, predict, write the submission atomically."""
-    from ensemble.predict import IDENTITY, N_CLASSES, load_ensemble, predict_proba, save_npy
-    from ensemble.submission import write_submission
+    from ensemble.inference.predict import IDENTITY, N_CLASSES, load_ensemble, predict_proba, save_npy
+    from ensemble.report.submission import write_submission
 
     t0 = time.perf_counter()
     ens = load_ensemble(ensemble_dir)

@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def cmd_report(args: argparse.Namespace) -> int:
     from ensemble.errors import UsageError
     from ensemble.locks import run_lock
-    from ensemble.runs import check_name, open_run, runs_dir
+    from ensemble.data.runs import check_name, open_run, runs_dir
 
     if args.top_cnn < 1 or args.gallery < 0:
         raise UsageError("--top-cnn must be >= 1 and --gallery >= 0")
@@ -41,8 +41,8 @@ def run_report(run: Any, *, storage_url: str | None = None, top_cnn: int = 5, ga
     """Make the report (quietly, with matplotlib's Agg backend)."""
     os.environ.setdefault("MPLBACKEND", "Agg")
     from ensemble.locks import run_lock
-    from ensemble.report import make_report
-    from ensemble.runs import runs_dir, sweep_debris
+    from ensemble.report.summary import make_report
+    from ensemble.data.runs import runs_dir, sweep_debris
 
     with run_lock(runs_dir(), run.name):  # one writer of the report and submission.csv
         sweep_debris(run.root)
@@ -61,8 +61,8 @@ def print_report(result: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from ensemble.report import leaderboard_rows
-    from ensemble.report_html import HEADERS, fmt
+    from ensemble.report.summary import leaderboard_rows
+    from ensemble.report.html import HEADERS, fmt
 
     console = Console(highlight=False)
     if console.width < 150:  # a pipe or a narrow terminal: print the full table rather than squeeze it

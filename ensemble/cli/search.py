@@ -8,7 +8,7 @@ import os
 from ensemble.cli.data import add_run_args
 from ensemble.durations import parse_duration
 
-DEFAULT_SPACE = "cnn.yaml"  # a shipped space (ensemble.space.space_file)
+DEFAULT_SPACE = "cnn.yaml"  # a shipped space (ensemble.search.spaces.space_file)
 BACKENDS = ("tensorflow", "jax", "torch")
 
 
@@ -51,10 +51,10 @@ def set_backend(name: str | None) -> None:
 def cmd_search(args: argparse.Namespace) -> int:
     set_backend(args.backend)
     from ensemble.errors import UsageError
-    from ensemble.runs import open_run
-    from ensemble.search import SearchSettings, load_cnn_space, run_search
-    from ensemble.space import space_file
-    from ensemble.storage import dashboard_command, optuna_cli_args
+    from ensemble.data.runs import open_run
+    from ensemble.search.cnn.study import SearchSettings, load_cnn_space, run_search
+    from ensemble.search.spaces import space_file
+    from ensemble.search.storage import dashboard_command, optuna_cli_args
 
     if args.trials < 1:
         raise UsageError(f"--trials must be at least 1, got {args.trials}")

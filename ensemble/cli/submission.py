@@ -6,7 +6,7 @@ import argparse
 
 import numpy as np
 
-from ensemble.submission import KAGGLE_TEST_ROWS, check_submission, test_rows
+from ensemble.report.submission import KAGGLE_TEST_ROWS, check_submission, test_rows
 
 
 def register(sub: argparse._SubParsersAction) -> None:

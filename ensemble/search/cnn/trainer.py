@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from ensemble import cnn
-from ensemble.artifacts import save_probas
+from ensemble.search.cnn import model as cnn
+from ensemble.search.artifacts import save_probas
 from ensemble.io import write_json
 
 OnEpoch = Callable[[int, dict[str, float]], None]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ensemble.data import PIXEL_COLUMNS, TRAIN_COLUMNS
+from ensemble.data.load import PIXEL_COLUMNS, TRAIN_COLUMNS
 from ensemble.io import atomic_write
 
 DEMO_TRAIN = 4000

@@ -16,13 +16,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ensemble.artifacts import load_proba
+from ensemble.search.artifacts import load_proba
 from ensemble.errors import UsageError
 from ensemble.io import read_json, write_json
-from ensemble.voting import log_loss
+from ensemble.combine.voting import log_loss
 
 if TYPE_CHECKING:
-    from ensemble.runs import Run
+    from ensemble.data.runs import Run
 
 CSV_COLUMNS = (
     "rank", "model", "kind", "family", "holdout_accuracy", "ci95_low", "ci95_high", "holdout_correct",
@@ -132,7 +132,7 @@ def trial_entries(run: Run, storage: Any, *, top_cnn: int) -> tuple[list[Entry],
     """The best trial of each baseline study and the top CNN trials (by validation accuracy)."""
     import optuna
 
-    from ensemble.build import BASELINE_PREFIX, CNN_STUDY, _candidates
+    from ensemble.combine.build import BASELINE_PREFIX, CNN_STUDY, _candidates
 
     names = optuna.get_all_study_names(storage=storage)
     n_pred = len(run.split.val) + len(run.split.holdout) + len(run.x_test)
@@ -270,7 +270,7 @@ def tta_and_ensembling(manifest: dict | None) -> list[dict[str, Any]]:
 
 def collect(run: Run, *, storage_url: str | None = None, top_cnn: int = 5) -> dict[str, Any]:
     """Score every model on the holdout and rank them."""
-    from ensemble.storage import open_storage
+    from ensemble.search.storage import open_storage
 
     y = run.part("holdout")[1]
     rows, by_trial = trial_entries(run, open_storage(run, storage_url), top_cnn=top_cnn)
@@ -328,7 +328,7 @@ def write_final_submission(run: Run, entry: Entry) -> tuple[Path, np.ndarray]:
     the run's test-set size, and read back equal to the argmax) and only then renamed over it; if the
     check fails the temporary file is removed and the previous submission.csv is left as it was.
     """
-    from ensemble.submission import write_submission
+    from ensemble.report.submission import write_submission
 
     p = entry.test()
     if p.shape != (len(run.x_test), 10):
@@ -340,7 +340,7 @@ def write_final_submission(run: Run, entry: Entry) -> tuple[Path, np.ndarray]:
 
 def refit_entry(run: Run, final: Entry) -> Entry | None:
     """The final model refitted on every labeled digit (``runs/NAME/ensemble-full``), if it was."""
-    from ensemble.refit import FOLDER, current_refit
+    from ensemble.inference.refit import FOLDER, current_refit
 
     m = current_refit(run, final.name)
     if m is None:
@@ -368,7 +368,7 @@ def make_report(
     say: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Compare every model on the holdout, write runs/NAME/report/ and runs/NAME/submission.csv."""
-    from ensemble.report_html import write_outputs
+    from ensemble.report.html import write_outputs
 
     result = collect(run, storage_url=storage_url, top_cnn=top_cnn)
     final = result["entries"][0]

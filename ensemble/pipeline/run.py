@@ -251,7 +251,7 @@ def run_pipeline(
     same run exits at once (workers that only add trials may still join).
     """
     from ensemble.locks import run_lock
-    from ensemble.runs import check_name, runs_dir
+    from ensemble.data.runs import check_name, runs_dir
 
     check_name(name)
     with run_lock(runs_dir(), name):
@@ -269,8 +269,8 @@ def _run_locked(
     say: Callable[[str], None],
 ) -> dict[str, Any]:
     from ensemble.durations import parse_duration
-    from ensemble.runs import delete_run, open_run, run_root, sweep_debris
-    from ensemble.storage import dashboard_command, redact
+    from ensemble.data.runs import delete_run, open_run, run_root, sweep_debris
+    from ensemble.search.storage import dashboard_command, redact
 
     s = settings_for(preset, overrides)
     _quiet_interrupts()
@@ -300,7 +300,7 @@ def _run_locked(
     budget = Budget(budget_s, shares, [g for g, members in groups.items() if any(m in todo for m in members)])
     if todo:
         log("run", f"preset {preset}, time budget {_clock(budget_s)} (mm:ss): {budget.describe()}")
-    from ensemble.pipeline_stages import build_stage, refit_stage, report_stage, search_stage
+    from ensemble.pipeline.stages import build_stage, refit_stage, report_stage, search_stage
 
     search_stage(run, s, stages, budget, log, storage_url)
     build_stage(run, s, stages, log, storage_url)

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ensemble.data import Dataset, load_dataset
-from ensemble.demo import ensure_demo
+from ensemble.data.load import Dataset, load_dataset
+from ensemble.data.demo import ensure_demo
 from ensemble.errors import DataError, UsageError
 from ensemble.io import read_json, write_json
 from ensemble.locks import LOCKS_DIR, locked
-from ensemble.split import Split, load_split, save_split, stratified_split
+from ensemble.data.split import Split, load_split, save_split, stratified_split
 
 DEFAULTS = {"seed": 0, "val_frac": 0.1, "holdout_frac": 0.1}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -195,7 +195,7 @@ def run_study_names(all_names: list[str]) -> list[str]:
 def _delete_remote_studies(storage_url: str, say: Callable[[str], None]) -> None:
     import optuna
 
-    from ensemble.storage import redact
+    from ensemble.search.storage import redact
 
     try:
         storage = optuna.storages.get_storage(storage_url)

@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ensemble import report_plots as plots
+from ensemble.report import plots
 from ensemble.io import atomic_write
 
 if TYPE_CHECKING:
-    from ensemble.runs import Run
+    from ensemble.data.runs import Run
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1180px;color:#212529;
@@ -66,7 +66,7 @@ def _size(n: int) -> str:
 
 
 def write_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
-    from ensemble.report import CSV_COLUMNS
+    from ensemble.report.summary import CSV_COLUMNS
 
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
@@ -89,7 +89,7 @@ def per_class(y: np.ndarray, pred: np.ndarray) -> list[dict[str, Any]]:
 
 def figures(run: Run, result: dict[str, Any], *, storage_url: str | None, gallery: int) -> dict[str, Any]:
     """Every figure as PNG bytes (None when there is nothing to draw), plus notes."""
-    from ensemble.report import leaderboard_rows
+    from ensemble.report.summary import leaderboard_rows
 
     final = result["final"]
     y = result["y"]
@@ -122,8 +122,8 @@ def figures(run: Run, result: dict[str, Any], *, storage_url: str | None, galler
 def _cnn_study(run: Run, storage_url: str | None) -> Any:
     import optuna
 
-    from ensemble.build import CNN_STUDY
-    from ensemble.storage import open_storage
+    from ensemble.combine.build import CNN_STUDY
+    from ensemble.search.storage import open_storage
 
     storage = open_storage(run, storage_url)
     if CNN_STUDY not in optuna.get_all_study_names(storage=storage):
@@ -156,7 +156,7 @@ def _md_table(heads: list[str], rows: list[list[str]]) -> str:
 
 def sections(run: Run, result: dict[str, Any], figs: dict[str, Any]) -> list[tuple[str, str, list, str | None]]:
     """(title, text, table as (heads, rows) or [], figure key) for every section, shared by HTML and Markdown."""
-    from ensemble.report import leaderboard_rows
+    from ensemble.report.summary import leaderboard_rows
 
     rows = leaderboard_rows(result["entries"])
     final = result["final"]
@@ -235,7 +235,7 @@ def sections(run: Run, result: dict[str, Any], figs: dict[str, Any]) -> list[tup
 
 def write_outputs(run: Run, result: dict[str, Any], *, storage_url: str | None, gallery: int) -> list[Path]:
     """Write leaderboard.csv, report.md (+ img/) and report.html; returns the paths."""
-    from ensemble.report import leaderboard_rows
+    from ensemble.report.summary import leaderboard_rows
 
     folder = run.path("report")
     (folder / "img").mkdir(parents=True, exist_ok=True)

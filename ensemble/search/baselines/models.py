@@ -170,7 +170,7 @@ FAMILIES: dict[str, Family] = {
 
 def space_keys(family: Family) -> tuple[str, ...]:
     """Every key the family's search-space file may use."""
-    from ensemble.preprocess import PREPROCESS_KEYS
+    from ensemble.search.baselines.preprocess import PREPROCESS_KEYS
 
     return (*family.keys, *PREPROCESS_KEYS, *RUN_KEYS)
 

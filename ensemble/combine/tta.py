@@ -21,8 +21,8 @@ from functools import lru_cache
 import numpy as np
 
 from ensemble.errors import UsageError
-from ensemble.sampling import bilinear_taps
-from ensemble.voting import row_log_loss
+from ensemble.data.sampling import bilinear_taps
+from ensemble.combine.voting import row_log_loss
 
 SIDE = 28
 IDENTITY = "identity"

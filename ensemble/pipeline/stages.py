@@ -1,4 +1,4 @@
-"""The stages of ``ensemble run`` (see :mod:`ensemble.pipeline`): search, build, report, fallback."""
+"""The stages of ``ensemble run`` (see :mod:`ensemble.pipeline.run`): search, build, report, fallback."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ from ensemble.errors import UsageError
 if TYPE_CHECKING:
     import optuna
 
-    from ensemble.pipeline import Budget, Log, Stages
-    from ensemble.runs import Run
+    from ensemble.pipeline.run import Budget, Log, Stages
+    from ensemble.data.runs import Run
 
 FALLBACK_STUDY = "baseline-fallback"
 POST_SEARCH_S = 150.0  # what build + report take at most (42k digits, quick preset: 15-60 s measured)
@@ -67,13 +67,13 @@ def cnn_search(
     """Run or continue the ``cnn`` study until its trial count (or the budget's plan) or its deadline."""
     import optuna
 
-    from ensemble import search
+    from ensemble.search.cnn import study as search
 
     space_path, space = _cnn_space(s)
     epochs = planned.plan.epochs if planned else int(space.defaults().get("epochs", 1))
     mixed = s["mixed_precision"]
     if mixed == "auto":
-        from ensemble import cnn
+        from ensemble.search.cnn import model as cnn
 
         mixed = cnn.device_name() == "gpu"
     settings = search.SearchSettings(
@@ -105,8 +105,8 @@ def cnn_search(
 
 
 def _cnn_space(s: dict[str, Any]) -> tuple[Any, Any]:
-    from ensemble import search
-    from ensemble.space import space_file
+    from ensemble.search.cnn import study as search
+    from ensemble.search.spaces import space_file
 
     space_path = space_file(str(s["space"]))  # a shipped name (the presets) or a path (--set space=FILE)
     return space_path, search.load_cnn_space(space_path)
@@ -117,8 +117,8 @@ def baseline_plan(run: Run, s: dict[str, Any], storage_url: str | None) -> dict[
     """Families grouped by how many search trials each still needs (0: only its refit may be missing)."""
     import optuna
 
-    from ensemble.baselines import parse_models
-    from ensemble.storage import open_storage, was_killed
+    from ensemble.search.baselines.study import parse_models
+    from ensemble.search.storage import open_storage, was_killed
 
     families = parse_models(s["baselines"]) if s["baselines"] else []
     storage = open_storage(run, storage_url)
@@ -242,8 +242,8 @@ def search_stage(
 
 def _plan(run: Run, s: dict[str, Any], stages: Stages, end: float, log: Log, storage_url: str | None) -> Any:
     """Measure, plan members x epochs until ``end`` (searches + refits), and record the plan in stages.json."""
-    from ensemble import cnn
-    from ensemble.search_plan import plan_search
+    from ensemble.search.cnn import model as cnn
+    from ensemble.search.planned import plan_search
 
     _, space = _cnn_space(s)
     config = cnn.validate_config({k: v for k, v in space.defaults().items() if k in cnn.DEFAULTS})
@@ -272,7 +272,7 @@ def build_stage(run: Run, s: dict[str, Any], stages: Stages, log: Log, storage_u
     if stages.done("build"):
         log("build", "ensemble already built (stages.json); skipping")
         return
-    from ensemble.build import build_ensemble
+    from ensemble.combine.build import build_ensemble
 
     t0 = time.time()
     try:
@@ -338,7 +338,7 @@ def refit_stage(
     if not s.get("refit_full"):
         stages.finish("refit", 0.0, skipped="refit_full is off")
         return False
-    from ensemble.refit import refit_full
+    from ensemble.inference.refit import refit_full
 
     m = refit_full(
         run, final=final, deadline=end - 20.0, seed=int(s.get("seed", 0)), storage_url=storage_url,
@@ -357,10 +357,10 @@ def fallback_model(run: Run, storage_url: str | None, log: Any, rows: int = 5000
     import optuna
     from sklearn.neighbors import KNeighborsClassifier
 
-    from ensemble.artifacts import save_probas, trial_dir
-    from ensemble.baselines import subsample
-    from ensemble.baselines_models import full_proba
-    from ensemble.storage import open_storage
+    from ensemble.search.artifacts import save_probas, trial_dir
+    from ensemble.search.baselines.study import subsample
+    from ensemble.search.baselines.models import full_proba
+    from ensemble.search.storage import open_storage
 
     (x, y), (xv, yv) = run.part("train"), run.part("val")
     keep = subsample(y, rows, seed=0)
@@ -376,7 +376,7 @@ def fallback_model(run: Run, storage_url: str | None, log: Any, rows: int = 5000
     )
     folder = trial_dir(run, FALLBACK_STUDY, len(study.trials))
     save_probas(folder, probas)
-    from ensemble.voting import log_loss
+    from ensemble.combine.voting import log_loss
 
     acc = float(np.mean(probas["val"].argmax(1) == yv))
     attrs = {

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ensemble.data import file_member, load_test, locate
+from ensemble.data.load import file_member, load_test, locate
 from ensemble.errors import DataError
 from ensemble.io import atomic_write
 

@@ -19,7 +19,7 @@ from ensemble.errors import UsageError
 if TYPE_CHECKING:
     import optuna
 
-    from ensemble.runs import Run
+    from ensemble.data.runs import Run
 
 JOURNAL_NAME = "optuna.journal"
 

@@ -37,7 +37,7 @@ def spaces_dir() -> Path:
     try:
         root = files(SPACES_PACKAGE)
     except ModuleNotFoundError:  # running from a source tree that was never installed
-        root = Path(__file__).resolve().parents[1] / "search_spaces"
+        root = Path(__file__).resolve().parents[2] / "search_spaces"
     if not isinstance(root, Path) or not root.is_dir():
         raise SpaceError(f"shipped search spaces not found as a folder ({root}); reinstall with 'pip install .'")
     return root

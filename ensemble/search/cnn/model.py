@@ -127,7 +127,7 @@ def build_model(config: dict[str, Any], *, momentum: float = 0.99) -> keras.Mode
     inputs = keras.Input((28, 28, 1), name="pixels")
     x = layers.Rescaling(1 / 255.0)(inputs)
     if c["rotation"] > 0 or c["zoom"] > 0 or c["shift"] > 0:
-        from ensemble.augment import RandomAffine
+        from ensemble.search.cnn.augment import RandomAffine
 
         x = RandomAffine(c["rotation"], c["zoom"], c["shift"], name="augment")(x)
     filters = c["filters"]

@@ -28,7 +28,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.decomposition import PCA
 from sklearn.pipeline import FeatureUnion, Pipeline
 
-from ensemble.sampling import bilinear_taps
+from ensemble.data.sampling import bilinear_taps
 
 #: Search-space keys that configure preprocessing rather than the model.
 PREPROCESS_KEYS = ("deskew", "pca_components", "pca_whiten", "pca_append")

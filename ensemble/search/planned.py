@@ -1,6 +1,6 @@
-"""The CNN search of ``ensemble run`` as the budget plans it (see :mod:`ensemble.plan`).
+"""The CNN search of ``ensemble run`` as the budget plans it (see :mod:`ensemble.search.plan`).
 
-Before the first trial the training speed is measured (:func:`ensemble.trial_worker.probe_speed`),
+Before the first trial the training speed is measured (:func:`ensemble.search.cnn.trainer.probe_speed`),
 the plan (members x epochs, and the time their refits will need) is printed, and every trial then
 trains the planned number of epochs, so the one-cycle or cosine schedule spans them. After each
 trial the plan is revised from the time left and the speed the trial measured; the study stops
@@ -16,12 +16,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ensemble.plan import Plan, PlanSettings, make_plan, revise
+from ensemble.search.plan import Plan, PlanSettings, make_plan, revise
 
 if TYPE_CHECKING:
     import optuna
 
-    from ensemble.runs import Run
+    from ensemble.data.runs import Run
 
 
 @dataclass
@@ -53,7 +53,7 @@ class PlannedSearch:
         """After each trial: revise with the measured speed; stop when the planned members are trained."""
         import optuna
 
-        from ensemble.search import finished_trials
+        from ensemble.search.cnn.study import finished_trials
 
         attrs = trial.user_attrs  # the speed at the trial's end: the baselines may have slowed its start
         ips = float(
@@ -82,7 +82,7 @@ def plan_search(
     ``previous``: the plan an interrupted invocation of this run recorded; its epoch count is kept
     (members of one ensemble train alike) and the members it already trained count.
     """
-    from ensemble.trial_worker import probe_speed
+    from ensemble.search.cnn.trainer import probe_speed
 
     x, y = run.part("train")
     if s.get("max_train"):
@@ -109,7 +109,7 @@ def _completed(run: Run, storage_url: str | None) -> int:
     """COMPLETE trials of the run's CNN study so far (0 when it has none yet)."""
     import optuna
 
-    from ensemble.storage import open_storage
+    from ensemble.search.storage import open_storage
 
     try:
         study = optuna.load_study(study_name="cnn", storage=open_storage(run, storage_url))

@@ -22,18 +22,18 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ensemble.artifacts import save_probas, trial_dir
-from ensemble.baselines_models import FAMILIES, Family, FitContext, full_proba, save_model, space_keys, xgboost_device
+from ensemble.search.artifacts import save_probas, trial_dir
+from ensemble.search.baselines.models import FAMILIES, Family, FitContext, full_proba, save_model, space_keys, xgboost_device
 from ensemble.errors import SpaceError, UsageError
 from ensemble.locks import worker_token
-from ensemble.space import Space, load_space
-from ensemble.space import spaces_dir as shipped_spaces_dir
-from ensemble.storage import fail_stale_trials, mark_owner, open_storage
+from ensemble.search.spaces import Space, load_space
+from ensemble.search.spaces import spaces_dir as shipped_spaces_dir
+from ensemble.search.storage import fail_stale_trials, mark_owner, open_storage
 
 if TYPE_CHECKING:
     import optuna
 
-    from ensemble.runs import Run
+    from ensemble.data.runs import Run
 
 
 @dataclass(frozen=True)
@@ -97,8 +97,8 @@ def space_path(family: str, spaces_dir: str | Path | None = None) -> Path:
 
 def load_family_space(family: Family, path: Path) -> Space:
     """Load and validate a family's search space, including a dry build of its fixed values and choices."""
-    from ensemble.baselines_models import check_params
-    from ensemble.preprocess import make_preprocessor, split_params
+    from ensemble.search.baselines.models import check_params
+    from ensemble.search.baselines.preprocess import make_preprocessor, split_params
 
     space = load_space(path, known=space_keys(family))
     base = space.defaults()
@@ -150,7 +150,7 @@ def subsample(y: np.ndarray, n: int, seed: int) -> np.ndarray:
 def _fit_and_predict(parts: Parts, family: Family, params: dict[str, Any], rows: np.ndarray, task: Task) -> dict:
     from threadpoolctl import threadpool_limits
 
-    from ensemble.preprocess import fit_preprocessor, split_params
+    from ensemble.search.baselines.preprocess import fit_preprocessor, split_params
 
     pre_params, model_params = split_params(params)
     x, y = parts.x_train[rows], parts.y_train[rows]
@@ -208,7 +208,7 @@ def objective(trial: optuna.Trial, *, parts: Parts, family: Family, space: Space
         p_val = out["probas"]["val"]
         acc = float((p_val.argmax(1) == parts.y_val).mean())
         loss = float(log_loss(parts.y_val, np.clip(p_val, 1e-7, 1.0), labels=list(range(10))))
-        from ensemble.preprocess import describe
+        from ensemble.search.baselines.preprocess import describe
 
         config = {
             "family": family.name,

@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ensemble import __version__
-from ensemble.artifacts import load_proba, sha256_file
+from ensemble.search.artifacts import load_proba, sha256_file
 from ensemble.errors import ArtifactError, DataError, UsageError
-from ensemble.fold import inference_model, model_cost
+from ensemble.search.cnn.simplify import inference_model, model_cost
 from ensemble.io import fsync_tree, read_json, swap_dir, write_json
-from ensemble.predict import (
+from ensemble.inference.predict import (
     FORMAT,
     INPUT_SPEC,
     MANIFEST,
@@ -33,15 +33,15 @@ from ensemble.predict import (
     progress_bar,
     save_npy,
 )
-from ensemble.tta import CANDIDATES, IDENTITY, MIN_GAIN_SE, parse_views, select_views
-from ensemble.voting import SoftVoter, accuracy, log_loss
+from ensemble.combine.tta import CANDIDATES, IDENTITY, MIN_GAIN_SE, parse_views, select_views
+from ensemble.combine.voting import SoftVoter, accuracy, log_loss
 
 if TYPE_CHECKING:
-    from ensemble.runs import Run
+    from ensemble.data.runs import Run
 
 CNN_STUDY = "cnn"
 BASELINE_PREFIX = "baseline-"
-#: Files of a saved baseline model (ensemble.baselines_models.save_model), copied so predict can run it.
+#: Files of a saved baseline model (ensemble.search.baselines.models.save_model), copied so predict can run it.
 BASELINE_MODEL_FILES = ("model.joblib", "model.ubj", "preprocess.joblib")
 
 
@@ -146,15 +146,15 @@ def _versions() -> dict[str, str]:
 
 
 def refit_member(config: dict[str, Any], x: np.ndarray, y: np.ndarray, epochs: int, seed: int) -> Any:
-    """Retrain a CNN on ``x, y`` with its own config (``ensemble.cnn.fit_model``)."""
+    """Retrain a CNN on ``x, y`` with its own config (``ensemble.search.cnn.model.fit_model``)."""
     import inspect
 
     import keras
 
     try:
-        from ensemble import cnn
+        from ensemble.search.cnn import model as cnn
     except ImportError as exc:
-        raise UsageError(f"--refit needs ensemble.cnn.fit_model (the CNN search): {exc}") from exc
+        raise UsageError(f"--refit needs ensemble.search.cnn.model.fit_model (the CNN search): {exc}") from exc
     known = getattr(cnn, "DEFAULTS", None)
     config = {k: v for k, v in config.items() if known is None or k in known}  # drop e.g. best_epoch
     keras.utils.set_random_seed(seed)
@@ -186,7 +186,7 @@ def write_manifest(folder: Path, manifest: dict[str, Any]) -> dict[str, Any]:
 def build_ensemble(run: Run, **kwargs: Any) -> dict[str, Any]:
     """Build ``runs/NAME/ensemble/`` (see :func:`_build`) holding the run's writer lock; return its manifest."""
     from ensemble.locks import run_lock
-    from ensemble.runs import runs_dir, sweep_debris
+    from ensemble.data.runs import runs_dir, sweep_debris
 
     with run_lock(runs_dir(), run.name):
         sweep_debris(run.root, say=kwargs.get("say", print))
@@ -212,7 +212,7 @@ def _build(
     """Build ``runs/NAME/ensemble/`` and return its manifest."""
     import keras
 
-    from ensemble.storage import open_storage
+    from ensemble.search.storage import open_storage
 
     if weights not in ("equal", "greedy"):
         raise UsageError(f"--weights must be equal or greedy, got '{weights}'")

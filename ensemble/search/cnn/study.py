@@ -17,16 +17,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ensemble import cnn
+from ensemble.search.cnn import model as cnn
 from ensemble.errors import EnsembleError, UsageError
-from ensemble.space import Space, load_space
-from ensemble.storage import fail_stale_trials, mark_owner, open_storage, was_killed
-from ensemble.trial_worker import WorkerError, partial_dir, train_and_save, train_in_subprocess
+from ensemble.search.spaces import Space, load_space
+from ensemble.search.storage import fail_stale_trials, mark_owner, open_storage, was_killed
+from ensemble.search.cnn.trainer import WorkerError, partial_dir, train_and_save, train_in_subprocess
 
 if TYPE_CHECKING:
     import optuna
 
-    from ensemble.runs import Run
+    from ensemble.data.runs import Run
 
 STUDY = "cnn"
 PRUNERS = ("median", "hyperband", "none")
@@ -65,7 +65,7 @@ def make_pruner(name: str, max_epochs: int) -> optuna.pruners.BasePruner:
 
 
 def load_cnn_space(path: str | Path) -> Space:
-    """Read the CNN search space; keys must be config keys of :mod:`ensemble.cnn`."""
+    """Read the CNN search space; keys must be config keys of :mod:`ensemble.search.cnn.model`."""
     space = load_space(path, known=cnn.DEFAULTS)
     cnn.validate_config(space.defaults(), where=str(path))
     return space
@@ -231,7 +231,7 @@ def run_search(
         first = known_good_params(space)
         if first:
             study.enqueue_trial(first)
-            say("First trial: the known-good defaults of ensemble/cnn.py (inside the space), then TPE")
+            say("First trial: the known-good defaults of ensemble/search/cnn/model.py (inside the space), then TPE")
     stale = fail_stale_trials(study, run.root, local_storage=storage_url is None)
     for number in stale:  # killed mid-trial: drop whatever it wrote
         _discard(run.path("models", STUDY, f"trial-{number:04d}"))

@@ -15,7 +15,7 @@ import numpy as np
 from ensemble.errors import ArtifactError
 
 if TYPE_CHECKING:
-    from ensemble.runs import Run
+    from ensemble.data.runs import Run
 
 PARTS = ("val", "holdout", "test")
 

@@ -25,9 +25,9 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from ensemble.errors import ArtifactError, DataError, UsageError
-from ensemble.fold import PRECISIONS, bfloat16_model, inference_model, native_bfloat16
+from ensemble.search.cnn.simplify import PRECISIONS, bfloat16_model, inference_model, native_bfloat16
 from ensemble.io import atomic_write, read_json
-from ensemble.tta import IDENTITY, SIDE, stack_views
+from ensemble.combine.tta import IDENTITY, SIDE, stack_views
 
 MANIFEST = "manifest.json"
 FORMAT = "ensemble-manifest/1"
@@ -81,7 +81,7 @@ def load_keras_model(path: str | Path, name: str = "", *, data: bytes | None = N
     """
     import keras
 
-    import ensemble.augment  # noqa: F401  (registers RandomAffine, the CNNs' augmentation layer)
+    import ensemble.search.cnn.augment  # noqa: F401  (registers RandomAffine, the CNNs' augmentation layer)
 
     tf_log = logging.getLogger("tensorflow")
     if not any(isinstance(f, _OneTracePerModel) for f in tf_log.filters):
@@ -144,7 +144,7 @@ def member_probas(
     ever called from two threads at once (calls on one model from several threads crashed under
     the JAX backend), while two calls can still run at once on a small CPU.
 
-    ``precision`` is float32 (default) or bfloat16 (opt-in, see :func:`ensemble.fold.bfloat16_model`);
+    ``precision`` is float32 (default) or bfloat16 (opt-in, see :func:`ensemble.search.cnn.simplify.bfloat16_model`);
     None reads the ``ENSEMBLE_PREDICT_PRECISION`` environment variable.
     """
     if batch_size < 1:
@@ -416,7 +416,7 @@ def _member(folder: Path, entry: Any, hashed: Mapping[str, str]) -> Member:
         if not isinstance(rel, str) or rel not in hashed:
             raise ArtifactError(f"{folder / str(rel)}: member {m.name}'s file has no sha256 in {MANIFEST}")
     if m.model_dir:
-        from ensemble.baselines_models import family_kind, model_files
+        from ensemble.search.baselines.models import family_kind, model_files
 
         prefix = f"{m.model_dir}/"
         listed = [r[len(prefix) :] for r in hashed if r.startswith(prefix) and "/" not in r[len(prefix) :]]
@@ -462,7 +462,7 @@ def _baseline(ens: Ensemble, m: Member, images: np.ndarray) -> np.ndarray:
             raise ArtifactError(f"{ens.folder / rel}: not a .npy array ({_one_line(exc)})") from exc
     if m.model_files:
         try:
-            from ensemble.baselines_models import full_proba, load_saved
+            from ensemble.search.baselines.models import full_proba, load_saved
         except ImportError as exc:
             raise ArtifactError(f"member {m.name}: cannot load baseline models here ({exc})") from exc
         blobs = {name: read_verified(ens.folder, ens.manifest, rel) for name, rel in m.model_files.items()}

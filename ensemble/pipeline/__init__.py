@@ -1,0 +1,1 @@
+"""ensemble.pipeline.run."""

@@ -1,0 +1,1 @@
+"""ensemble.report.summary."""

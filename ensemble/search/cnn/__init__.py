@@ -1,0 +1,1 @@
+"""ensemble.search.cnn.study.cnn."""

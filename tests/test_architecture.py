@@ -1,0 +1,101 @@
+"""The package's shape: no import cycles, imports that go one way down the pipeline, small modules and functions.
+
+Every ``import`` statement counts, wherever it is (module top, inside a function, under
+``TYPE_CHECKING``): a lazy import is still a dependency.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "ensemble"
+MAX_MODULE_LINES = 400
+MAX_FUNCTION_LINES = 80
+#: The pipeline, bottom to top: a module may import its own layer and the layers below, never above.
+LAYERS = ("base", "data", "search", "combine", "inference", "report", "pipeline", "cli")
+BASE = {"ensemble", "ensemble.errors", "ensemble.io", "ensemble.locks", "ensemble.quiet", "ensemble.durations"}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def imports_of(name: str) -> set[str]:
+    """The ``ensemble`` modules that ``name`` imports (``from ensemble.x import y`` counts ``ensemble.x.y`` if a module)."""
+    tree = ast.parse(MODULES[name].read_text())
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found.update(f"{node.module}.{a.name}" for a in node.names)
+    return {m for m in found if m in MODULES and m != name and not name.startswith(m + ".")}
+
+
+GRAPH = {name: imports_of(name) for name in MODULES}
+
+
+def layer(name: str) -> int:
+    if name in BASE or name == "ensemble.__main__":
+        return 0
+    return LAYERS.index(name.split(".")[1])
+
+
+def test_no_import_cycles() -> None:
+    state: dict[str, int] = {}
+    cycles: list[list[str]] = []
+
+    def visit(node: str, stack: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(GRAPH[node]):
+            if state.get(nxt) == 1:
+                cycles.append([*stack[stack.index(nxt):], nxt])
+            elif nxt not in state:
+                visit(nxt, [*stack, nxt])
+        state[node] = 2
+
+    for name in sorted(GRAPH):
+        if name not in state:
+            visit(name, [name])
+    assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
+
+
+def test_imports_go_one_way_down_the_pipeline() -> None:
+    upward = [
+        f"{a} ({LAYERS[layer(a)]}) imports {b} ({LAYERS[layer(b)]})"
+        for a, targets in GRAPH.items() for b in targets
+        if layer(b) > layer(a) and a not in {"ensemble", "ensemble.__main__"}
+    ]  # fmt: skip
+    assert not upward, "\n".join(upward)
+
+
+def test_every_module_belongs_to_a_layer() -> None:
+    for name in MODULES:
+        assert name in BASE or name == "ensemble.__main__" or name.split(".")[1] in LAYERS, name
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_module_and_function_sizes(name: str) -> None:
+    text = MODULES[name].read_text()
+    assert len(text.splitlines()) <= MAX_MODULE_LINES, f"{name}: {len(text.splitlines())} lines"
+    long = [
+        f"{node.name} ({node.end_lineno - node.lineno + 1} lines)"
+        for node in ast.walk(ast.parse(text))
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+        and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES
+    ]  # fmt: skip
+    assert not long, f"{name}: functions over {MAX_FUNCTION_LINES} lines: {', '.join(long)}"
+
+
+def test_the_checks_see_a_cycle_and_an_upward_import() -> None:
+    """The checks above are not vacuous: the graph they read has real edges both ways round the layers."""
+    assert "ensemble.combine.voting" in GRAPH["ensemble.combine.build"]
+    assert any(layer(b) < layer(a) for a, t in GRAPH.items() for b in t)
