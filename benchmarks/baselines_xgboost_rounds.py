@@ -33,9 +33,9 @@ def main() -> None:
     os.environ.setdefault("ENSEMBLE_RUNS", tempfile.mkdtemp(prefix="bench-runs-"))
     import xgboost as xgb
 
-    from ensemble.search.baselines.study import subsample
-    from ensemble.search.baselines.preprocess import fit_preprocessor
     from ensemble.data.runs import open_run
+    from ensemble.search.baselines.preprocess import fit_preprocessor
+    from ensemble.search.baselines.study import subsample
 
     run = open_run("bench-xgboost", data=args.data, say=lambda _m: None)
     (xt, yt), (xv, yv) = run.part("train"), run.part("val")

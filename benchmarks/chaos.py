@@ -64,8 +64,8 @@ FIXED_WINDOWS = {"cnn": 3.0, "baselines": 2.0, "build": 2.0, "report": 1.0, "ref
 
 def write_slice(src: Path | None, rows: int, test_rows: int, out: Path) -> Path:
     """The first ``rows`` labeled and ``test_rows`` test digits of ``src`` (or the demo digits) as Kaggle CSVs."""
-    from ensemble.data.load import PIXEL_COLUMNS, TRAIN_COLUMNS, load_dataset
     from ensemble.data.demo import ensure_demo
+    from ensemble.data.load import PIXEL_COLUMNS, TRAIN_COLUMNS, load_dataset
 
     ds = load_dataset(src if src is not None else ensure_demo())
     out.mkdir(parents=True, exist_ok=True)
@@ -168,8 +168,8 @@ def _debris(root: Path) -> list[str]:
 def _trial_loads(trial: object, study: str, sizes: dict[str, int]) -> str | None:
     import numpy as np
 
+    from ensemble.combine.members import load_keras_model
     from ensemble.search.baselines.models import load_model
-    from ensemble.inference.predict import load_keras_model
 
     folder = Path(trial.user_attrs.get("artifact_dir", ""))  # type: ignore[attr-defined]
     try:
@@ -191,10 +191,10 @@ def check_invariants(root: Path, cnn_trials: int) -> dict[str, str]:
     import optuna
     from optuna.storages.journal import JournalFileBackend
 
-    from ensemble.inference.predict import load_ensemble
-    from ensemble.search.cnn.study import finished_trials
     from ensemble.data.split import load_split
+    from ensemble.inference.predict import load_ensemble
     from ensemble.report.submission import check_submission
+    from ensemble.search.cnn.study import finished_trials
 
     out: dict[str, str] = {}
     split = load_split(root / "split.json")

@@ -16,7 +16,7 @@ among the changed labels is printed with it.
     python benchmarks/predict_throughput.py                      # small member: 16-32 filters, dense 64
     python benchmarks/predict_throughput.py --filters 32,64 --dense 128
     python benchmarks/predict_throughput.py --sweep --images 4000 # several sizes, extrapolated to 28,000
-    python benchmarks/predict_throughput.py --cnn filters=16,conv_blocks=2,dense_units=64   # ensemble.search.cnn.model model
+    python benchmarks/predict_throughput.py --cnn filters=16,conv_blocks=2,dense_units=64  # ensemble.search.cnn.model
 
 Timings on a shared CPU are noisy: run it twice and compare with the machine's load average.
 """
@@ -35,9 +35,10 @@ from pathlib import Path
 import numpy as np
 
 from ensemble.combine.build import write_manifest
-from ensemble.search.cnn.simplify import model_cost
-from ensemble.inference.predict import FORMAT, INPUT_SPEC, load_ensemble, predict_proba
+from ensemble.combine.manifest import FORMAT, INPUT_SPEC
 from ensemble.combine.tta import CANDIDATES, stack_views
+from ensemble.inference.predict import load_ensemble, predict_proba
+from ensemble.search.cnn.simplify import model_cost
 
 VIEWS8 = list(CANDIDATES[:8])  # identity, 4 one-pixel shifts, rot +-8, zoom 1.1
 SWEEP = [("8,16", 32), ("16,32", 64), ("32,64", 128), ("32,64,128", 128)]
@@ -254,9 +255,7 @@ def main() -> int:
     ap.add_argument("--sweep", action="store_true", help=f"try member sizes {SWEEP}")
     ap.add_argument("--no-reference", action="store_true", help="skip timing the previous path (the ratio's reference)")
     ap.add_argument("--bf16", action="store_true", help="also time the opt-in bfloat16 path and count changed labels")
-    ap.add_argument(
-        "--cnn", action="append", metavar="K=V,...", help="member = ensemble.search.cnn.model.build_model(config) (repeatable)"
-    )
+    ap.add_argument("--cnn", action="append", metavar="K=V,...", help="member = cnn build_model(config) (repeatable)")
     args = ap.parse_args()
     views = list(CANDIDATES[: args.views])
     print(

@@ -52,8 +52,8 @@ OURS = {
 
 
 def load_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    from ensemble.data.load import load_dataset
     from ensemble.data.demo import ensure_demo
+    from ensemble.data.load import load_dataset
     from ensemble.data.split import stratified_split
 
     ds = load_dataset(REAL if REAL.exists() else ensure_demo())
@@ -244,7 +244,7 @@ def options_all(args: argparse.Namespace) -> None:
     lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
     model = next((ln.split(":", 1)[1].strip() for ln in lscpu.splitlines() if ln.startswith("Model name")), "?")
     print(f"CPU {model}, {os.cpu_count()} cores; flags: {', '.join(has) or 'no AVX-512'}")
-    print(f"ours (ensemble.search.cnn.model quick config), {args.n} images/epoch, median of epochs 2-3; ratio vs the first row")
+    print(f"ours (quick CNN config), {args.n} images/epoch, median of epochs 2-3; ratio vs the first row")
     base = None
     for opt in OPTIONS:
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}

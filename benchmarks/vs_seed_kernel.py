@@ -305,9 +305,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     """Open the run, get both models' holdout probabilities, compare, save; returns the result."""
+    from ensemble.data.runs import open_run, run_root
     from ensemble.errors import UsageError
     from ensemble.io import write_json
-    from ensemble.data.runs import open_run, run_root
 
     if not (run_root(args.run) / "run.json").is_file():  # open_run would create it
         raise UsageError(f"no run '{args.run}' in {run_root(args.run).parent}")

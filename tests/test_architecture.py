@@ -28,7 +28,7 @@ MODULES = {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
 
 
 def imports_of(name: str) -> set[str]:
-    """The ``ensemble`` modules that ``name`` imports (``from ensemble.x import y`` counts ``ensemble.x.y`` if a module)."""
+    """The ``ensemble`` modules ``name`` imports (``from ensemble.x import y``: also ``ensemble.x.y`` if a module)."""
     tree = ast.parse(MODULES[name].read_text())
     found: set[str] = set()
     for node in ast.walk(tree):
@@ -57,7 +57,7 @@ def test_no_import_cycles() -> None:
         state[node] = 1
         for nxt in sorted(GRAPH[node]):
             if state.get(nxt) == 1:
-                cycles.append([*stack[stack.index(nxt):], nxt])
+                cycles.append([*stack[stack.index(nxt) :], nxt])
             elif nxt not in state:
                 visit(nxt, [*stack, nxt])
         state[node] = 2

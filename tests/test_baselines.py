@@ -8,13 +8,13 @@ import optuna
 import pytest
 from conftest import write_dataset
 
-from ensemble.search.artifacts import load_proba
-from ensemble.search.baselines.study import first_params, load_family_space, parse_models, space_path, subsample
-from ensemble.search.baselines.models import FAMILIES, load_model
 from ensemble.cli import main
+from ensemble.data.runs import open_run
 from ensemble.durations import parse_duration
 from ensemble.errors import UsageError
-from ensemble.data.runs import open_run
+from ensemble.search.artifacts import load_proba
+from ensemble.search.baselines.models import FAMILIES, load_model
+from ensemble.search.baselines.study import first_params, load_family_space, parse_models, space_path, subsample
 from ensemble.search.spaces import load_space
 from ensemble.search.storage import open_storage
 

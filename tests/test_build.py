@@ -8,9 +8,9 @@ import pytest
 from conftest import write_dataset
 
 from ensemble.cli import main
+from ensemble.data.runs import open_run
 from ensemble.errors import DataError, UsageError
 from ensemble.inference.predict import load_ensemble, predict_proba
-from ensemble.data.runs import open_run
 
 keras = pytest.importorskip("keras")
 
@@ -34,10 +34,10 @@ def make_trials(run, n: int = 3, study: str = "cnn", **attrs) -> list[Path]:
     """Fake completed CNN trials: model.keras, config.json, proba_*.npy and user_attrs in the run's journal."""
     import optuna
 
-    from ensemble.search.artifacts import save_probas, trial_dir
-    from ensemble.io import write_json
-    from ensemble.search.storage import open_storage
     from ensemble.combine.voting import accuracy, log_loss
+    from ensemble.io import write_json
+    from ensemble.search.artifacts import save_probas, trial_dir
+    from ensemble.search.storage import open_storage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     st = optuna.create_study(study_name=study, storage=open_storage(run), direction="maximize", load_if_exists=True)
@@ -192,11 +192,11 @@ def test_greedy_can_pull_in_a_baseline(run, tmp_path: Path) -> None:
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import FunctionTransformer
 
-    from ensemble.search.artifacts import save_probas, trial_dir
     from ensemble.combine.build import build_ensemble
-    from ensemble.inference.predict import load_ensemble, predict_proba
-    from ensemble.search.storage import open_storage
     from ensemble.combine.voting import accuracy, log_loss
+    from ensemble.inference.predict import load_ensemble, predict_proba
+    from ensemble.search.artifacts import save_probas, trial_dir
+    from ensemble.search.storage import open_storage
 
     x_tr, y_tr = run.part("train")
     pipe = make_pipeline(FunctionTransformer(_flatten), LogisticRegression(max_iter=300)).fit(x_tr, y_tr)

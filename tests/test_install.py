@@ -14,10 +14,10 @@ import pytest
 from conftest import REPO, write_dataset
 from setuptools import find_packages
 
-from ensemble.search.baselines.study import space_path
-from ensemble.search.baselines.models import FAMILIES
 from ensemble.errors import SpaceError
-from ensemble.pipeline.run import PRESETS
+from ensemble.pipeline.presets import PRESETS
+from ensemble.search.baselines.models import FAMILIES
+from ensemble.search.baselines.study import space_path
 from ensemble.search.cnn.study import load_cnn_space
 from ensemble.search.spaces import shipped_spaces, space_file, spaces_dir
 

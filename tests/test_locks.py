@@ -16,7 +16,7 @@ import pytest
 from ensemble.cli import main
 from ensemble.errors import UsageError
 from ensemble.locks import live_tokens, run_lock, token_alive, worker_token
-from ensemble.pipeline.run import Stages
+from ensemble.pipeline.state import Stages
 
 HOLD = """
 import sys, time

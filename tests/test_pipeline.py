@@ -13,7 +13,8 @@ from conftest import write_dataset
 
 from ensemble.cli import main
 from ensemble.errors import UsageError
-from ensemble.pipeline.run import PRESETS, Budget, parse_overrides, settings_for
+from ensemble.pipeline.presets import PRESETS, parse_overrides, settings_for
+from ensemble.pipeline.state import Budget
 from ensemble.report.submission import check_submission
 
 pytest.importorskip("keras")

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from ensemble.cli import main
+from ensemble.combine.members import as_images, member_probas
 from ensemble.errors import ArtifactError, DataError, UsageError
+from ensemble.inference.predict import load_ensemble, predict_proba
 from ensemble.search.cnn.simplify import model_cost
-from ensemble.inference.predict import as_images, load_ensemble, member_probas, predict_proba
 
 keras = pytest.importorskip("keras")
 
@@ -30,7 +31,7 @@ def tiny(seed: int):
 
 def make_ensemble(folder: Path, n: int = 2, views: list[str] | None = None, weights: list[float] | None = None) -> Path:
     from ensemble.combine.build import write_manifest
-    from ensemble.inference.predict import FORMAT
+    from ensemble.combine.manifest import FORMAT
 
     (folder / "members").mkdir(parents=True)
     members = []
@@ -124,7 +125,7 @@ def test_wrong_input_shape_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_baseline_member_needs_the_runs_test_set(tmp_path: Path) -> None:
     from ensemble.combine.build import write_manifest
-    from ensemble.inference.predict import images_fingerprint
+    from ensemble.combine.manifest import images_fingerprint
 
     folder = make_ensemble(tmp_path / "e", n=1)
     x = images(6)
@@ -217,7 +218,7 @@ def test_inference_model_folds_batchnorm_and_keeps_outputs() -> None:
 def test_first_trace_warning_of_each_member_is_dropped_other_tensorflow_warnings_pass() -> None:
     import logging
 
-    from ensemble.inference.predict import _OneTracePerModel
+    from ensemble.combine.members import _OneTracePerModel
 
     f = _OneTracePerModel()
 
@@ -318,7 +319,7 @@ def test_unlisted_file_in_a_member_folder_is_never_loaded(with_baselines, tmp_pa
     assert ens.members[1].model_files == {n: f"members/b/{n}" for n in loads}
     np.testing.assert_allclose(predict_proba(ens, x), before, atol=1e-6)  # the baseline's own model predicted
     assert not marker.exists()
-    from ensemble.inference.predict import read_verified
+    from ensemble.combine.manifest import read_verified
 
     with pytest.raises(ArtifactError, match=rf"b/{planted}: not listed with a sha256 in manifest\.json"):
         read_verified(folder, ens.manifest, f"members/b/{planted}")
@@ -402,7 +403,7 @@ def test_keras_member_loads_from_the_checked_bytes_in_a_private_copy(tmp_path, m
     import stat
     import tempfile
 
-    from ensemble.inference.predict import _private_copy, load_keras_model
+    from ensemble.combine.members import _private_copy, load_keras_model
 
     folder = make_ensemble(tmp_path / "e", n=1)
     raw = (folder / "members" / "m0.keras").read_bytes()
@@ -495,7 +496,7 @@ def test_no_model_is_called_from_two_threads() -> None:
 
 
 def test_bfloat16_is_opt_in_and_changes_only_near_ties(monkeypatch) -> None:
-    from ensemble.inference.predict import PRECISION_ENV, resolve_precision
+    from ensemble.combine.members import PRECISION_ENV, resolve_precision
 
     monkeypatch.delenv(PRECISION_ENV, raising=False)
     assert resolve_precision() == "float32"

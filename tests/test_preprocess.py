@@ -4,7 +4,14 @@ import numpy as np
 import pytest
 from conftest import synthetic_digits
 
-from ensemble.search.baselines.preprocess import PixelScaler, describe, deskew, fit_preprocessor, make_preprocessor, split_params
+from ensemble.search.baselines.preprocess import (
+    PixelScaler,
+    describe,
+    deskew,
+    fit_preprocessor,
+    make_preprocessor,
+    split_params,
+)
 
 
 def test_pixel_scaler_flattens_and_scales():

@@ -9,10 +9,10 @@ import pytest
 from conftest import TINY_CNN_SPACE, write_dataset
 
 from ensemble.combine.build import build_ensemble
+from ensemble.data.runs import open_run
 from ensemble.inference.predict import load_ensemble, predict_proba
 from ensemble.inference.refit import current_refit, refit_full
-from ensemble.report.summary import make_report
-from ensemble.data.runs import open_run
+from ensemble.report.make import make_report
 from ensemble.search.cnn.study import SearchSettings, load_cnn_space, run_search
 
 pytest.importorskip("keras")

@@ -8,9 +8,9 @@ import pytest
 from conftest import write_dataset
 
 from ensemble.cli import main
-from ensemble.report.summary import Entry, expected_calibration_error, mcnemar, mcnemar_words, rank, wilson_interval
 from ensemble.data.runs import open_run
 from ensemble.report.submission import check_submission
+from ensemble.report.summary import Entry, expected_calibration_error, mcnemar, mcnemar_words, rank, wilson_interval
 
 
 def test_wilson_interval_is_inside_0_1_and_contains_the_rate() -> None:
@@ -93,8 +93,8 @@ def run(tmp_path: Path, runs_env: Path):
 
 def add_ensemble(run, members: list[int]) -> None:
     """A built-ensemble folder as ``ensemble build`` leaves it (without the Keras members)."""
-    from ensemble.search.artifacts import load_proba
     from ensemble.io import write_json
+    from ensemble.search.artifacts import load_proba
 
     folder = run.path("ensemble")
     (folder / "members").mkdir(parents=True)
@@ -167,8 +167,8 @@ def _probas(n: int, seed: int) -> np.ndarray:
 
 
 def test_final_submission_is_checked_before_it_replaces_the_old_one(run, monkeypatch: pytest.MonkeyPatch) -> None:
-    from ensemble.report import submission
     from ensemble.errors import DataError
+    from ensemble.report import submission
     from ensemble.report.summary import write_final_submission
 
     n = len(run.x_test)

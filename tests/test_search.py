@@ -8,10 +8,10 @@ import pytest
 from conftest import TINY_CNN_SPACE as TINY
 from conftest import write_dataset
 
-from ensemble.search.cnn import model as cnn
 from ensemble.cli import main
-from ensemble.errors import SpaceError
 from ensemble.data.runs import open_run
+from ensemble.errors import SpaceError
+from ensemble.search.cnn import model as cnn
 from ensemble.search.cnn.study import SearchSettings, finished_trials, load_cnn_space, run_search
 from ensemble.search.storage import open_storage
 

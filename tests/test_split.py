@@ -3,8 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ensemble.errors import DataError
 from ensemble.data.split import load_split, save_split, stratified_split
+from ensemble.errors import DataError
 
 
 def _labels() -> np.ndarray:

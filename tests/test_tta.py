@@ -3,8 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ensemble.errors import UsageError
 from ensemble.combine.tta import CANDIDATES, IDENTITY, apply_view, parse_views, select_views, stack_views
+from ensemble.errors import UsageError
 
 
 def _img() -> np.ndarray:

@@ -11,9 +11,9 @@ import pytest
 from conftest import write_dataset
 
 from ensemble.cli import main as cli
+from ensemble.data.runs import open_run
 from ensemble.io import write_json
 from ensemble.report.summary import mcnemar
-from ensemble.data.runs import open_run
 
 pytest.importorskip("keras")
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "vs_seed_kernel.py"

@@ -9,10 +9,10 @@ import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ensemble.search.baselines.models import FAMILIES
 from ensemble.cli.data import add_run_args
 from ensemble.durations import parse_duration
 from ensemble.errors import UsageError
+from ensemble.search.baselines.models import FAMILIES
 
 if TYPE_CHECKING:
     from ensemble.search.baselines.study import Task, TaskResult
@@ -75,8 +75,8 @@ def _check_args(args: argparse.Namespace) -> tuple[int, float | None]:
 
 
 def cmd_baselines(args: argparse.Namespace) -> int:
-    from ensemble.search.baselines import study as bl
     from ensemble.data.runs import open_run
+    from ensemble.search.baselines import study as bl
     from ensemble.search.storage import dashboard_command
 
     jobs, timeout = _check_args(args)

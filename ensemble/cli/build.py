@@ -57,8 +57,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_build(args: argparse.Namespace) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow start-up chatter
-    from ensemble.locks import run_lock
     from ensemble.data.runs import check_name, runs_dir
+    from ensemble.locks import run_lock
 
     with run_lock(runs_dir(), check_name(args.run)):  # refused at once while another writer has the run
         return _build(args)

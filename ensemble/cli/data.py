@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from ensemble.data.load import load_dataset, summarize
 from ensemble.data.demo import write_demo
+from ensemble.data.load import load_dataset, summarize
 from ensemble.data.runs import open_run
 
 

@@ -66,7 +66,10 @@ def run_predict(
     say: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """The ``ensemble predict`` pipeline: verify, load, predict, write the submission atomically."""
-    from ensemble.inference.predict import IDENTITY, N_CLASSES, load_ensemble, predict_proba, save_npy
+    from ensemble.combine.manifest import N_CLASSES
+    from ensemble.combine.members import save_npy
+    from ensemble.combine.tta import IDENTITY
+    from ensemble.inference.predict import load_ensemble, predict_proba
     from ensemble.report.submission import write_submission
 
     t0 = time.perf_counter()

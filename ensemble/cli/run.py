@@ -9,7 +9,7 @@ from ensemble.durations import parse_duration
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ensemble.pipeline.run import PRESETS, describe_presets
+    from ensemble.pipeline.presets import PRESETS, describe_presets
 
     p = sub.add_parser(
         "run",
@@ -48,7 +48,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from ensemble.cli.search import set_backend
-    from ensemble.pipeline.run import parse_overrides, run_pipeline
+    from ensemble.pipeline.presets import parse_overrides
+    from ensemble.pipeline.run import run_pipeline
 
     set_backend(None)
     t0 = time.time()

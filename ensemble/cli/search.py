@@ -50,8 +50,8 @@ def set_backend(name: str | None) -> None:
 
 def cmd_search(args: argparse.Namespace) -> int:
     set_backend(args.backend)
-    from ensemble.errors import UsageError
     from ensemble.data.runs import open_run
+    from ensemble.errors import UsageError
     from ensemble.search.cnn.study import SearchSettings, load_cnn_space, run_search
     from ensemble.search.spaces import space_file
     from ensemble.search.storage import dashboard_command, optuna_cli_args

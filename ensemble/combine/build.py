@@ -19,22 +19,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ensemble import __version__
-from ensemble.search.artifacts import load_proba, sha256_file
-from ensemble.errors import ArtifactError, DataError, UsageError
-from ensemble.search.cnn.simplify import inference_model, model_cost
-from ensemble.io import fsync_tree, read_json, swap_dir, write_json
-from ensemble.inference.predict import (
-    FORMAT,
-    INPUT_SPEC,
-    MANIFEST,
-    images_fingerprint,
-    load_keras_model,
-    member_probas,
-    progress_bar,
-    save_npy,
-)
+from ensemble.combine.manifest import FORMAT, INPUT_SPEC, MANIFEST, images_fingerprint
+from ensemble.combine.members import load_keras_model, member_probas, progress_bar, save_npy
 from ensemble.combine.tta import CANDIDATES, IDENTITY, MIN_GAIN_SE, parse_views, select_views
 from ensemble.combine.voting import SoftVoter, accuracy, log_loss
+from ensemble.errors import ArtifactError, DataError, UsageError
+from ensemble.io import fsync_tree, read_json, swap_dir, write_json
+from ensemble.search.artifacts import load_proba, sha256_file
+from ensemble.search.cnn.simplify import inference_model, model_cost
 
 if TYPE_CHECKING:
     from ensemble.data.runs import Run
@@ -185,8 +177,8 @@ def write_manifest(folder: Path, manifest: dict[str, Any]) -> dict[str, Any]:
 
 def build_ensemble(run: Run, **kwargs: Any) -> dict[str, Any]:
     """Build ``runs/NAME/ensemble/`` (see :func:`_build`) holding the run's writer lock; return its manifest."""
-    from ensemble.locks import run_lock
     from ensemble.data.runs import runs_dir, sweep_debris
+    from ensemble.locks import run_lock
 
     with run_lock(runs_dir(), run.name):
         sweep_debris(run.root, say=kwargs.get("say", print))

@@ -20,9 +20,9 @@ from functools import lru_cache
 
 import numpy as np
 
-from ensemble.errors import UsageError
-from ensemble.data.sampling import bilinear_taps
 from ensemble.combine.voting import row_log_loss
+from ensemble.data.sampling import bilinear_taps
+from ensemble.errors import UsageError
 
 SIDE = 28
 IDENTITY = "identity"

@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ensemble.search.artifacts import sha256_file
 from ensemble.errors import ArtifactError
 from ensemble.io import fsync_tree, read_json, swap_dir
+from ensemble.search.artifacts import sha256_file
 
 if TYPE_CHECKING:
     from ensemble.data.runs import Run
@@ -135,8 +135,8 @@ def _refit_members(
     run: Run, src: RefitSource, cnns: list, x: np.ndarray, y: np.ndarray, tmp: Path, deadline: float | None,
     seed: int, storage_url: str | None, say: Callable[[str], None],
 ) -> tuple[list[Any], dict[str, dict[str, Any]]]:  # fmt: skip
+    from ensemble.combine.members import load_keras_model
     from ensemble.search.cnn import model as cnn
-    from ensemble.inference.predict import load_keras_model
 
     models, record = [], {}
     for entry in cnns:
@@ -178,8 +178,8 @@ def _speed(run: Run, entry: dict[str, Any], storage_url: str | None) -> float:
 
 
 def _test_proba(run: Run, src: RefitSource, cnns: list, models: list, tmp: Path, batch_size: int) -> np.ndarray:
+    from ensemble.combine.members import member_probas
     from ensemble.search.cnn.simplify import inference_model
-    from ensemble.inference.predict import member_probas
 
     fast = [inference_model(m) for m in models]
     p = member_probas(fast, run.x_test, src.views, batch_size=batch_size).mean(axis=1)  # (M, N, 10)
@@ -198,7 +198,8 @@ def _manifest(
     import keras
 
     from ensemble.combine.build import write_manifest
-    from ensemble.inference.predict import FORMAT, INPUT_SPEC, images_fingerprint, save_npy
+    from ensemble.combine.manifest import FORMAT, INPUT_SPEC, images_fingerprint
+    from ensemble.combine.members import save_npy
 
     save_npy(tmp / "proba_test.npy", proba_test)
     m = {k: v for k, v in src.manifest.items() if k not in ("trial_folder", "artifacts", "metrics")}

@@ -19,8 +19,8 @@ from ensemble.errors import UsageError
 if TYPE_CHECKING:
     import optuna
 
-    from ensemble.pipeline.run import Budget, Log, Stages
     from ensemble.data.runs import Run
+    from ensemble.pipeline.state import Budget, Log, Stages
 
 FALLBACK_STUDY = "baseline-fallback"
 POST_SEARCH_S = 150.0  # what build + report take at most (42k digits, quick preset: 15-60 s measured)
@@ -299,8 +299,9 @@ def report_stage(
 
     ``again``: rewrite them even if the stage is done (after the final refit).
     """
-    from ensemble.cli.report import print_report, run_report
     from ensemble.io import read_json
+    from ensemble.report.console import print_report
+    from ensemble.report.make import run_report
 
     summary = run.path("report", "summary.json")
     if not again and stages.done("report") and summary.is_file() and run.path("submission.csv").is_file():
@@ -358,8 +359,8 @@ def fallback_model(run: Run, storage_url: str | None, log: Any, rows: int = 5000
     from sklearn.neighbors import KNeighborsClassifier
 
     from ensemble.search.artifacts import save_probas, trial_dir
-    from ensemble.search.baselines.study import subsample
     from ensemble.search.baselines.models import full_proba
+    from ensemble.search.baselines.study import subsample
     from ensemble.search.storage import open_storage
 
     (x, y), (xv, yv) = run.part("train"), run.part("val")

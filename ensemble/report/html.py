@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ensemble.report import plots
 from ensemble.io import atomic_write
+from ensemble.report import plots
 
 if TYPE_CHECKING:
     from ensemble.data.runs import Run

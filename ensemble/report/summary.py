@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ensemble.search.artifacts import load_proba
-from ensemble.errors import UsageError
-from ensemble.io import read_json, write_json
 from ensemble.combine.voting import log_loss
+from ensemble.errors import UsageError
+from ensemble.io import read_json
+from ensemble.search.artifacts import load_proba
 
 if TYPE_CHECKING:
     from ensemble.data.runs import Run
@@ -357,37 +357,3 @@ def refit_entry(run: Run, final: Entry) -> Entry | None:
     folder = run.path(FOLDER)
     return Entry(name=f"{final.name} refit on all labels", kind="refit", family=final.family,
                  holdout=final.holdout, test=_loader(folder, "test"), note=note)  # fmt: skip
-
-
-def make_report(
-    run: Run,
-    *,
-    storage_url: str | None = None,
-    top_cnn: int = 5,
-    gallery: int = 40,
-    say: Callable[[str], None] = print,
-) -> dict[str, Any]:
-    """Compare every model on the holdout, write runs/NAME/report/ and runs/NAME/submission.csv."""
-    from ensemble.report.html import write_outputs
-
-    result = collect(run, storage_url=storage_url, top_cnn=top_cnn)
-    final = result["entries"][0]
-    result["final"] = final
-    result["mcnemar"] = significance(result)
-    result["refit"] = refit_entry(run, final)
-    sub, labels = write_final_submission(run, result["refit"] or final)
-    result["submission"] = sub
-    result["submission_counts"] = np.bincount(labels, minlength=10).tolist()
-    result["files"] = write_outputs(run, result, storage_url=storage_url, gallery=gallery)
-    summary = {
-        "final_model": final.name,
-        "holdout_accuracy": final.metrics["holdout_accuracy"],
-        "submission": str(sub),
-        "leaderboard": leaderboard_rows(result["entries"]),
-        "mcnemar": {k: v for k, v in (result["mcnemar"] or {}).items()},
-        "tta_and_ensembling": result["gains"],
-        "refit_full": result["refit"].note if result["refit"] else None,
-    }
-    write_json(run.path("report", "summary.json"), summary)
-    result["files"].append(run.path("report", "summary.json"))
-    return result

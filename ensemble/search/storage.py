@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -127,3 +129,48 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def delete_run(name: str, *, storage_url: str | None = None, say: Callable[[str], None] = print) -> None:
+    """``--restart``: delete ``runs/NAME`` (a real run folder only) and, with a remote storage, the run's studies.
+
+    The caller holds the run's writer lock. Refuses (UsageError) when the folder is not a run folder,
+    is a symbolic link, or a live process on this host is still adding trials to it.
+    """
+    from ensemble.data.runs import run_root, runs_dir
+    from ensemble.locks import live_tokens, own_token
+
+    root = run_root(name)
+    if root.is_symlink() or (root.exists() and not root.is_dir()):
+        raise UsageError(f"{root} is not a run folder (a link or a file); remove it yourself if you mean to")
+    if root.is_dir():
+        if root.resolve().parent != runs_dir().resolve() or not (root / "run.json").is_file():
+            raise UsageError(f"{root} is not a run folder (no run.json); remove it yourself if you mean to")
+        mine = own_token(root)
+        busy = [t for t in live_tokens(root) if t != mine]
+        if busy:
+            pids = ", ".join(t.rsplit("-", 2)[-2] for t in busy)
+            raise UsageError(f"run {name} has live worker process(es) (pid {pids}); stop them before --restart")
+    if storage_url:
+        _delete_remote_studies(storage_url, say)
+    if root.is_dir():
+        say(f"--restart: deleting {root} and starting over")
+        shutil.rmtree(root)
+
+
+def run_study_names(all_names: list[str]) -> list[str]:
+    """The studies a run keeps in its storage: ``cnn`` and ``baseline-*``."""
+    return sorted(n for n in all_names if n == "cnn" or n.startswith("baseline-"))
+
+
+def _delete_remote_studies(storage_url: str, say: Callable[[str], None]) -> None:
+    import optuna
+
+    try:
+        storage = optuna.storages.get_storage(storage_url)
+        names = run_study_names(optuna.get_all_study_names(storage=storage))
+    except Exception as exc:  # optuna raises many kinds for a bad URL
+        raise UsageError(f"cannot open Optuna storage '{redact(storage_url)}': {exc}") from exc
+    for study in names:
+        say(f"--restart: deleting study '{study}' from {redact(storage_url)}")
+        optuna.delete_study(study_name=study, storage=storage)

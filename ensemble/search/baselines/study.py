@@ -22,10 +22,18 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ensemble.search.artifacts import save_probas, trial_dir
-from ensemble.search.baselines.models import FAMILIES, Family, FitContext, full_proba, save_model, space_keys, xgboost_device
 from ensemble.errors import SpaceError, UsageError
 from ensemble.locks import worker_token
+from ensemble.search.artifacts import save_probas, trial_dir
+from ensemble.search.baselines.models import (
+    FAMILIES,
+    Family,
+    FitContext,
+    full_proba,
+    save_model,
+    space_keys,
+    xgboost_device,
+)
 from ensemble.search.spaces import Space, load_space
 from ensemble.search.spaces import spaces_dir as shipped_spaces_dir
 from ensemble.search.storage import fail_stale_trials, mark_owner, open_storage

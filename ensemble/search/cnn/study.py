@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ensemble.search.cnn import model as cnn
 from ensemble.errors import EnsembleError, UsageError
+from ensemble.search.cnn import model as cnn
+from ensemble.search.cnn.trainer import WorkerError, partial_dir, train_and_save, train_in_subprocess
 from ensemble.search.spaces import Space, load_space
 from ensemble.search.storage import fail_stale_trials, mark_owner, open_storage, was_killed
-from ensemble.search.cnn.trainer import WorkerError, partial_dir, train_and_save, train_in_subprocess
 
 if TYPE_CHECKING:
     import optuna

@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from ensemble.search.cnn import model as cnn
-from ensemble.search.artifacts import save_probas
 from ensemble.io import write_json
+from ensemble.search.artifacts import save_probas
+from ensemble.search.cnn import model as cnn
 
 OnEpoch = Callable[[int, dict[str, float]], None]
 ARRAYS = ("x_train", "y_train", "x_val", "y_val", "x_holdout", "x_test")

@@ -1,0 +1,264 @@
+"""Ensemble members' models: loading a ``.keras`` file safely, and their class probabilities under TTA views.
+
+Shared by the build (validation probabilities of candidate views), the refit and ``ensemble predict``.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ensemble.combine.manifest import N_CLASSES
+from ensemble.combine.tta import SIDE, stack_views
+from ensemble.errors import ArtifactError, DataError, UsageError
+from ensemble.io import atomic_write
+from ensemble.search.cnn.simplify import PRECISIONS, bfloat16_model, native_bfloat16
+
+Advance = Callable[[int], None]
+log = logging.getLogger(__name__)
+
+
+def as_images(x: np.ndarray, what: str = "images") -> np.ndarray:
+    """(N, 28, 28) uint8 images from (N, 28, 28), (N, 28, 28, 1) or (N, 784), else a clear DataError."""
+    a = np.asarray(x)
+    if a.ndim == 2 and a.shape[1] == SIDE * SIDE:
+        a = a.reshape(-1, SIDE, SIDE)
+    elif a.ndim == 4 and a.shape[1:] == (SIDE, SIDE, 1):
+        a = a[..., 0]
+    if a.ndim != 3 or a.shape[1:] != (SIDE, SIDE) or len(a) == 0:
+        raise DataError(f"{what}: expected shape (N, 28, 28) or (N, 784) with N > 0, got {a.shape}")
+    if a.dtype != np.uint8:
+        if np.any((a < 0) | (a > 255)) or not np.all(np.isfinite(a)):
+            raise DataError(f"{what}: pixel values must be raw 0-255")
+        a = a.astype(np.uint8)
+    return a
+
+
+class _OneTracePerModel(logging.Filter):
+    """Drops TensorFlow's "N out of the last M calls ... triggered tf.function retracing" warning.
+
+    Every member has its own predict function, traced once for the one batch shape used (the last
+    batch is padded); with five or more members TensorFlow counts those first traces together and
+    warns, although nothing is retraced. Other TensorFlow warnings pass.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "triggered tf.function retracing" not in record.getMessage()
+
+
+def load_keras_model(path: str | Path, name: str = "", *, data: bytes | None = None) -> Any:
+    """Load a ``.keras`` member under the current backend (safe mode) and check its input and output shapes.
+
+    With ``data`` (bytes already checked against the manifest) the model is built from those bytes,
+    through a private temporary copy since ``keras.saving.load_model`` takes only paths; ``path``
+    then only names the member in errors. Without it, ``path`` is loaded (a trial's own model).
+    """
+    import keras
+
+    import ensemble.search.cnn.augment  # noqa: F401  (registers RandomAffine, the CNNs' augmentation layer)
+
+    tf_log = logging.getLogger("tensorflow")
+    if not any(isinstance(f, _OneTracePerModel) for f in tf_log.filters):
+        tf_log.addFilter(_OneTracePerModel())
+
+    label = name or str(path)
+    try:
+        if data is None:
+            model = keras.saving.load_model(str(path), compile=False, safe_mode=True)
+        else:
+            with _private_copy(data, ".keras") as copy:
+                model = keras.saving.load_model(str(copy), compile=False, safe_mode=True)
+    except Exception as exc:  # keras raises ValueError, OSError, zipfile errors...
+        raise ArtifactError(f"{path}: cannot load Keras model for member {label}: {one_line(exc)}") from exc
+    shape = tuple(model.input_shape) if not isinstance(model.input_shape, list) else None
+    if shape is None or shape[1:] not in ((SIDE, SIDE, 1), (None, None, 1)):
+        raise ArtifactError(f"{path}: member {label} expects input {model.input_shape}, not (N, 28, 28, 1)")
+    if tuple(model.output_shape)[1:] != (N_CLASSES,):
+        raise ArtifactError(f"{path}: member {label} outputs {model.output_shape}, not (N, 10) probabilities")
+    return model
+
+
+@contextmanager
+def _private_copy(data: bytes, suffix: str) -> Iterator[Path]:
+    """``data`` in a file only this user can read (0600, in a fresh 0700 folder), removed afterwards."""
+    folder = Path(tempfile.mkdtemp(prefix="ensemble-load-"))
+    try:
+        path = folder / f"artifact{suffix}"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        yield path
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception as one short line (library messages can span many)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def member_probas(
+    models: Sequence[Any],
+    images: np.ndarray,
+    views: Sequence[str],
+    *,
+    batch_size: int = 128,
+    advance: Advance | None = None,
+    names: Sequence[str] = (),
+    workers: int | None = None,
+    precision: str | None = None,
+) -> np.ndarray:
+    """Probabilities of every model under every view: float32 (M, V, N, 10).
+
+    Each batch of ``batch_size`` images is expanded to all its views (view-major, one array of
+    V x batch_size images) and given to each model in one ``predict_on_batch`` call, the last
+    batch padded so that every call has one shape. With ``workers`` > 1 the *models* are shared
+    out among that many threads, each predicting all batches for its own models: no model is
+    ever called from two threads at once (calls on one model from several threads crashed under
+    the JAX backend), while two calls can still run at once on a small CPU.
+
+    ``precision`` is float32 (default) or bfloat16 (opt-in, see :func:`ensemble.search.cnn.simplify.bfloat16_model`);
+    None reads the ``ENSEMBLE_PREDICT_PRECISION`` environment variable.
+    """
+    if batch_size < 1:
+        raise UsageError(f"--batch-size must be >= 1, got {batch_size}")
+    images = as_images(images)
+    models = _in_precision(models, resolve_precision(precision))
+    n, v = len(images), len(views)
+    out = np.empty((len(models), v, n, N_CLASSES), np.float32)
+    full = min(batch_size, n)
+    starts = list(range(0, n, batch_size))
+
+    def views_of(start: int) -> tuple[int, np.ndarray]:
+        chunk = images[start : start + batch_size]
+        b = len(chunk)
+        if b < full:  # pad the last batch: every call has one shape, so no backend retraces
+            chunk = np.concatenate([chunk, np.zeros((full - b, *chunk.shape[1:]), chunk.dtype)])
+        return b, stack_views(views, chunk)
+
+    def predict(m: int, start: int, b: int, xb: np.ndarray) -> None:
+        p = np.asarray(models[m].predict_on_batch(xb), dtype=np.float32)
+        if p.shape != (v * full, N_CLASSES):
+            raise ArtifactError(f"member {_name(names, m)}: output shape {p.shape}, expected ({v * full}, 10)")
+        p = p.reshape(v, full, N_CLASSES)[:, :b]
+        if start == 0 and (p.min() < -1e-4 or np.abs(p.sum(axis=-1) - 1).max() > 1e-3):
+            raise ArtifactError(f"member {_name(names, m)}: outputs are not softmax probabilities")
+        out[m, :, start : start + b] = p
+
+    # First batch alone, every model: traces/compiles each once and checks its outputs.
+    b, xb = views_of(starts[0])
+    for m in range(len(models)):
+        predict(m, starts[0], b, xb)
+    if advance is not None:
+        advance(b)
+    rest = starts[1:]
+    workers = max(1, min(default_workers() if workers is None else workers, len(models)))
+    if workers == 1 or not rest:
+        for start in rest:
+            b, xb = views_of(start)
+            for m in range(len(models)):
+                predict(m, start, b, xb)
+            if advance is not None:
+                advance(b)
+        return out
+
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    done = [0] * len(rest)  # per batch: how many threads have predicted it; the last one advances
+    lock = threading.Lock()
+
+    def run(own: list[int]) -> None:
+        for i, start in enumerate(rest):
+            b, xb = views_of(start)
+            for m in own:
+                predict(m, start, b, xb)
+            with lock:
+                done[i] += 1
+                last = done[i] == workers
+            if last and advance is not None:
+                advance(b)
+
+    ids = list(range(len(models)))
+    with ThreadPoolExecutor(workers) as pool:
+        for fut in [pool.submit(run, ids[k::workers]) for k in range(workers)]:
+            fut.result()
+    return out
+
+
+PRECISION_ENV = "ENSEMBLE_PREDICT_PRECISION"
+
+
+def resolve_precision(precision: str | None = None) -> str:
+    """``precision``, else ``$ENSEMBLE_PREDICT_PRECISION``, else float32; checked against PRECISIONS."""
+    value = (precision or os.environ.get(PRECISION_ENV) or "float32").strip().lower()
+    if value not in PRECISIONS:
+        raise UsageError(f"precision must be one of {', '.join(PRECISIONS)}, got '{value}' (${PRECISION_ENV})")
+    return value
+
+
+def _in_precision(models: Sequence[Any], precision: str) -> list[Any]:
+    """The models as they predict in ``precision`` (bfloat16 copies; float32 models as given)."""
+    if precision == "float32":
+        return list(models)
+    if not native_bfloat16():
+        log.warning("bfloat16 prediction on a CPU without AVX512-BF16/AMX: emulated, likely slower than float32")
+    return [bfloat16_model(m) for m in models]
+
+
+def default_workers() -> int:
+    """Threads predicting at once, each with its own members (see :func:`member_probas`). Under
+    TensorFlow, whose ops already use every core, one and two measured the same on 2 cores; two
+    let a backend whose ops use one core (torch was measured up to 1.5x faster) use both."""
+    return 2
+
+
+def _name(names: Sequence[str], i: int) -> str:
+    return names[i] if i < len(names) else f"#{i}"
+
+
+@contextmanager
+def progress_bar(total: int, description: str, enabled: bool = True) -> Iterator[Advance]:
+    """A rich progress bar on stderr (images done, rate, time left); yields ``advance(n)``."""
+    if not enabled:
+        yield lambda n: None
+        return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("images"),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=Console(stderr=True)) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda n: bar.advance(task, n)
+
+
+def save_npy(path: str | Path, array: np.ndarray) -> Path:
+    """Atomically save an array as .npy."""
+    buf = io.BytesIO()
+    np.save(buf, array)
+    return atomic_write(path, buf.getvalue())

@@ -1,0 +1,138 @@
+"""The presets of ``ensemble run``: everything a preset fixes (budget, spaces, plan, baselines, ensembling)."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from ensemble.errors import UsageError
+
+#: Everything a preset sets, in one place. "shares": how the time budget is split across stages.
+PRESETS: dict[str, dict[str, Any]] = {
+    "quick": {  # CPU, 2 cores: <= 30 min on the 42k Kaggle data
+        "budget": "28m",
+        "space": "cnn_quick.yaml",
+        "cnn_trials": 8,  # a cap: the budget's plan sets how many members (and epochs) fit
+        # margins: fractions of the probed speed (the probe runs alone). Measured on 2 cores: search trials
+        # beside the baselines 0.68-0.75 (1,650-1,670 vs 2,300-2,600 images/s), a refit alone 0.80-0.84
+        "plan": {
+            "min_epochs": 12,
+            "max_epochs": 24,
+            "min_members": 2,
+            "max_members": 8,
+            "overhead_s": 20.0,
+            "speed_margin": 0.7,
+            "refit_margin": 0.8,
+        },
+        "refit_full": True,  # refit the final model's CNNs on every labeled digit for the submission
+        "max_train": None,
+        # no median pruning: with time for ~4 trials, epoch-3 accuracy under a one-cycle schedule
+        # says little (a measured run pruned 4 of 6 trials and kept 2 members); the deadline still stops trials
+        "pruner": "none",
+        "mixed_precision": False,  # float16 compute; "auto": on when Keras sees a GPU
+        "baselines": "logreg,knn,svm,extratrees",
+        "baseline_trials": 2,
+        "baseline_nice": 5,
+        "baseline_cores": 1,  # cores for the baselines child (at most all but one)
+        "top_k": 5,
+        "weights": "greedy",
+        "tta": "auto",
+        # the deskewed baselines are diverse enough to help: on Kaggle's data greedy selection with
+        # them reached 0.9950 validation / 0.9960 holdout vs 0.9938 / 0.9950 for the 3 CNNs alone
+        "include_baselines": True,
+        "shares": {"search": 0.87, "build": 0.09, "report": 0.04},
+    },
+    "standard": {  # CPU, a couple of hours
+        "budget": "2h",
+        "space": "cnn.yaml",
+        "cnn_trials": 30,
+        "plan": {
+            "min_epochs": 20,
+            "max_epochs": 30,
+            "min_members": 3,
+            "max_members": 12,
+            "overhead_s": 20.0,
+            "speed_margin": 0.7,
+            "refit_margin": 0.8,
+        },
+        "refit_full": True,
+        "max_train": None,
+        "pruner": "median",
+        "mixed_precision": False,  # float16 compute; "auto": on when Keras sees a GPU
+        "baselines": "logreg,rf,extratrees,knn,svm,xgboost",
+        "baseline_trials": 4,
+        "baseline_nice": 5,
+        "baseline_cores": 1,
+        "top_k": 5,
+        "weights": "greedy",
+        "tta": "auto",
+        "include_baselines": True,
+        "shares": {"search": 0.85, "build": 0.11, "report": 0.04},
+    },
+    "best": {  # a GPU (or a long CPU run): wider, deeper CNNs, more epochs and trials
+        "budget": "6h",
+        "space": "cnn_best.yaml",
+        "cnn_trials": 60,
+        "plan": {"min_epochs": 20, "max_epochs": 40, "min_members": 5, "max_members": 60, "overhead_s": 10.0},
+        "refit_full": True,
+        "max_train": None,
+        "pruner": "median",
+        # "auto" would turn float16 on with a GPU; off: on an H200 it was slower for these small CNNs
+        # (ours, batch 512: 207-238k vs 254-264k images/s in float32; benchmarks/gpu_throughput.py)
+        "mixed_precision": False,
+        "baselines": "logreg,rf,extratrees,knn,svm,xgboost",
+        "baseline_trials": 8,
+        "baseline_nice": 5,
+        "baseline_cores": 4,
+        "top_k": 7,
+        "weights": "greedy",
+        "tta": "auto",
+        "include_baselines": True,
+        "shares": {"search": 0.88, "build": 0.09, "report": 0.03},
+    },
+}
+
+
+STAGES = ("data", "cnn_search", "baselines", "build", "report", "refit")
+
+
+OVERRIDES_ENV = "ENSEMBLE_RUN_OVERRIDES"  # JSON object merged into the preset (tests, experiments)
+
+
+def settings_for(preset: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The preset's settings with overrides ($ENSEMBLE_RUN_OVERRIDES, then ``overrides``) applied."""
+    if preset not in PRESETS:
+        raise UsageError(f"--preset must be one of {', '.join(PRESETS)}, got '{preset}'")
+    s = json.loads(json.dumps(PRESETS[preset]))
+    env = os.environ.get(OVERRIDES_ENV)
+    for extra in (json.loads(env) if env else {}, overrides or {}):
+        unknown = set(extra) - set(s)
+        if unknown:
+            raise UsageError(f"unknown run setting(s) {sorted(unknown)}; known: {', '.join(s)}")
+        s.update(extra)
+    return s
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs; VALUE is read as JSON when it parses (numbers, true, null), else as text."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UsageError(f"--set needs KEY=VALUE, got '{item}'")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
+def describe_presets() -> str:
+    """One line per preset for --help."""
+    return "; ".join(
+        f"{k}: budget {v['budget']}, CNN members x epochs planned from the measured speed (at most "
+        f"{v['cnn_trials']} trials, {v['plan']['min_epochs']}-{v['plan']['max_epochs']} epochs, {v['space']}), "
+        f"final refit on all labels {'on' if v['refit_full'] else 'off'}, baselines {v['baselines']}"
+        for k, v in PRESETS.items()
+    )
