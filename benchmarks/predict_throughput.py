@@ -34,8 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ensemble.combine.build import write_manifest
-from ensemble.combine.manifest import FORMAT, INPUT_SPEC
+from ensemble.combine.manifest import FORMAT, INPUT_SPEC, write_manifest
 from ensemble.combine.tta import CANDIDATES, stack_views
 from ensemble.inference.predict import load_ensemble, predict_proba
 from ensemble.search.cnn.simplify import model_cost

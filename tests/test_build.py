@@ -124,10 +124,10 @@ def test_top_k_order_and_list_tta(run) -> None:
     m = build_ensemble(run, top_k=1, weights="equal", tta="shift:1:0,rot:8", progress=False, say=lambda s: None)
     assert m["tta"]["views"] == ["shift:1:0", "rot:8"] and m["tta"]["mode"] == "list"
     assert len(m["members"]) == 1
-    from ensemble.combine.build import _candidates
+    from ensemble.combine.candidates import study_candidates
     from ensemble.search.storage import open_storage
 
-    ranked = _candidates(open_storage(run), "cnn", "cnn")
+    ranked = study_candidates(open_storage(run), "cnn", "cnn")
     assert m["members"][0]["name"] == ranked[0].name
     keys = [(-c.val_accuracy, c.val_logloss) for c in ranked]
     assert keys == sorted(keys)

@@ -30,8 +30,7 @@ def tiny(seed: int):
 
 
 def make_ensemble(folder: Path, n: int = 2, views: list[str] | None = None, weights: list[float] | None = None) -> Path:
-    from ensemble.combine.build import write_manifest
-    from ensemble.combine.manifest import FORMAT
+    from ensemble.combine.manifest import FORMAT, write_manifest
 
     (folder / "members").mkdir(parents=True)
     members = []
@@ -113,7 +112,7 @@ def test_wrong_input_shape_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="batch-size"):
         predict_proba(ens, images(), batch_size=0)
     # a member built for other inputs is refused when loaded
-    from ensemble.combine.build import write_manifest
+    from ensemble.combine.manifest import write_manifest
 
     folder = tmp_path / "e"
     bad = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Flatten(), keras.layers.Dense(10, "softmax")])
@@ -124,8 +123,7 @@ def test_wrong_input_shape_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_baseline_member_needs_the_runs_test_set(tmp_path: Path) -> None:
-    from ensemble.combine.build import write_manifest
-    from ensemble.combine.manifest import images_fingerprint
+    from ensemble.combine.manifest import images_fingerprint, write_manifest
 
     folder = make_ensemble(tmp_path / "e", n=1)
     x = images(6)
@@ -254,7 +252,7 @@ def evil_pickle(marker: Path) -> bytes:
 
 def _rewrite_manifest(folder: Path, edit=lambda m: None) -> None:
     """Apply ``edit`` to the manifest and re-hash every file in the folder, as `ensemble build` does."""
-    from ensemble.combine.build import write_manifest
+    from ensemble.combine.manifest import write_manifest
 
     m = json.loads((folder / "manifest.json").read_text())
     edit(m)

@@ -9,16 +9,23 @@ from __future__ import annotations
 
 import hashlib
 import os
+import platform
 import re
 import stat
+import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
+from ensemble import __version__
 from ensemble.errors import ArtifactError
-from ensemble.io import read_json
+from ensemble.io import read_json, write_json
+from ensemble.search.artifacts import sha256_file
+
+if TYPE_CHECKING:
+    from ensemble.data.runs import Run
 
 MANIFEST = "manifest.json"
 FORMAT = "ensemble-manifest/1"
@@ -122,3 +129,51 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ArtifactError(f"{mpath}: not an ensemble manifest (format {FORMAT} expected)")
     return manifest
+
+
+def versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    import keras
+
+    out = {"python": platform.python_version(), "ensemble": __version__, "numpy": np.__version__}
+    out["keras"] = keras.version()
+    for pkg in ("tensorflow", "tensorflow-cpu", "jax", "torch", "optuna"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def write_manifest(folder: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Record the sha256 of every file in ``folder`` (by relative path) and write ``manifest.json``."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
+    manifest["artifacts"] = {p.relative_to(folder).as_posix(): sha256_file(p) for p in files}
+    write_json(folder / MANIFEST, manifest)
+    return manifest
+
+
+def new_manifest(run: Run, entries: list[dict], extra: dict[str, Any], comparison: dict[str, Any]) -> dict[str, Any]:
+    import keras
+
+    return {
+        "format": FORMAT,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "run": run.name,
+        "members": entries,
+        "weights": extra["weights"],
+        "tta": extra["tta"],
+        "preprocessing": {"input": INPUT_SPEC, "views": "applied to raw pixels before each model"},
+        "keras": {"backend": keras.backend.backend(), "version": keras.version()},
+        "versions": versions(),
+        "data": {
+            "fingerprint": run.meta["data"]["fingerprint"],
+            "test_fingerprint": images_fingerprint(run.x_test),
+            "n_test": len(run.x_test),
+            "split": {k: len(getattr(run.split, k)) for k in ("train", "val", "holdout")},
+        },
+        "selection": "members, views and weights chosen on validation; holdout only reported",
+        "metrics": comparison,
+        "artifacts": {},
+    }

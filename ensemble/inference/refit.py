@@ -24,7 +24,7 @@ import numpy as np
 
 from ensemble.errors import ArtifactError
 from ensemble.io import fsync_tree, read_json, swap_dir
-from ensemble.search.artifacts import sha256_file
+from ensemble.search.artifacts import CNN_STUDY, sha256_file, trial_path
 
 if TYPE_CHECKING:
     from ensemble.data.runs import Run
@@ -52,7 +52,7 @@ def refit_source(run: Run, final: str) -> RefitSource | None:
         return RefitSource(final, m, views, sha256_file(src))
     if final.startswith("cnn-trial-"):
         number = int(final.rsplit("-", 1)[1])
-        folder = run.path("models", "cnn", f"trial-{number:04d}")
+        folder = trial_path(run, CNN_STUDY, number)
         if not (folder / "model.keras").is_file():
             return None
         entry = {"name": final, "kind": "cnn", "weight": 1.0, "file": f"members/{final}.keras", "study": "cnn",
@@ -197,8 +197,7 @@ def _manifest(
 ) -> dict[str, Any]:
     import keras
 
-    from ensemble.combine.build import write_manifest
-    from ensemble.combine.manifest import FORMAT, INPUT_SPEC, images_fingerprint
+    from ensemble.combine.manifest import FORMAT, INPUT_SPEC, images_fingerprint, write_manifest
     from ensemble.combine.members import save_npy
 
     save_npy(tmp / "proba_test.npy", proba_test)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ensemble.errors import UsageError
+from ensemble.search.artifacts import FALLBACK_STUDY, baseline_study
 
 if TYPE_CHECKING:
     import optuna
@@ -22,7 +23,6 @@ if TYPE_CHECKING:
     from ensemble.data.runs import Run
     from ensemble.pipeline.state import Budget, Log, Stages
 
-FALLBACK_STUDY = "baseline-fallback"
 POST_SEARCH_S = 150.0  # what build + report take at most (42k digits, quick preset: 15-60 s measured)
 KILL_GRACE_S = 30.0  # a baselines child still running this long after the search deadline is stopped
 
@@ -126,8 +126,8 @@ def baseline_plan(run: Run, s: dict[str, Any], storage_url: str | None) -> dict[
     plan: dict[int, list[str]] = {}
     for fam in families:
         done = 0
-        if f"baseline-{fam}" in names:
-            study = optuna.load_study(study_name=f"baseline-{fam}", storage=storage)
+        if baseline_study(fam) in names:
+            study = optuna.load_study(study_name=baseline_study(fam), storage=storage)
             ended = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL)
             trials = study.get_trials(deepcopy=False, states=ended)
             done = sum(t.user_attrs.get("stage", "search") == "search" and not was_killed(t) for t in trials)

@@ -122,7 +122,7 @@ def figures(run: Run, result: dict[str, Any], *, storage_url: str | None, galler
 def _cnn_study(run: Run, storage_url: str | None) -> Any:
     import optuna
 
-    from ensemble.combine.build import CNN_STUDY
+    from ensemble.search.artifacts import CNN_STUDY
     from ensemble.search.storage import open_storage
 
     storage = open_storage(run, storage_url)

@@ -19,7 +19,7 @@ import numpy as np
 from ensemble.combine.voting import log_loss
 from ensemble.errors import UsageError
 from ensemble.io import read_json
-from ensemble.search.artifacts import load_proba
+from ensemble.search.artifacts import load_proba, trial_path
 
 if TYPE_CHECKING:
     from ensemble.data.runs import Run
@@ -132,13 +132,14 @@ def trial_entries(run: Run, storage: Any, *, top_cnn: int) -> tuple[list[Entry],
     """The best trial of each baseline study and the top CNN trials (by validation accuracy)."""
     import optuna
 
-    from ensemble.combine.build import BASELINE_PREFIX, CNN_STUDY, _candidates
+    from ensemble.combine.candidates import study_candidates
+    from ensemble.search.artifacts import BASELINE_PREFIX, CNN_STUDY
 
     names = optuna.get_all_study_names(storage=storage)
     n_pred = len(run.split.val) + len(run.split.holdout) + len(run.x_test)
     rows, by_trial = [], {}
     for study in sorted(n for n in names if n.startswith(BASELINE_PREFIX)) + [CNN_STUDY] * (CNN_STUDY in names):
-        cands = _candidates(storage, study, "cnn" if study == CNN_STUDY else "baseline")
+        cands = study_candidates(storage, study, "cnn" if study == CNN_STUDY else "baseline")
         for c in cands[: top_cnn if study == CNN_STUDY else 1]:
             if not (c.folder / "proba_holdout.npy").is_file():
                 continue
@@ -194,7 +195,7 @@ def ensemble_entries(run: Run, by_trial: dict[tuple[str, int], Entry]) -> tuple[
     plain = []
     for e in members:
         if e["kind"] == "cnn":
-            trial = run.path("models", e["study"], f"trial-{e['trial']:04d}")
+            trial = trial_path(run, e["study"], int(e["trial"]))
         else:
             trial = folder / e["name"] if "probas" not in e else folder / Path(e["probas"]["val"]).parent
         plain.append((float(e["weight"]), trial))

@@ -1,7 +1,9 @@
-"""Where a trial's artifacts live and how its probabilities are stored.
+"""The run's studies and where their trials' artifacts live: the one place that spells either.
 
-Layout: ``runs/NAME/models/STUDY/trial-NNNN/`` holding the fitted model, ``config.json``
-and ``proba_val.npy`` / ``proba_holdout.npy`` / ``proba_test.npy`` (float32, shape (N, 10)).
+Studies: ``cnn`` (the CNN search), ``baseline-FAMILY`` (one per classical family) and
+``baseline-fallback`` (the quick model of a run cut short). Layout: ``runs/NAME/models/STUDY/trial-NNNN/``
+holding the fitted model, ``config.json`` and ``proba_val.npy`` / ``proba_holdout.npy`` /
+``proba_test.npy`` (float32, shape (N, 10)).
 """
 
 from __future__ import annotations
@@ -18,11 +20,38 @@ if TYPE_CHECKING:
     from ensemble.data.runs import Run
 
 PARTS = ("val", "holdout", "test")
+CNN_STUDY = "cnn"
+BASELINE_PREFIX = "baseline-"
+FALLBACK_STUDY = "baseline-fallback"
+
+
+def baseline_study(family: str) -> str:
+    """The study of one baseline family."""
+    return f"{BASELINE_PREFIX}{family}"
+
+
+def is_run_study(name: str) -> bool:
+    """Whether a study of that name belongs to a run (the CNN study or a baseline study)."""
+    return name == CNN_STUDY or name.startswith(BASELINE_PREFIX)
+
+
+def trial_folder_name(number: int) -> str:
+    return f"trial-{number:04d}"
+
+
+def trial_path(run: Run, study: str, number: int) -> Path:
+    """Where one trial's artifacts live (not created)."""
+    return run.path("models", study, trial_folder_name(number))
+
+
+def partial_trial_path(run: Run, study: str, number: int) -> Path:
+    """Where a trial's artifacts are written before they are renamed into place."""
+    return run.path("models", study, f".{trial_folder_name(number)}.partial")
 
 
 def trial_dir(run: Run, study: str, number: int) -> Path:
     """Folder for one trial's artifacts (created)."""
-    d = run.path("models", study, f"trial-{number:04d}")
+    d = trial_path(run, study, number)
     d.mkdir(parents=True, exist_ok=True)
     return d
 

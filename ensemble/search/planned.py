@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ensemble.search.artifacts import CNN_STUDY
 from ensemble.search.plan import Plan, PlanSettings, make_plan, revise
 
 if TYPE_CHECKING:
@@ -112,7 +113,7 @@ def _completed(run: Run, storage_url: str | None) -> int:
     from ensemble.search.storage import open_storage
 
     try:
-        study = optuna.load_study(study_name="cnn", storage=open_storage(run, storage_url))
+        study = optuna.load_study(study_name=CNN_STUDY, storage=open_storage(run, storage_url))
     except KeyError:
         return 0
     return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))

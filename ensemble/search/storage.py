@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ensemble.errors import UsageError
+from ensemble.search.artifacts import is_run_study
 
 if TYPE_CHECKING:
     import optuna
@@ -160,7 +161,7 @@ def delete_run(name: str, *, storage_url: str | None = None, say: Callable[[str]
 
 def run_study_names(all_names: list[str]) -> list[str]:
     """The studies a run keeps in its storage: ``cnn`` and ``baseline-*``."""
-    return sorted(n for n in all_names if n == "cnn" or n.startswith("baseline-"))
+    return sorted(n for n in all_names if is_run_study(n))
 
 
 def _delete_remote_studies(storage_url: str, say: Callable[[str], None]) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from ensemble.errors import ArtifactError
+from ensemble.search.artifacts import BASELINE_PREFIX, baseline_study
 
 N_CLASSES = 10
 #: Search-space keys read by the orchestrator rather than the model (rows fitted while searching).
@@ -50,7 +51,7 @@ class Family:
 
     @property
     def study_name(self) -> str:
-        return f"baseline-{self.name}"
+        return baseline_study(self.name)
 
 
 def _logreg(p: dict[str, Any], ctx: FitContext) -> Any:
@@ -247,8 +248,8 @@ MODEL_FILES: dict[str, tuple[str, ...]] = {"sklearn": ("model.joblib",), "xgboos
 
 def family_kind(study: object) -> str | None:
     """The kind ('sklearn' or 'xgboost') of a ``baseline-FAMILY`` study's models; None when unknown."""
-    if isinstance(study, str) and study.startswith("baseline-"):
-        family = FAMILIES.get(study.removeprefix("baseline-"))
+    if isinstance(study, str) and study.startswith(BASELINE_PREFIX):
+        family = FAMILIES.get(study.removeprefix(BASELINE_PREFIX))
         return family.kind if family else None
     return None
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from ensemble.errors import SpaceError, UsageError
 from ensemble.locks import worker_token
-from ensemble.search.artifacts import save_probas, trial_dir
+from ensemble.search.artifacts import partial_trial_path, save_probas, trial_dir, trial_path
 from ensemble.search.baselines.models import (
     FAMILIES,
     Family,
@@ -186,7 +186,7 @@ def _write_artifacts(parts: Parts, family: Family, number: int, out: dict, confi
 
     A trial that fails (or a process that is killed) never leaves a ``trial-NNNN`` folder behind.
     """
-    tmp = parts.path("models", family.study_name, f".trial-{number:04d}.partial")
+    tmp = partial_trial_path(parts, family.study_name, number)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
@@ -332,8 +332,8 @@ def ensure_studies(parts: Parts, families: Iterable[Family], spaces: dict[str, S
         if not study.trials:
             study.enqueue_trial(first_params(spaces[fam.name]), user_attrs={"stage": "search"})
         for number in fail_stale_trials(study, parts.root, local_storage=storage is None):  # killed mid-fit
-            shutil.rmtree(parts.path("models", fam.study_name, f".trial-{number:04d}.partial"), ignore_errors=True)
-            shutil.rmtree(parts.path("models", fam.study_name, f"trial-{number:04d}"), ignore_errors=True)
+            shutil.rmtree(partial_trial_path(parts, fam.study_name, number), ignore_errors=True)
+            shutil.rmtree(trial_path(parts, fam.study_name, number), ignore_errors=True)
         studies[fam.name] = study
     return studies
 

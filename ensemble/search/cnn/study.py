@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ensemble.errors import EnsembleError, UsageError
+from ensemble.search.artifacts import CNN_STUDY, trial_path
 from ensemble.search.cnn import model as cnn
 from ensemble.search.cnn.trainer import WorkerError, partial_dir, train_and_save, train_in_subprocess
 from ensemble.search.spaces import Space, load_space
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
 
     from ensemble.data.runs import Run
 
-STUDY = "cnn"
+STUDY = CNN_STUDY
 PRUNERS = ("median", "hyperband", "none")
 
 
@@ -138,7 +139,7 @@ def make_objective(
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at epoch {epoch}")
 
-        folder = run.path("models", STUDY, f"trial-{trial.number:04d}")
+        folder = trial_path(run, STUDY, trial.number)
         seed = settings.seed + trial.number
         try:
             if arrays_path is not None:
@@ -234,7 +235,7 @@ def run_search(
             say("First trial: the known-good defaults of ensemble/search/cnn/model.py (inside the space), then TPE")
     stale = fail_stale_trials(study, run.root, local_storage=storage_url is None)
     for number in stale:  # killed mid-trial: drop whatever it wrote
-        _discard(run.path("models", STUDY, f"trial-{number:04d}"))
+        _discard(trial_path(run, STUDY, number))
     if stale:
         say(f"Marked {len(stale)} trial(s) left RUNNING by a stopped process as FAIL: {stale}")
     done = finished_trials(study)

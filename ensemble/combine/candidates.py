@@ -1,0 +1,88 @@
+"""The trials that may join an ensemble: the top-k CNN trials and the best trial of each baseline study, checked."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ensemble.errors import ArtifactError, DataError, UsageError
+from ensemble.search.artifacts import BASELINE_PREFIX, CNN_STUDY, load_proba, trial_folder_name
+
+if TYPE_CHECKING:
+    from ensemble.data.runs import Run
+
+
+#: Files of a saved baseline model (ensemble.search.baselines.models.save_model), copied so predict can run it.
+BASELINE_MODEL_FILES = ("model.joblib", "model.ubj", "preprocess.joblib")
+
+
+@dataclass
+class Candidate:
+    """A completed trial that may join the ensemble."""
+
+    name: str
+    kind: str  # "cnn" or "baseline"
+    study: str
+    number: int
+    folder: Path
+    val_accuracy: float
+    val_logloss: float
+    attrs: dict[str, Any]
+
+
+def study_candidates(storage: Any, study_name: str, kind: str) -> list[Candidate]:
+    import optuna
+
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    out = []
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        a = t.user_attrs
+        if not {"val_accuracy", "val_logloss", "artifact_dir"} <= set(a):
+            continue
+        label = CNN_STUDY if kind == "cnn" else study_name
+        name = f"{label}-{trial_folder_name(t.number)}"
+        out.append(
+            Candidate(name, kind, study_name, t.number, Path(a["artifact_dir"]), a["val_accuracy"], a["val_logloss"], a)
+        )
+    return sorted(out, key=lambda c: (-c.val_accuracy, c.val_logloss, c.number))
+
+
+def find_candidates(run: Run, storage: Any, top_k: int, include_baselines: bool) -> tuple[list, list]:
+    """Top-k CNN trials by validation accuracy (log loss breaks ties), and the best trial per baseline study."""
+    import optuna
+
+    if top_k < 1:
+        raise UsageError(f"--top-k must be >= 1, got {top_k}")
+    names = optuna.get_all_study_names(storage=storage)
+    if CNN_STUDY not in names:
+        raise UsageError(f"run '{run.name}' has no '{CNN_STUDY}' study; run the CNN search first")
+    cnns = study_candidates(storage, CNN_STUDY, "cnn")[:top_k]
+    if not cnns:
+        raise UsageError(f"run '{run.name}': the '{CNN_STUDY}' study has no completed trial with saved artifacts")
+    baselines = []
+    if include_baselines:
+        for s in sorted(n for n in names if n.startswith(BASELINE_PREFIX)):
+            baselines += study_candidates(storage, s, "baseline")[:1]
+    for c in cnns + baselines:
+        check_trial(run, c)
+    return cnns, baselines
+
+
+def check_trial(run: Run, c: Candidate) -> None:
+    """A trial's files exist and were made from this run's data and split."""
+    fp = c.attrs.get("data_fingerprint")
+    if fp and fp != run.meta["data"]["fingerprint"]:
+        raise DataError(
+            f"{c.folder}: trial {c.name} was trained on data {str(fp)[:16]}, "
+            f"but run '{run.name}' has data fingerprint {str(run.meta['data']['fingerprint'])[:16]}"
+        )
+    if c.kind == "cnn" and not (c.folder / "model.keras").is_file():
+        raise ArtifactError(f"{c.folder / 'model.keras'}: missing model of trial {c.name}")
+    for part, n in (("val", len(run.split.val)), ("holdout", len(run.split.holdout)), ("test", len(run.x_test))):
+        p = load_proba(c.folder, part)
+        if p.shape != (n, 10):
+            raise DataError(
+                f"{c.folder / f'proba_{part}.npy'}: shape {p.shape}, but run '{run.name}' has {n} {part} rows: "
+                "the trial was made from other data or another split"
+            )
