@@ -23,3 +23,18 @@ class SpaceError(EnsembleError):
 
 class ArtifactError(EnsembleError):
     """A saved model, manifest or prediction file is missing or does not match its hash."""
+
+
+class NoModelError(UsageError):
+    """The run has no finished model yet: nothing to build or report (``ensemble run`` then trains a fallback)."""
+
+
+class InvalidValueError(UsageError, ValueError):
+    """An argument of a library call is out of range (also a ValueError, as in scikit-learn)."""
+
+
+class TrialError(EnsembleError):
+    """One trial failed (NaN loss, out of memory, a bad combination): the study records it as FAIL and goes on.
+
+    As KerasTuner's FailedTrialError; any other exception escaping a trial stops the search.
+    """

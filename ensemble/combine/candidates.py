@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ensemble.errors import ArtifactError, DataError, UsageError
+from ensemble.errors import ArtifactError, DataError, NoModelError, UsageError
 from ensemble.search.artifacts import BASELINE_PREFIX, CNN_STUDY, load_proba, trial_folder_name
 
 if TYPE_CHECKING:
@@ -56,10 +56,10 @@ def find_candidates(run: Run, storage: Any, top_k: int, include_baselines: bool)
         raise UsageError(f"--top-k must be >= 1, got {top_k}")
     names = optuna.get_all_study_names(storage=storage)
     if CNN_STUDY not in names:
-        raise UsageError(f"run '{run.name}' has no '{CNN_STUDY}' study; run the CNN search first")
+        raise NoModelError(f"run '{run.name}' has no '{CNN_STUDY}' study; run the CNN search first")
     cnns = study_candidates(storage, CNN_STUDY, "cnn")[:top_k]
     if not cnns:
-        raise UsageError(f"run '{run.name}': the '{CNN_STUDY}' study has no completed trial with saved artifacts")
+        raise NoModelError(f"run '{run.name}': the '{CNN_STUDY}' study has no completed trial with saved artifacts")
     baselines = []
     if include_baselines:
         for s in sorted(n for n in names if n.startswith(BASELINE_PREFIX)):

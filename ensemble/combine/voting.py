@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ensemble.errors import InvalidValueError
+
 EPS = 1e-7
 
 
@@ -26,13 +28,13 @@ def _as_stack(probas: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
     """(M, N, C) float64 array from a list of (N, C) probability arrays, validated."""
     arrs = [np.asarray(p, dtype=np.float64) for p in probas]
     if not arrs:
-        raise ValueError("soft voting needs at least one member's probabilities")
+        raise InvalidValueError("soft voting needs at least one member's probabilities")
     shape = arrs[0].shape
     for i, a in enumerate(arrs):
         if a.ndim != 2 or a.shape != shape:
-            raise ValueError(f"member {i}: probabilities of shape {a.shape}, expected {shape} (N, classes)")
+            raise InvalidValueError(f"member {i}: probabilities of shape {a.shape}, expected {shape} (N, classes)")
         if not np.all(np.isfinite(a)):
-            raise ValueError(f"member {i}: probabilities contain NaN or infinity")
+            raise InvalidValueError(f"member {i}: probabilities contain NaN or infinity")
     return np.stack(arrs)
 
 
@@ -42,9 +44,9 @@ def check_weights(weights: Sequence[float] | np.ndarray | None, n_members: int) 
         return np.full(n_members, 1.0 / n_members)
     w = np.asarray(weights, dtype=np.float64)
     if w.shape != (n_members,):
-        raise ValueError(f"got {w.size} weights for {n_members} members")
+        raise InvalidValueError(f"got {w.size} weights for {n_members} members")
     if not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
-        raise ValueError(f"weights must be finite, non-negative and not all zero: {w.tolist()}")
+        raise InvalidValueError(f"weights must be finite, non-negative and not all zero: {w.tolist()}")
     return w / w.sum()
 
 
@@ -107,11 +109,11 @@ def greedy_weights(
     stack = _as_stack(probas)
     y = np.asarray(y, dtype=np.int64)
     if len(y) != stack.shape[1]:
-        raise ValueError(f"{len(y)} labels for probabilities of {stack.shape[1]} rows")
+        raise InvalidValueError(f"{len(y)} labels for probabilities of {stack.shape[1]} rows")
     if n_iter < 1:
-        raise ValueError(f"n_iter must be >= 1, got {n_iter}")
+        raise InvalidValueError(f"n_iter must be >= 1, got {n_iter}")
     if metric not in METRICS:
-        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+        raise InvalidValueError(f"metric must be one of {METRICS}, got {metric!r}")
     order = np.random.default_rng(seed).permutation(len(stack))  # tie-break order
     rows = np.arange(len(y))
     stack = stack / np.maximum(stack.sum(axis=2, keepdims=True), EPS)
@@ -156,17 +158,17 @@ class SoftVoter:
 
     def _validate(self) -> None:
         if isinstance(self.weights, str) and self.weights not in ("equal", "greedy"):
-            raise ValueError(f"weights must be 'equal', 'greedy' or a sequence of numbers, got {self.weights!r}")
+            raise InvalidValueError(f"weights must be 'equal', 'greedy' or a sequence of numbers, got {self.weights!r}")
         if self.metric not in METRICS:
-            raise ValueError(f"metric must be one of {METRICS}, got {self.metric!r}")
+            raise InvalidValueError(f"metric must be one of {METRICS}, got {self.metric!r}")
         if not isinstance(self.n_iter, int | np.integer) or self.n_iter < 1:
-            raise ValueError(f"n_iter must be a positive integer, got {self.n_iter!r}")
+            raise InvalidValueError(f"n_iter must be a positive integer, got {self.n_iter!r}")
 
     def fit(self, probas: Sequence[np.ndarray] | np.ndarray, y: np.ndarray) -> SoftVoter:
         self._validate()
         stack = _as_stack(probas)
         if len(np.asarray(y)) != stack.shape[1]:
-            raise ValueError(f"{len(np.asarray(y))} labels for probabilities of {stack.shape[1]} rows")
+            raise InvalidValueError(f"{len(np.asarray(y))} labels for probabilities of {stack.shape[1]} rows")
         if isinstance(self.weights, str) and self.weights == "greedy":
             self.greedy_ = greedy_weights(stack, y, n_iter=self.n_iter, seed=self.seed, metric=self.metric)
             self.weights_ = self.greedy_.weights
@@ -179,10 +181,10 @@ class SoftVoter:
 
     def _check_fitted(self, probas: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
         if not hasattr(self, "weights_"):
-            raise ValueError("SoftVoter is not fitted yet; call fit(probas, y) first")
+            raise InvalidValueError("SoftVoter is not fitted yet; call fit(probas, y) first")
         stack = _as_stack(probas)
         if len(stack) != self.n_members_:
-            raise ValueError(f"fitted on {self.n_members_} members, got {len(stack)}")
+            raise InvalidValueError(f"fitted on {self.n_members_} members, got {len(stack)}")
         return stack
 
     def predict_proba(self, probas: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:

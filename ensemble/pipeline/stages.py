@@ -3,19 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import os
-import signal
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from ensemble.errors import UsageError
-from ensemble.search.artifacts import FALLBACK_STUDY, baseline_study
+from ensemble.errors import NoModelError
+from ensemble.pipeline.baselines_child import KILL_GRACE_S, BaselineWorker, wait_for
+from ensemble.search.baselines.fallback import fallback_model
 
 if TYPE_CHECKING:
     import optuna
@@ -24,7 +18,6 @@ if TYPE_CHECKING:
     from ensemble.pipeline.state import Budget, Log, Stages
 
 POST_SEARCH_S = 150.0  # what build + report take at most (42k digits, quick preset: 15-60 s measured)
-KILL_GRACE_S = 30.0  # a baselines child still running this long after the search deadline is stopped
 
 
 # ---------------------------------------------------------------- CNN search with a deadline
@@ -112,96 +105,6 @@ def _cnn_space(s: dict[str, Any]) -> tuple[Any, Any]:
     return space_path, search.load_cnn_space(space_path)
 
 
-# ---------------------------------------------------------------- baselines in a child process
-def baseline_plan(run: Run, s: dict[str, Any], storage_url: str | None) -> dict[int, list[str]]:
-    """Families grouped by how many search trials each still needs (0: only its refit may be missing)."""
-    import optuna
-
-    from ensemble.search.baselines.study import parse_models
-    from ensemble.search.storage import open_storage, was_killed
-
-    families = parse_models(s["baselines"]) if s["baselines"] else []
-    storage = open_storage(run, storage_url)
-    names = set(optuna.get_all_study_names(storage=storage))
-    plan: dict[int, list[str]] = {}
-    for fam in families:
-        done = 0
-        if baseline_study(fam) in names:
-            study = optuna.load_study(study_name=baseline_study(fam), storage=storage)
-            ended = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL)
-            trials = study.get_trials(deepcopy=False, states=ended)
-            done = sum(t.user_attrs.get("stage", "search") == "search" and not was_killed(t) for t in trials)
-        plan.setdefault(max(0, int(s["baseline_trials"]) - done), []).append(fam)
-    return plan
-
-
-def baseline_cores(wanted: int) -> list[int]:
-    """The last ``wanted`` cores, leaving at least one core to the CNN (one core: that core, shared)."""
-    try:
-        cores = sorted(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = list(range(os.cpu_count() or 1))
-    n = max(1, min(int(wanted), len(cores) - 1))
-    return cores[-n:]
-
-
-def _child_setup(nice: int, cores: list[int]) -> None:
-    """In the child: lower priority, pinned to ``cores``, dies with the parent."""
-    try:
-        os.nice(nice)
-        os.sched_setaffinity(0, set(cores))
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
-class BaselineWorker(threading.Thread):
-    """Runs ``ensemble baselines`` child processes one group at a time, forwarding their output."""
-
-    def __init__(self, run: Run, s: dict[str, Any], deadline: float, log: Any, storage_url: str | None) -> None:
-        super().__init__(daemon=True)
-        self.run_, self.s, self.deadline, self.log, self.storage_url = run, s, deadline, log, storage_url
-        self.proc: subprocess.Popen | None = None
-        self.ok, self.stopped, self.errors = True, False, []
-        self.cores = baseline_cores(int(s["baseline_cores"]))
-        self.on_done: Any = None
-
-    def command(self, families: list[str], trials: int) -> list[str]:
-        left = max(1, int(0.6 * (self.deadline - time.time())))  # leave time for the refits of the best
-        cmd = [sys.executable, "-m", "ensemble", "baselines", "--run", self.run_.name, "--models", ",".join(families)]
-        jobs = str(len(self.cores))
-        cmd += ["--trials", str(trials), "--jobs", jobs, "--timeout", f"{left}s", "--seed", str(self.s.get("seed", 0))]
-        return cmd + (["--storage", self.storage_url] if self.storage_url else [])
-
-    def run(self) -> None:
-        for trials, families in sorted(baseline_plan(self.run_, self.s, self.storage_url).items(), reverse=True):
-            if self.stopped:
-                return
-            cmd = self.command(families, trials)
-            where = f"core {self.cores[0]}" if len(self.cores) == 1 else f"cores {self.cores[0]}-{self.cores[-1]}"
-            self.log(f"{' '.join(cmd[3:])} (nice +{self.s['baseline_nice']}, {where})")
-            env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "120"}
-            self.proc = subprocess.Popen(
-                cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True,
-                preexec_fn=lambda: _child_setup(int(self.s["baseline_nice"]), self.cores),
-            )  # fmt: skip
-            for line in self.proc.stdout or []:
-                if line.strip() and not line.startswith(("Optuna dashboard", "inspect:")) and "━" not in line:
-                    self.log(line.rstrip())
-            if self.proc.wait() != 0 and not self.stopped:
-                self.ok = False
-                self.errors.append(f"exit code {self.proc.returncode} for {','.join(families)}")
-        if self.ok and not self.stopped and self.on_done is not None:
-            self.on_done()  # recorded at once: a later kill during the CNN search does not redo them
-
-    def stop(self) -> None:
-        self.stopped = True
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-
-
 def search_stage(
     run: Run, s: dict[str, Any], stages: Stages, budget: Budget, log: Log, storage_url: str | None
 ) -> None:
@@ -227,7 +130,7 @@ def search_stage(
             stages.finish("cnn_search", time.time() - t0, **info)
             log("cnn", f"CNN search finished: {info['trials']}" + (" (cut short by the budget)" * info["cut_short"]))
         if worker is not None:
-            _wait(worker, deadline + KILL_GRACE_S, log)
+            wait_for(worker, deadline + KILL_GRACE_S, log)
     except BaseException:
         if worker is not None:
             worker.stop()
@@ -254,18 +157,6 @@ def _plan(run: Run, s: dict[str, Any], stages: Stages, end: float, log: Log, sto
     return planned
 
 
-def _wait(worker: BaselineWorker, kill_at: float, log: Log) -> None:
-    if worker.is_alive():
-        log("search", "CNN search done; waiting for the baselines to finish their refits")
-    while worker.is_alive():
-        worker.join(timeout=1.0)
-        if time.time() > kill_at and worker.is_alive():
-            log("baselines", "time share used up: stopping the baselines (finished trials are kept)")
-            worker.stop()
-            worker.join(timeout=30)
-            return
-
-
 # ---------------------------------------------------------------- build, report, fallback
 def build_stage(run: Run, s: dict[str, Any], stages: Stages, log: Log, storage_url: str | None) -> None:
     """Soft-voting ensemble of the top CNN trials; skipped (not failed) when there is no CNN trial."""
@@ -281,7 +172,7 @@ def build_stage(run: Run, s: dict[str, Any], stages: Stages, log: Log, storage_u
             include_baselines=bool(s["include_baselines"]), storage_url=storage_url, progress=False,
             say=log.for_stage("build"),
         )  # fmt: skip
-    except UsageError as exc:
+    except NoModelError as exc:
         log("build", f"no ensemble: {exc}")
         stages.finish("build", time.time() - t0, skipped=str(exc))
         return
@@ -314,7 +205,7 @@ def report_stage(
     t0 = time.time()
     try:
         result = run_report(run, storage_url=storage_url)
-    except UsageError as exc:
+    except NoModelError as exc:
         log("report", f"{exc}: training a quick fallback model so that a submission is still written")
         fallback_model(run, storage_url, log.for_stage("fallback"))
         result = run_report(run, storage_url=storage_url)
@@ -351,39 +242,3 @@ def refit_stage(
         log("refit", f"refitted {len(done)} CNN member(s) of {final} on {m['refit_full']['rows']:,} digits "
                      f"in {time.time() - t0:.0f}s")  # fmt: skip
     return m is not None
-
-
-def fallback_model(run: Run, storage_url: str | None, log: Any, rows: int = 5000) -> None:
-    """A k-nearest-neighbours model on at most ``rows`` training digits (seconds), saved as a baseline trial."""
-    import optuna
-    from sklearn.neighbors import KNeighborsClassifier
-
-    from ensemble.search.artifacts import save_probas, trial_dir
-    from ensemble.search.baselines.models import full_proba
-    from ensemble.search.baselines.study import subsample
-    from ensemble.search.storage import open_storage
-
-    (x, y), (xv, yv) = run.part("train"), run.part("val")
-    keep = subsample(y, rows, seed=0)
-    t0 = time.perf_counter()
-    model = KNeighborsClassifier(n_neighbors=3, weights="distance").fit(x[keep].reshape(len(keep), -1) / 255.0, y[keep])
-    fit_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    parts = {"val": xv, "holdout": run.part("holdout")[0], "test": run.x_test}
-    probas = {k: full_proba(model, a.reshape(len(a), -1) / 255.0) for k, a in parts.items()}
-    predict_s = time.perf_counter() - t0
-    study = optuna.create_study(
-        study_name=FALLBACK_STUDY, storage=open_storage(run, storage_url), direction="maximize", load_if_exists=True
-    )
-    folder = trial_dir(run, FALLBACK_STUDY, len(study.trials))
-    save_probas(folder, probas)
-    from ensemble.combine.voting import log_loss
-
-    acc = float(np.mean(probas["val"].argmax(1) == yv))
-    attrs = {
-        "family": "fallback-knn", "stage": "fallback", "val_accuracy": acc, "val_logloss": log_loss(yv, probas["val"]),
-        "fit_seconds": round(fit_s, 3), "predict_seconds": round(predict_s, 3), "artifact_dir": str(folder),
-        "n_train": int(len(keep)),
-    }  # fmt: skip
-    study.add_trial(optuna.trial.create_trial(value=acc, user_attrs=attrs))
-    log(f"fallback kNN on {len(keep):,} rows: val accuracy {acc:.4f} ({fit_s + predict_s:.0f}s)")

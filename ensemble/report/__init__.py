@@ -1,1 +1,1 @@
-"""ensemble.report.summary."""
+"""Report: every model scored on the holdout, significance, plots, html/md/csv, and the checked submission."""

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ensemble.combine.voting import log_loss
-from ensemble.errors import UsageError
+from ensemble.errors import NoModelError, UsageError
 from ensemble.io import read_json
 from ensemble.search.artifacts import load_proba, trial_path
 
@@ -284,7 +284,7 @@ def collect(run: Run, *, storage_url: str | None = None, top_cnn: int = 5) -> di
         e.metrics = score(y, p)
         entries.append(e)
     if not entries:
-        raise UsageError(f"run '{run.name}' has no model with holdout predictions yet; run baselines or search first")
+        raise NoModelError(f"run '{run.name}' has no model with holdout predictions yet; run baselines or search first")
     ranked = rank(entries)
     return {"entries": ranked, "manifest": manifest, "y": y, "gains": tta_and_ensembling(manifest)}
 

@@ -21,6 +21,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from ensemble.errors import InvalidValueError
+
 
 @dataclass(frozen=True)
 class PlanSettings:
@@ -69,7 +71,7 @@ def _mins(seconds: float) -> str:
 def make_plan(seconds: float, *, images_per_second: float, n_train: int, n_all: int, settings: PlanSettings) -> Plan:
     """The plan for ``seconds`` of training time at ``images_per_second`` (``n_all``: rows of the refit)."""
     if images_per_second <= 0 or n_train <= 0:
-        raise ValueError("images_per_second and n_train must be positive")
+        raise InvalidValueError("images_per_second and n_train must be positive")
     s = settings
     ips, refit_ips = images_per_second * s.speed_margin, images_per_second * s.refit_margin
     per_epoch = n_train / ips + (n_all / refit_ips if s.refit else 0.0)

@@ -1,1 +1,1 @@
-"""ensemble.search.cnn.study.baselines."""
+"""The classical baselines: model families, deskew preprocessing, their studies and the parallel runner."""

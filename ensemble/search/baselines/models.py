@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ensemble.errors import ArtifactError
+from ensemble.errors import ArtifactError, InvalidValueError
 from ensemble.search.artifacts import BASELINE_PREFIX, baseline_study
 
 N_CLASSES = 10
@@ -59,7 +59,7 @@ def _logreg(p: dict[str, Any], ctx: FitContext) -> Any:
 
     penalty = p.get("penalty", "l2")
     if penalty not in _PENALTY_L1_RATIO:
-        raise ValueError(f"penalty must be one of {sorted(_PENALTY_L1_RATIO)}, got {penalty!r}")
+        raise InvalidValueError(f"penalty must be one of {sorted(_PENALTY_L1_RATIO)}, got {penalty!r}")
     return LogisticRegression(
         C=float(p.get("C", 1.0)),
         l1_ratio=_PENALTY_L1_RATIO[penalty],

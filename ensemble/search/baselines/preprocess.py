@@ -29,6 +29,7 @@ from sklearn.decomposition import PCA
 from sklearn.pipeline import FeatureUnion, Pipeline
 
 from ensemble.data.sampling import bilinear_taps
+from ensemble.errors import InvalidValueError
 
 #: Search-space keys that configure preprocessing rather than the model.
 PREPROCESS_KEYS = ("deskew", "pca_components", "pca_whiten", "pca_append")
@@ -62,7 +63,7 @@ def deskew(images: np.ndarray, *, chunk: int = 2048) -> np.ndarray:
     """
     x = np.asarray(images)
     if x.ndim != 3:
-        raise ValueError(f"deskew expects (N, H, W) images, got shape {x.shape}")
+        raise InvalidValueError(f"deskew expects (N, H, W) images, got shape {x.shape}")
     n, h, w = x.shape
     out = np.empty((n, h, w), np.float32)
     r = np.arange(h, dtype=np.float32)[None, :, None]
@@ -116,13 +117,13 @@ def make_preprocessor(
 ) -> Pipeline:
     """An unfitted pipeline: optional deskew, pixel scaling, then PCA when ``pca_components`` > 0."""
     if not isinstance(deskew, bool):
-        raise ValueError(f"deskew must be true or false, got {deskew!r}")
+        raise InvalidValueError(f"deskew must be true or false, got {deskew!r}")
     steps: list[tuple[str, Any]] = [("deskew", Deskew())] if deskew else []
     steps.append(("scale", PixelScaler()))
     if pca_components:
         n = int(pca_components)
         if n < 1 or n > 784:
-            raise ValueError(f"pca_components must be between 1 and 784, got {n}")
+            raise InvalidValueError(f"pca_components must be between 1 and 784, got {n}")
         pca = PCA(n_components=n, whiten=bool(pca_whiten), random_state=seed)
         if pca_append:
             steps.append(("features", FeatureUnion([("pixels", "passthrough"), ("pca", pca)])))

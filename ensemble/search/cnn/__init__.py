@@ -1,1 +1,1 @@
-"""ensemble.search.cnn.study.cnn."""
+"""The CNN search: the model and its augmentation, the objective and study, the trainer process."""

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ensemble.errors import EnsembleError, UsageError
+from ensemble.errors import EnsembleError, TrialError, UsageError
 from ensemble.search.artifacts import CNN_STUDY, trial_path
 from ensemble.search.cnn import model as cnn
 from ensemble.search.cnn.trainer import WorkerError, partial_dir, train_and_save, train_in_subprocess
@@ -33,7 +33,7 @@ STUDY = CNN_STUDY
 PRUNERS = ("median", "hyperband", "none")
 
 
-class TrialFailed(Exception):
+class TrialFailed(TrialError):
     """A trial that failed on its own (NaN loss, out of memory, a bad combination)."""
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from ensemble.errors import TrialError
 from ensemble.io import write_json
 from ensemble.search.artifacts import save_probas
 from ensemble.search.cnn import model as cnn
@@ -28,12 +29,12 @@ OnEpoch = Callable[[int, dict[str, float]], None]
 ARRAYS = ("x_train", "y_train", "x_val", "y_val", "x_holdout", "x_test")
 
 
-class WorkerError(Exception):
+class WorkerError(TrialError):
     """The trial failed inside the worker (its message is the reason)."""
 
 
 class PruneRequested(Exception):
-    """Raised inside training when the parent says the trial should be pruned."""
+    """Raised inside training when the parent says the trial should be pruned (control flow, not an error)."""
 
 
 def _logloss(p: np.ndarray, y: np.ndarray) -> float:
