@@ -204,7 +204,7 @@ def test_inference_model_folds_batchnorm_and_keeps_outputs() -> None:
     for bn in [x for x in model.layers if isinstance(x, layers.BatchNormalization)]:
         n = bn.gamma.shape[0]
         bn.set_weights([rng.random(n) + 0.5, rng.random(n), rng.random(n), rng.random(n) + 0.5])
-    fast = inference_model(model)
+    fast = inference_model(model, strict=True)
     kinds = [type(x).__name__ for x in fast.layers]
     assert fast is not model and "BatchNormalization" not in kinds and "Dropout" not in kinds
     x = images(16).astype("float32")[..., None]
@@ -443,7 +443,7 @@ def _small_cnn(seed: int):
             rng = np.random.default_rng(seed)
             layer.moving_mean.assign(rng.normal(0, 0.1, layer.moving_mean.shape))
             layer.moving_variance.assign(rng.uniform(0.5, 2.0, layer.moving_variance.shape))
-    return inference_model(model)
+    return inference_model(model, strict=True)
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -518,3 +518,26 @@ def test_bfloat16_is_opt_in_and_changes_only_near_ties(monkeypatch) -> None:
     top2 = np.sort(p32, axis=-1)[..., -2:]
     changed = p16.argmax(-1) != p32.argmax(-1)
     assert np.all((top2[..., 1] - top2[..., 0])[changed] < 2e-2)
+
+
+def test_a_folding_that_changes_outputs_is_refused(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A broken fold is never used: strict raises, otherwise the original model is kept and a warning logged."""
+    from ensemble.search.cnn import simplify
+    from ensemble.search.cnn.model import build_model
+
+    model = build_model({"conv_blocks": 2, "filters": 4, "dense_units": 8})
+    real = simplify._rebuild
+
+    def broken(cfg, folded, layers):  # the folded copy with its first kernel zeroed
+        fast = real(cfg, folded, layers)
+        conv = next(x for x in fast.layers if type(x).__name__ == "Conv2D")
+        conv.set_weights([np.zeros_like(w) for w in conv.get_weights()])
+        return fast
+
+    monkeypatch.setattr(simplify, "_rebuild", broken)
+    with pytest.raises(ArtifactError, match="BatchNorm folding failed"):
+        simplify.inference_model(model, strict=True)
+    assert simplify.inference_model(model) is model
+    assert [r.levelname for r in caplog.records if r.name == simplify.__name__] == ["WARNING"]

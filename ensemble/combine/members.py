@@ -10,8 +10,9 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -133,67 +134,83 @@ def member_probas(
     if batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {batch_size}")
     images = as_images(images)
-    models = _in_precision(models, resolve_precision(precision))
-    n, v = len(images), len(views)
-    out = np.empty((len(models), v, n, N_CLASSES), np.float32)
-    full = min(batch_size, n)
-    starts = list(range(0, n, batch_size))
+    job = _Batches(_in_precision(models, resolve_precision(precision)), images, list(views), batch_size, names)
+    starts = list(range(0, len(images), batch_size))
+    job.predict_all(range(len(job.models)), starts[:1], advance)  # traces/compiles each model once, checks outputs
+    rest = starts[1:]
+    workers = max(1, min(default_workers() if workers is None else workers, len(job.models)))
+    if workers == 1 or not rest:
+        job.predict_all(range(len(job.models)), rest, advance)
+    else:
+        _in_threads(job, rest, workers, advance)
+    return job.out
 
-    def views_of(start: int) -> tuple[int, np.ndarray]:
-        chunk = images[start : start + batch_size]
+
+@dataclass
+class _Batches:
+    """Batches of images expanded to their views, and the models' probabilities on them (``out``: M, V, N, 10)."""
+
+    models: list[Any]
+    images: np.ndarray
+    views: list[str]
+    batch_size: int
+    names: Sequence[str]
+    out: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.out = np.empty((len(self.models), len(self.views), len(self.images), N_CLASSES), np.float32)
+        self.full = min(self.batch_size, len(self.images))
+
+    def views_of(self, start: int) -> tuple[int, np.ndarray]:
+        chunk = self.images[start : start + self.batch_size]
         b = len(chunk)
-        if b < full:  # pad the last batch: every call has one shape, so no backend retraces
-            chunk = np.concatenate([chunk, np.zeros((full - b, *chunk.shape[1:]), chunk.dtype)])
-        return b, stack_views(views, chunk)
+        if b < self.full:  # pad the last batch: every call has one shape, so no backend retraces
+            chunk = np.concatenate([chunk, np.zeros((self.full - b, *chunk.shape[1:]), chunk.dtype)])
+        return b, stack_views(self.views, chunk)
 
-    def predict(m: int, start: int, b: int, xb: np.ndarray) -> None:
-        p = np.asarray(models[m].predict_on_batch(xb), dtype=np.float32)
+    def predict(self, m: int, start: int, b: int, xb: np.ndarray) -> None:
+        v, full = len(self.views), self.full
+        p = np.asarray(self.models[m].predict_on_batch(xb), dtype=np.float32)
         if p.shape != (v * full, N_CLASSES):
-            raise ArtifactError(f"member {_name(names, m)}: output shape {p.shape}, expected ({v * full}, 10)")
+            raise ArtifactError(f"member {_name(self.names, m)}: output shape {p.shape}, expected ({v * full}, 10)")
         p = p.reshape(v, full, N_CLASSES)[:, :b]
         if start == 0 and (p.min() < -1e-4 or np.abs(p.sum(axis=-1) - 1).max() > 1e-3):
-            raise ArtifactError(f"member {_name(names, m)}: outputs are not softmax probabilities")
-        out[m, :, start : start + b] = p
+            raise ArtifactError(f"member {_name(self.names, m)}: outputs are not softmax probabilities")
+        self.out[m, :, start : start + b] = p
 
-    # First batch alone, every model: traces/compiles each once and checks its outputs.
-    b, xb = views_of(starts[0])
-    for m in range(len(models)):
-        predict(m, starts[0], b, xb)
-    if advance is not None:
-        advance(b)
-    rest = starts[1:]
-    workers = max(1, min(default_workers() if workers is None else workers, len(models)))
-    if workers == 1 or not rest:
-        for start in rest:
-            b, xb = views_of(start)
-            for m in range(len(models)):
-                predict(m, start, b, xb)
+    def predict_all(self, models: Iterable[int], starts: list[int], advance: Advance | None) -> None:
+        models = list(models)
+        for start in starts:
+            b, xb = self.views_of(start)
+            for m in models:
+                self.predict(m, start, b, xb)
             if advance is not None:
                 advance(b)
-        return out
 
+
+def _in_threads(job: _Batches, starts: list[int], workers: int, advance: Advance | None) -> None:
+    """The models shared out among ``workers`` threads, each predicting every batch for its own models."""
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
-    done = [0] * len(rest)  # per batch: how many threads have predicted it; the last one advances
+    done = [0] * len(starts)  # per batch: how many threads have predicted it; the last one advances
     lock = threading.Lock()
 
     def run(own: list[int]) -> None:
-        for i, start in enumerate(rest):
-            b, xb = views_of(start)
+        for i, start in enumerate(starts):
+            b, xb = job.views_of(start)
             for m in own:
-                predict(m, start, b, xb)
+                job.predict(m, start, b, xb)
             with lock:
                 done[i] += 1
                 last = done[i] == workers
             if last and advance is not None:
                 advance(b)
 
-    ids = list(range(len(models)))
+    ids = list(range(len(job.models)))
     with ThreadPoolExecutor(workers) as pool:
         for fut in [pool.submit(run, ids[k::workers]) for k in range(workers)]:
             fut.result()
-    return out
 
 
 PRECISION_ENV = "ENSEMBLE_PREDICT_PRECISION"
