@@ -34,8 +34,8 @@ def make_trials(run, n: int = 3, study: str = "cnn", **attrs) -> list[Path]:
     """Fake completed CNN trials: model.keras, config.json, proba_*.npy and user_attrs in the run's journal."""
     import optuna
 
-    from ensemble.combine.voting import accuracy, log_loss
     from ensemble.io import write_json
+    from ensemble.metrics import accuracy, log_loss
     from ensemble.search.artifacts import save_probas, trial_dir
     from ensemble.search.storage import open_storage
 
@@ -193,8 +193,8 @@ def test_greedy_can_pull_in_a_baseline(run, tmp_path: Path) -> None:
     from sklearn.preprocessing import FunctionTransformer
 
     from ensemble.combine.build import build_ensemble
-    from ensemble.combine.voting import accuracy, log_loss
     from ensemble.inference.predict import load_ensemble, predict_proba
+    from ensemble.metrics import accuracy, log_loss
     from ensemble.search.artifacts import save_probas, trial_dir
     from ensemble.search.storage import open_storage
 

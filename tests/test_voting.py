@@ -3,7 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ensemble.combine.voting import SoftVoter, accuracy, greedy_weights, log_loss, soft_vote
+from ensemble.combine.voting import SoftVoter, greedy_weights, soft_vote
+from ensemble.metrics import accuracy, log_loss
 
 
 def _probs(n: int, seed: int) -> np.ndarray:

@@ -21,9 +21,10 @@ from ensemble.combine.candidates import BASELINE_MODEL_FILES, Candidate, find_ca
 from ensemble.combine.manifest import new_manifest, write_manifest
 from ensemble.combine.members import load_keras_model, member_probas, progress_bar, save_npy
 from ensemble.combine.tta import CANDIDATES, IDENTITY, MIN_GAIN_SE, parse_views, select_views
-from ensemble.combine.voting import SoftVoter, accuracy, log_loss
+from ensemble.combine.voting import SoftVoter, soft_vote
 from ensemble.errors import ArtifactError, UsageError
 from ensemble.io import fsync_tree, read_json, swap_dir
+from ensemble.metrics import accuracy, log_loss
 from ensemble.search.artifacts import load_proba
 from ensemble.search.cnn.simplify import inference_model, model_cost
 
@@ -274,15 +275,13 @@ def _ensemble_proba(
     *, label: str = "",
 ) -> np.ndarray:  # fmt: skip
     """The weighted ensemble's probabilities on ``x``: kept CNNs predicted with TTA, baselines from their files."""
-    w = {i: float(vote.weights[i]) for i in vote.keep}
-    total = np.zeros((len(x), 10))
+    parts: list[np.ndarray] = []
     if fast:
         with progress_bar(len(x), label or f"{part} (refit)", progress) as adv:
-            p = member_probas(fast, x, views, batch_size=batch_size, advance=adv)
-        total += np.tensordot([w[i] for i in vote.kept_cnn], p.mean(axis=1), axes=1)
-    for i in vote.kept_baselines:
-        total += w[i] * load_proba(vote.members[i].folder, part)
-    return (total / sum(w.values())).astype(np.float32)
+            parts += list(member_probas(fast, x, views, batch_size=batch_size, advance=adv).mean(axis=1))
+    parts += [load_proba(vote.members[i].folder, part) for i in vote.kept_baselines]
+    weights = [float(vote.weights[i]) for i in vote.kept_cnn + vote.kept_baselines]
+    return soft_vote(parts, weights).astype(np.float32)
 
 
 def _write_folder(

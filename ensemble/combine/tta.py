@@ -20,9 +20,9 @@ from functools import lru_cache
 
 import numpy as np
 
-from ensemble.combine.voting import row_log_loss
 from ensemble.data.sampling import bilinear_taps
 from ensemble.errors import UsageError
+from ensemble.metrics import row_log_loss
 
 SIDE = 28
 IDENTITY = "identity"

@@ -20,8 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ensemble.errors import InvalidValueError
-
-EPS = 1e-7
+from ensemble.metrics import EPS
 
 
 def _as_stack(probas: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
@@ -57,24 +56,6 @@ def soft_vote(
     stack = _as_stack(probas)
     w = check_weights(weights, len(stack))
     return np.tensordot(w, stack, axes=1)
-
-
-def row_log_loss(y: np.ndarray, p: np.ndarray) -> np.ndarray:
-    """Per-row negative log probability of the true class (rows renormalised, clipped at 1e-7)."""
-    p = np.asarray(p, dtype=np.float64)
-    y = np.asarray(y, dtype=np.int64)
-    true = p[np.arange(len(y)), y] / np.maximum(p.sum(axis=1), EPS)
-    return -np.log(np.clip(true, EPS, 1.0))
-
-
-def log_loss(y: np.ndarray, p: np.ndarray) -> float:
-    """Mean of :func:`row_log_loss`."""
-    return float(np.mean(row_log_loss(y, p)))
-
-
-def accuracy(y: np.ndarray, p: np.ndarray) -> float:
-    """Fraction of rows whose most probable class is the label."""
-    return float(np.mean(np.argmax(p, axis=1) == np.asarray(y)))
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,6 @@ import numpy as np
 
 from ensemble.combine.manifest import (
     MANIFEST,
-    N_CLASSES,
     images_fingerprint,
     listed_artifacts,
     read_manifest,
@@ -27,6 +26,7 @@ from ensemble.combine.manifest import (
 )
 from ensemble.combine.members import as_images, load_keras_model, member_probas, one_line, progress_bar
 from ensemble.combine.tta import IDENTITY
+from ensemble.combine.voting import soft_vote
 from ensemble.errors import ArtifactError, DataError
 from ensemble.search.cnn.simplify import inference_model
 
@@ -154,7 +154,7 @@ def predict_proba(
     images = as_images(images, "test images")
     views = ens.views if tta else [IDENTITY]
     cnns = [m for m in ens.members if m.model is not None]
-    total = np.zeros((len(images), N_CLASSES), np.float64)
+    parts: list[np.ndarray] = []
     if cnns:
         with progress_bar(len(images), f"predict {len(cnns)} models x {len(views)} views", progress) as adv:
             probs = member_probas(
@@ -167,9 +167,7 @@ def predict_proba(
                 workers=workers,
                 precision=precision,
             )
-        for m, p in zip(cnns, probs):
-            total += m.weight * p.mean(axis=0)
-    for m in ens.members:
-        if m.model is None:
-            total += m.weight * _baseline(ens, m, images)
-    return (total / sum(m.weight for m in ens.members)).astype(np.float32)
+        parts += [p.mean(axis=0) for p in probs]
+    baselines = [m for m in ens.members if m.model is None]
+    parts += [_baseline(ens, m, images) for m in baselines]
+    return soft_vote(parts, [m.weight for m in cnns + baselines]).astype(np.float32)

@@ -182,14 +182,12 @@ def _test_proba(run: Run, src: RefitSource, cnns: list, models: list, tmp: Path,
     from ensemble.search.cnn.simplify import inference_model
 
     fast = [inference_model(m) for m in models]
+    from ensemble.combine.voting import soft_vote
+
     p = member_probas(fast, run.x_test, src.views, batch_size=batch_size).mean(axis=1)  # (M, N, 10)
-    total = np.tensordot([float(e["weight"]) for e in cnns], p, axes=1)
-    weights = sum(float(e["weight"]) for e in cnns)
-    for e in src.manifest["members"]:
-        if e["kind"] != "cnn":
-            total += float(e["weight"]) * np.load(tmp / e["probas"]["test"])
-            weights += float(e["weight"])
-    return (total / weights).astype(np.float32)
+    baselines = [e for e in src.manifest["members"] if e["kind"] != "cnn"]
+    parts = list(p) + [np.load(tmp / e["probas"]["test"]) for e in baselines]
+    return soft_vote(parts, [float(e["weight"]) for e in cnns + baselines]).astype(np.float32)
 
 
 def _manifest(

@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ensemble.combine.voting import log_loss
+from ensemble.combine.voting import soft_vote
 from ensemble.errors import NoModelError, UsageError
 from ensemble.io import read_json
+from ensemble.metrics import log_loss
 from ensemble.search.artifacts import load_proba, trial_path
 
 if TYPE_CHECKING:
@@ -164,8 +165,7 @@ def trial_entries(run: Run, storage: Any, *, top_cnn: int) -> tuple[list[Entry],
 
 def _weighted(parts: list[tuple[float, Callable[[], np.ndarray]]]) -> Callable[[], np.ndarray]:
     def load() -> np.ndarray:
-        total = sum(w for w, _ in parts)
-        return (sum(w * f() for w, f in parts) / total).astype(np.float32)
+        return soft_vote([f() for _, f in parts], [w for w, _ in parts]).astype(np.float32)
 
     return load
 

@@ -37,7 +37,7 @@ def fallback_model(run: Run, storage_url: str | None, log: Any, rows: int = 5000
     )
     folder = trial_dir(run, FALLBACK_STUDY, len(study.trials))
     save_probas(folder, probas)
-    from ensemble.combine.voting import log_loss
+    from ensemble.metrics import log_loss
 
     acc = float(np.mean(probas["val"].argmax(1) == yv))
     attrs = {

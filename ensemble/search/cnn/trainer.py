@@ -22,6 +22,7 @@ import numpy as np
 
 from ensemble.errors import TrialError
 from ensemble.io import write_json
+from ensemble.metrics import log_loss
 from ensemble.search.artifacts import save_probas
 from ensemble.search.cnn import model as cnn
 
@@ -35,10 +36,6 @@ class WorkerError(TrialError):
 
 class PruneRequested(Exception):
     """Raised inside training when the parent says the trial should be pruned (control flow, not an error)."""
-
-
-def _logloss(p: np.ndarray, y: np.ndarray) -> float:
-    return float(-np.mean(np.log(np.clip(p[np.arange(len(y)), y], 1e-7, 1.0))))
 
 
 def train_and_save(
@@ -65,7 +62,7 @@ def train_and_save(
     y_val = arrays["y_val"]
     return {
         "val_accuracy": float(np.mean(probas["val"].argmax(1) == y_val)),
-        "val_logloss": _logloss(probas["val"], y_val),
+        "val_logloss": log_loss(y_val, probas["val"]),
         "epochs_run": info["epochs_run"],
         "best_epoch": info["best_epoch"],
         "train_seconds": round(info["train_seconds"], 2),
