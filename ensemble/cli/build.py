@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from ensemble.cli.data import add_run_args
+from ensemble.cli.common import add_run_args, add_storage_arg
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(manifest.json with sha256 of every artifact, member models, val/holdout/test probabilities).",
     )
     add_run_args(p)
-    p.add_argument("--storage", metavar="URL", help="Optuna storage URL (default: the run's optuna.journal)")
+    add_storage_arg(p)
     p.add_argument("--top-k", type=int, default=5, metavar="K", help="number of best CNN trials to consider (5)")
     p.add_argument(
         "--weights",

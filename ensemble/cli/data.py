@@ -5,20 +5,10 @@ from __future__ import annotations
 import argparse
 import time
 
+from ensemble.cli.common import add_run_args
 from ensemble.data.demo import write_demo
 from ensemble.data.load import load_dataset, summarize
 from ensemble.data.runs import open_run
-
-
-def add_run_args(p: argparse.ArgumentParser) -> None:
-    """Options every stage command shares: the run and where its data comes from."""
-    p.add_argument("--run", required=True, metavar="NAME", help="run folder runs/NAME (created if missing)")
-    p.add_argument(
-        "--data",
-        metavar="PATH",
-        help="Kaggle data: a folder with train.csv/test.csv (.gz ok) or digit-recognizer.zip "
-        "(default: ./data/digit-recognizer, else the offline demo digits)",
-    )
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ensemble.cli.data import add_run_args
+from ensemble.cli.common import add_run_args, add_storage_arg
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -16,7 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "leaderboard.csv under runs/NAME/report/, and the submission of the best model (ties: the cheaper one).",
     )
     add_run_args(p)
-    p.add_argument("--storage", metavar="URL", help="Optuna storage URL (default: the run's optuna.journal)")
+    add_storage_arg(p)
     p.add_argument("--top-cnn", type=int, default=5, metavar="K", help="CNN trials to list (best by validation, 5)")
     p.add_argument("--gallery", type=int, default=40, metavar="N", help="misclassified digits to show (40)")
     p.set_defaults(func=cmd_report)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
+from ensemble.cli.common import add_storage_arg
 from ensemble.durations import parse_duration
 
 
@@ -41,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="delete the run folder runs/NAME (and, with --storage, the run's studies there) and start over",
     )
-    p.add_argument("--storage", metavar="URL", help="Optuna storage URL (default: the run's optuna.journal)")
+    add_storage_arg(p)
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help=argparse.SUPPRESS)  # preset overrides
     p.set_defaults(func=cmd_run)
 

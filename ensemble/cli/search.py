@@ -5,19 +5,11 @@ from __future__ import annotations
 import argparse
 import os
 
-from ensemble.cli.data import add_run_args
+from ensemble.cli.common import add_run_args, add_storage_arg
 from ensemble.durations import parse_duration
 
 DEFAULT_SPACE = "cnn.yaml"  # a shipped space (ensemble.search.spaces.space_file)
 BACKENDS = ("tensorflow", "jax", "torch")
-
-
-def add_storage_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--storage",
-        metavar="URL",
-        help="Optuna storage URL (e.g. postgresql://...); default: the journal file runs/NAME/optuna.journal",
-    )
 
 
 def register(sub: argparse._SubParsersAction) -> None:
