@@ -17,7 +17,8 @@ MAX_FUNCTION_LINES = 80
 #: The pipeline, bottom to top: a module may import its own layer and the layers below, never above.
 LAYERS = ("base", "data", "search", "combine", "inference", "report", "pipeline", "cli")
 BASE = {
-    "ensemble", "ensemble.errors", "ensemble.io", "ensemble.locks", "ensemble.quiet", "ensemble.durations", "ensemble.metrics",
+    "ensemble", "ensemble.errors", "ensemble.io", "ensemble.locks", "ensemble.quiet", "ensemble.durations",
+    "ensemble.metrics",
 }  # fmt: skip
 
 

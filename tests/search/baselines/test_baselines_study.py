@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import optuna
 import pytest
-from conftest import write_dataset
+from conftest import REPO, write_dataset
 
 from ensemble.cli import main
 from ensemble.data.runs import open_run
@@ -18,7 +18,7 @@ from ensemble.search.baselines.study import first_params, load_family_space, par
 from ensemble.search.spaces import load_space
 from ensemble.search.storage import open_storage
 
-REPO_SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
+REPO_SPACES = REPO / "search_spaces"
 ATTRS = {"val_accuracy", "val_logloss", "fit_seconds", "predict_seconds", "artifact_dir", "family", "n_train", "stage"}
 
 # Tiny spaces so a trial takes well under a second on 240 training rows.

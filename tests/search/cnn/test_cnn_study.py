@@ -5,8 +5,8 @@ from pathlib import Path
 import numpy as np
 import optuna
 import pytest
+from conftest import REPO, write_dataset
 from conftest import TINY_CNN_SPACE as TINY
-from conftest import write_dataset
 
 from ensemble.cli import main
 from ensemble.data.runs import open_run
@@ -134,7 +134,7 @@ def test_cli_bad_space_stops_at_once(runs_env: Path, tmp_path: Path, capsys: pyt
 
 
 def test_shipped_space_is_valid() -> None:
-    space = load_cnn_space(Path(__file__).resolve().parents[1] / "search_spaces" / "cnn.yaml")
+    space = load_cnn_space(REPO / "search_spaces" / "cnn.yaml")
     assert "learning_rate" in space.params
 
 
