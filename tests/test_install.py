@@ -50,7 +50,7 @@ def test_spaces_dir_is_the_package_folder(tmp_path, monkeypatch):
 @pytest.mark.parametrize("preset", list(PRESETS))
 def test_preset_spaces_are_shipped(preset, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    path = space_file(PRESETS[preset]["space"])
+    path = space_file(PRESETS[preset].space)
     assert path.parent == spaces_dir()
     assert path.is_file()
     load_cnn_space(path)
@@ -112,7 +112,7 @@ def test_wheel_install_finds_shipped_spaces_from_another_folder(tmp_path):
         "missing = set(sys.argv[2].split(',')) - set(shipped_spaces())\n"
         "assert not missing, missing\n"
         "for p in PRESETS:\n"
-        "    assert load_cnn_space(space_file(PRESETS[p]['space'])).path.resolve().is_relative_to(site)\n"
+        "    assert load_cnn_space(space_file(PRESETS[p].space)).path.resolve().is_relative_to(site)\n"
         "assert space_path('logreg').resolve().is_relative_to(site)\n"
         "print('ok', ensemble.__file__)\n"
     )

@@ -19,6 +19,7 @@ from ensemble.search.artifacts import baseline_study
 
 if TYPE_CHECKING:
     from ensemble.data.runs import Run
+    from ensemble.pipeline.presets import Preset
     from ensemble.pipeline.state import Log
 
 
@@ -26,14 +27,14 @@ KILL_GRACE_S = 30.0  # a baselines child still running this long after the searc
 
 
 # ---------------------------------------------------------------- baselines in a child process
-def baseline_plan(run: Run, s: dict[str, Any], storage_url: str | None) -> dict[int, list[str]]:
+def baseline_plan(run: Run, s: Preset, storage_url: str | None) -> dict[int, list[str]]:
     """Families grouped by how many search trials each still needs (0: only its refit may be missing)."""
     import optuna
 
     from ensemble.search.baselines.study import parse_models
     from ensemble.search.storage import open_storage, was_killed
 
-    families = parse_models(s["baselines"]) if s["baselines"] else []
+    families = parse_models(s.baselines) if s.baselines else []
     storage = open_storage(run, storage_url)
     names = set(optuna.get_all_study_names(storage=storage))
     plan: dict[int, list[str]] = {}
@@ -44,7 +45,7 @@ def baseline_plan(run: Run, s: dict[str, Any], storage_url: str | None) -> dict[
             ended = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL)
             trials = study.get_trials(deepcopy=False, states=ended)
             done = sum(t.user_attrs.get("stage", "search") == "search" and not was_killed(t) for t in trials)
-        plan.setdefault(max(0, int(s["baseline_trials"]) - done), []).append(fam)
+        plan.setdefault(max(0, s.baseline_trials - done), []).append(fam)
     return plan
 
 
@@ -73,19 +74,19 @@ def _child_setup(nice: int, cores: list[int]) -> None:
 class BaselineWorker(threading.Thread):
     """Runs ``ensemble baselines`` child processes one group at a time, forwarding their output."""
 
-    def __init__(self, run: Run, s: dict[str, Any], deadline: float, log: Any, storage_url: str | None) -> None:
+    def __init__(self, run: Run, s: Preset, deadline: float, log: Any, storage_url: str | None) -> None:
         super().__init__(daemon=True)
         self.run_, self.s, self.deadline, self.log, self.storage_url = run, s, deadline, log, storage_url
         self.proc: subprocess.Popen | None = None
         self.ok, self.stopped, self.errors = True, False, []
-        self.cores = baseline_cores(int(s["baseline_cores"]))
+        self.cores = baseline_cores(s.baseline_cores)
         self.on_done: Any = None
 
     def command(self, families: list[str], trials: int) -> list[str]:
         left = max(1, int(0.6 * (self.deadline - time.time())))  # leave time for the refits of the best
         cmd = [sys.executable, "-m", "ensemble", "baselines", "--run", self.run_.name, "--models", ",".join(families)]
         jobs = str(len(self.cores))
-        cmd += ["--trials", str(trials), "--jobs", jobs, "--timeout", f"{left}s", "--seed", str(self.s.get("seed", 0))]
+        cmd += ["--trials", str(trials), "--jobs", jobs, "--timeout", f"{left}s", "--seed", str(self.s.seed)]
         return cmd + (["--storage", self.storage_url] if self.storage_url else [])
 
     def run(self) -> None:
@@ -98,7 +99,7 @@ class BaselineWorker(threading.Thread):
             env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "120"}
             self.proc = subprocess.Popen(
                 cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True,
-                preexec_fn=lambda: _child_setup(int(self.s["baseline_nice"]), self.cores),
+                preexec_fn=lambda: _child_setup(int(self.s.baseline_nice), self.cores),
             )  # fmt: skip
             for line in self.proc.stdout or []:
                 if line.strip() and not line.startswith(("Optuna dashboard", "inspect:")) and "━" not in line:

@@ -2,95 +2,126 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+from dataclasses import dataclass, field
 from typing import Any
 
 from ensemble.errors import UsageError
+from ensemble.search.plan import PlanSettings
+
+
+@dataclass(frozen=True, kw_only=True)
+class Preset:
+    """Every setting of ``ensemble run`` (``--set KEY=VALUE`` overrides one; ``plan`` takes a JSON object)."""
+
+    budget: str  # the time budget, e.g. "28m"
+    space: str  # a shipped CNN search space or a path
+    cnn_trials: int  # a cap: the budget's plan sets how many members (and epochs) fit
+    plan: PlanSettings | None  # None: no plan, cnn_trials trials of the space's epochs
+    refit_full: bool  # refit the final model's CNNs on every labeled digit for the submission
+    max_train: int | None  # train the CNNs on at most this many rows (None: all)
+    pruner: str  # median, hyperband or none
+    mixed_precision: bool | str  # float16 compute; "auto": on when Keras sees a GPU
+    baselines: str  # comma list of families ("" for none)
+    baseline_trials: int
+    baseline_nice: int
+    baseline_cores: int  # cores for the baselines child (at most all but one)
+    top_k: int
+    weights: str  # equal or greedy
+    tta: str  # auto, none or a list of views
+    include_baselines: bool
+    shares: dict[str, float] = field(default_factory=dict)  # how the budget is split across stages
+    seed: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
 
 #: Everything a preset sets, in one place. "shares": how the time budget is split across stages.
-PRESETS: dict[str, dict[str, Any]] = {
-    "quick": {  # CPU, 2 cores: <= 30 min on the 42k Kaggle data
-        "budget": "28m",
-        "space": "cnn_quick.yaml",
-        "cnn_trials": 8,  # a cap: the budget's plan sets how many members (and epochs) fit
+PRESETS: dict[str, Preset] = {
+    "quick": Preset(  # CPU, 2 cores: <= 30 min on the 42k Kaggle data
+        budget="28m",
+        space="cnn_quick.yaml",
+        cnn_trials=8,  # a cap: the budget's plan sets how many members (and epochs) fit
         # margins: fractions of the probed speed (the probe runs alone). Measured on 2 cores: search trials
         # beside the baselines 0.68-0.75 (1,650-1,670 vs 2,300-2,600 images/s), a refit alone 0.80-0.84
-        "plan": {
-            "min_epochs": 12,
-            "max_epochs": 24,
-            "min_members": 2,
-            "max_members": 8,
-            "overhead_s": 20.0,
-            "speed_margin": 0.7,
-            "refit_margin": 0.8,
-        },
-        "refit_full": True,  # refit the final model's CNNs on every labeled digit for the submission
-        "max_train": None,
+        plan=PlanSettings(
+            min_epochs=12,
+            max_epochs=24,
+            min_members=2,
+            max_members=8,
+            overhead_s=20.0,
+            speed_margin=0.7,
+            refit_margin=0.8,
+        ),
+        refit_full=True,  # refit the final model's CNNs on every labeled digit for the submission
+        max_train=None,
         # no median pruning: with time for ~4 trials, epoch-3 accuracy under a one-cycle schedule
         # says little (a measured run pruned 4 of 6 trials and kept 2 members); the deadline still stops trials
-        "pruner": "none",
-        "mixed_precision": False,  # float16 compute; "auto": on when Keras sees a GPU
-        "baselines": "logreg,knn,svm,extratrees",
-        "baseline_trials": 2,
-        "baseline_nice": 5,
-        "baseline_cores": 1,  # cores for the baselines child (at most all but one)
-        "top_k": 5,
-        "weights": "greedy",
-        "tta": "auto",
+        pruner="none",
+        mixed_precision=False,  # float16 compute; "auto": on when Keras sees a GPU
+        baselines="logreg,knn,svm,extratrees",
+        baseline_trials=2,
+        baseline_nice=5,
+        baseline_cores=1,  # cores for the baselines child (at most all but one)
+        top_k=5,
+        weights="greedy",
+        tta="auto",
         # the deskewed baselines are diverse enough to help: on Kaggle's data greedy selection with
         # them reached 0.9950 validation / 0.9960 holdout vs 0.9938 / 0.9950 for the 3 CNNs alone
-        "include_baselines": True,
-        "shares": {"search": 0.87, "build": 0.09, "report": 0.04},
-    },
-    "standard": {  # CPU, a couple of hours
-        "budget": "2h",
-        "space": "cnn.yaml",
-        "cnn_trials": 30,
-        "plan": {
-            "min_epochs": 20,
-            "max_epochs": 30,
-            "min_members": 3,
-            "max_members": 12,
-            "overhead_s": 20.0,
-            "speed_margin": 0.7,
-            "refit_margin": 0.8,
-        },
-        "refit_full": True,
-        "max_train": None,
-        "pruner": "median",
-        "mixed_precision": False,  # float16 compute; "auto": on when Keras sees a GPU
-        "baselines": "logreg,rf,extratrees,knn,svm,xgboost",
-        "baseline_trials": 4,
-        "baseline_nice": 5,
-        "baseline_cores": 1,
-        "top_k": 5,
-        "weights": "greedy",
-        "tta": "auto",
-        "include_baselines": True,
-        "shares": {"search": 0.85, "build": 0.11, "report": 0.04},
-    },
-    "best": {  # a GPU (or a long CPU run): wider, deeper CNNs, more epochs and trials
-        "budget": "6h",
-        "space": "cnn_best.yaml",
-        "cnn_trials": 60,
-        "plan": {"min_epochs": 20, "max_epochs": 40, "min_members": 5, "max_members": 60, "overhead_s": 10.0},
-        "refit_full": True,
-        "max_train": None,
-        "pruner": "median",
+        include_baselines=True,
+        shares={"search": 0.87, "build": 0.09, "report": 0.04},
+    ),
+    "standard": Preset(  # CPU, a couple of hours
+        budget="2h",
+        space="cnn.yaml",
+        cnn_trials=30,
+        plan=PlanSettings(
+            min_epochs=20,
+            max_epochs=30,
+            min_members=3,
+            max_members=12,
+            overhead_s=20.0,
+            speed_margin=0.7,
+            refit_margin=0.8,
+        ),
+        refit_full=True,
+        max_train=None,
+        pruner="median",
+        mixed_precision=False,  # float16 compute; "auto": on when Keras sees a GPU
+        baselines="logreg,rf,extratrees,knn,svm,xgboost",
+        baseline_trials=4,
+        baseline_nice=5,
+        baseline_cores=1,
+        top_k=5,
+        weights="greedy",
+        tta="auto",
+        include_baselines=True,
+        shares={"search": 0.85, "build": 0.11, "report": 0.04},
+    ),
+    "best": Preset(  # a GPU (or a long CPU run): wider, deeper CNNs, more epochs and trials
+        budget="6h",
+        space="cnn_best.yaml",
+        cnn_trials=60,
+        plan=PlanSettings(min_epochs=20, max_epochs=40, min_members=5, max_members=60, overhead_s=10.0),
+        refit_full=True,
+        max_train=None,
+        pruner="median",
         # "auto" would turn float16 on with a GPU; off: on an H200 it was slower for these small CNNs
         # (ours, batch 512: 207-238k vs 254-264k images/s in float32; benchmarks/gpu_throughput.py)
-        "mixed_precision": False,
-        "baselines": "logreg,rf,extratrees,knn,svm,xgboost",
-        "baseline_trials": 8,
-        "baseline_nice": 5,
-        "baseline_cores": 4,
-        "top_k": 7,
-        "weights": "greedy",
-        "tta": "auto",
-        "include_baselines": True,
-        "shares": {"search": 0.88, "build": 0.09, "report": 0.03},
-    },
+        mixed_precision=False,
+        baselines="logreg,rf,extratrees,knn,svm,xgboost",
+        baseline_trials=8,
+        baseline_nice=5,
+        baseline_cores=4,
+        top_k=7,
+        weights="greedy",
+        tta="auto",
+        include_baselines=True,
+        shares={"search": 0.88, "build": 0.09, "report": 0.03},
+    ),
 }
 
 
@@ -100,18 +131,46 @@ STAGES = ("data", "cnn_search", "baselines", "build", "report", "refit")
 OVERRIDES_ENV = "ENSEMBLE_RUN_OVERRIDES"  # JSON object merged into the preset (tests, experiments)
 
 
-def settings_for(preset: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+def settings_for(preset: str, overrides: dict[str, Any] | None = None) -> Preset:
     """The preset's settings with overrides ($ENSEMBLE_RUN_OVERRIDES, then ``overrides``) applied."""
     if preset not in PRESETS:
         raise UsageError(f"--preset must be one of {', '.join(PRESETS)}, got '{preset}'")
-    s = json.loads(json.dumps(PRESETS[preset]))
+    s = PRESETS[preset]
     env = os.environ.get(OVERRIDES_ENV)
+    known = [f.name for f in dataclasses.fields(Preset)]
     for extra in (json.loads(env) if env else {}, overrides or {}):
-        unknown = set(extra) - set(s)
+        unknown = set(extra) - set(known)
         if unknown:
-            raise UsageError(f"unknown run setting(s) {sorted(unknown)}; known: {', '.join(s)}")
-        s.update(extra)
+            raise UsageError(f"unknown run setting(s) {sorted(unknown)}; known: {', '.join(known)}")
+        s = dataclasses.replace(s, **{k: _checked(s, k, v) for k, v in extra.items()})
     return s
+
+
+def _checked(s: Preset, key: str, value: Any) -> Any:
+    """``value`` for setting ``key``, of the type the setting has (a JSON object for ``plan``)."""
+    if key == "plan":
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            raise UsageError(f"--set plan= needs a JSON object or null, got {value!r}")
+        try:
+            return PlanSettings(**value)
+        except TypeError as exc:
+            raise UsageError(f"--set plan=: {exc}") from exc
+    current = getattr(s, key)
+    if key == "max_train":
+        ok = value is None or isinstance(value, int) and not isinstance(value, bool) and value > 0
+    elif key == "mixed_precision":
+        ok = isinstance(value, bool) or value == "auto"
+    elif isinstance(current, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(current, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, type(current))
+    if not ok:
+        raise UsageError(f"--set {key}=: expected a value like {current!r}, got {value!r}")
+    return value
 
 
 def parse_overrides(items: list[str] | None) -> dict[str, Any]:
@@ -131,8 +190,12 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
 def describe_presets() -> str:
     """One line per preset for --help."""
     return "; ".join(
-        f"{k}: budget {v['budget']}, CNN members x epochs planned from the measured speed (at most "
-        f"{v['cnn_trials']} trials, {v['plan']['min_epochs']}-{v['plan']['max_epochs']} epochs, {v['space']}), "
-        f"final refit on all labels {'on' if v['refit_full'] else 'off'}, baselines {v['baselines']}"
+        f"{k}: budget {v.budget}, CNN members x epochs planned from the measured speed (at most "
+        f"{v.cnn_trials} trials, {_epochs(v.plan)} epochs, {v.space}), "
+        f"final refit on all labels {'on' if v.refit_full else 'off'}, baselines {v.baselines}"
         for k, v in PRESETS.items()
     )
+
+
+def _epochs(plan: PlanSettings | None) -> str:
+    return f"{plan.min_epochs}-{plan.max_epochs}" if plan else "the space's"

@@ -77,7 +77,7 @@ def _run_locked(
 
     s = settings_for(preset, overrides)
     _quiet_interrupts()
-    budget_s = time_budget if time_budget is not None else parse_duration(str(s["budget"]))
+    budget_s = time_budget if time_budget is not None else parse_duration(s.budget)
     log = Log(say)
     root = run_root(name)
     if restart:
@@ -96,9 +96,9 @@ def _run_locked(
         sizes = run.meta["split"]["sizes"]
         log("data", f"split train {sizes['train']:,} / val {sizes['val']:,} / holdout {sizes['holdout']:,}")
         stages.finish("data", time.time() - t)
-    stages.note(preset=preset, settings=s, budget_seconds=budget_s)
+    stages.note(preset=preset, settings=s.as_dict(), budget_seconds=budget_s)
     log("run", f"Optuna dashboard (watch it live):  {redact(dashboard_command(run, storage_url))}")
-    shares = {"search": 0.0, "build": 0.0, "report": 0.0, **s["shares"]}
+    shares = {"search": 0.0, "build": 0.0, "report": 0.0, **s.shares}
     groups = {"search": ("cnn_search", "baselines"), "build": ("build",), "report": ("report",)}
     budget = Budget(budget_s, shares, [g for g, members in groups.items() if any(m in todo for m in members)])
     if todo:

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     import optuna
 
     from ensemble.data.runs import Run
+    from ensemble.pipeline.presets import Preset
     from ensemble.pipeline.state import Budget, Log, Stages
 
 POST_SEARCH_S = 150.0  # what build + report take at most (42k digits, quick preset: 15-60 s measured)
@@ -55,7 +56,7 @@ def deadline_pruner(
 
 
 def cnn_search(
-    run: Run, s: dict[str, Any], deadline: float, log: Any, storage_url: str | None, planned: Any = None
+    run: Run, s: Preset, deadline: float, log: Any, storage_url: str | None, planned: Any = None
 ) -> dict[str, Any]:
     """Run or continue the ``cnn`` study until its trial count (or the budget's plan) or its deadline."""
     import optuna
@@ -64,24 +65,24 @@ def cnn_search(
 
     space_path, space = _cnn_space(s)
     epochs = planned.plan.epochs if planned else int(space.defaults().get("epochs", 1))
-    mixed = s["mixed_precision"]
+    mixed = s.mixed_precision
     if mixed == "auto":
         from ensemble.search.cnn import model as cnn
 
         mixed = cnn.device_name() == "gpu"
     settings = search.SearchSettings(
         mixed_precision=bool(mixed),
-        trials=planned.plan.members if planned else int(s["cnn_trials"]),
+        trials=planned.plan.members if planned else s.cnn_trials,
         timeout=max(1.0, deadline - time.time()),
-        pruner=s["pruner"],
-        seed=int(s.get("seed", 0)),
-        max_train=s["max_train"],
+        pruner=s.pruner,
+        seed=s.seed,
+        max_train=s.max_train,
         epochs=(lambda: planned.plan.epochs) if planned else None,
     )
     if planned:
-        settings = dataclasses.replace(settings, trials=int(s["cnn_trials"]))  # a cap: the plan stops it
+        settings = dataclasses.replace(settings, trials=s.cnn_trials)  # a cap: the plan stops it
     when = (lambda: planned.deadline) if planned else deadline
-    pruner = deadline_pruner(search.make_pruner(s["pruner"], epochs), when, epochs, log)
+    pruner = deadline_pruner(search.make_pruner(s.pruner, epochs), when, epochs, log)
     log(f"space {space_path}: up to {settings.trials} trials, stops starting new ones at the deadline")
     callbacks = [planned.callback] if planned else []
     study = search.run_search(
@@ -97,17 +98,15 @@ def cnn_search(
     return {**info, "plan": planned.history} if planned else info
 
 
-def _cnn_space(s: dict[str, Any]) -> tuple[Any, Any]:
+def _cnn_space(s: Preset) -> tuple[Any, Any]:
     from ensemble.search.cnn import study as search
     from ensemble.search.spaces import space_file
 
-    space_path = space_file(str(s["space"]))  # a shipped name (the presets) or a path (--set space=FILE)
+    space_path = space_file(s.space)  # a shipped name (the presets) or a path (--set space=FILE)
     return space_path, search.load_cnn_space(space_path)
 
 
-def search_stage(
-    run: Run, s: dict[str, Any], stages: Stages, budget: Budget, log: Log, storage_url: str | None
-) -> None:
+def search_stage(run: Run, s: Preset, stages: Stages, budget: Budget, log: Log, storage_url: str | None) -> None:
     """CNN study in this process while the baselines run in a child process."""
     need_cnn, need_base = not stages.done("cnn_search"), not stages.done("baselines")
     if not (need_cnn or need_base):
@@ -116,11 +115,11 @@ def search_stage(
     deadline = budget.ends["search"]
     worker, planned = None, None
     t0 = time.time()
-    if need_cnn and s.get("plan"):  # searches + refits may use the build/report shares they will not need
+    if need_cnn and s.plan:  # searches + refits may use the build/report shares they will not need
         post = min(budget.ends["report"] - budget.ends["search"], POST_SEARCH_S)
         planned = _plan(run, s, stages, budget.ends["report"] - post, log, storage_url)
         deadline = planned.deadline
-    if need_base and s["baselines"]:
+    if need_base and s.baselines:
         worker = BaselineWorker(run, s, deadline, log.for_stage("baselines"), storage_url)
         worker.on_done = lambda: stages.finish("baselines", time.time() - t0)
         worker.start()
@@ -143,22 +142,25 @@ def search_stage(
         log("baselines", f"baselines did not finish cleanly ({'; '.join(worker.errors)}); a re-run continues them")
 
 
-def _plan(run: Run, s: dict[str, Any], stages: Stages, end: float, log: Log, storage_url: str | None) -> Any:
+def _plan(run: Run, s: Preset, stages: Stages, end: float, log: Log, storage_url: str | None) -> Any:
     """Measure, plan members x epochs until ``end`` (searches + refits), and record the plan in stages.json."""
     from ensemble.search.cnn import model as cnn
     from ensemble.search.planned import plan_search
 
     _, space = _cnn_space(s)
     config = cnn.validate_config({k: v for k, v in space.defaults().items() if k in cnn.DEFAULTS})
+    assert s.plan is not None
+    settings = dataclasses.replace(s.plan, refit=s.refit_full, max_members=min(s.plan.max_members, s.cnn_trials))
     planned = plan_search(
-        run, config, s=s, end=end, log=log.for_stage("plan"), previous=stages.data.get("plan"), storage_url=storage_url
-    )
+        run, config, settings=settings, max_train=s.max_train, end=end, log=log.for_stage("plan"),
+        previous=stages.data.get("plan"), storage_url=storage_url,
+    )  # fmt: skip
     stages.note(plan={"members": planned.plan.members, "epochs": planned.plan.epochs})
     return planned
 
 
 # ---------------------------------------------------------------- build, report, fallback
-def build_stage(run: Run, s: dict[str, Any], stages: Stages, log: Log, storage_url: str | None) -> None:
+def build_stage(run: Run, s: Preset, stages: Stages, log: Log, storage_url: str | None) -> None:
     """Soft-voting ensemble of the top CNN trials; skipped (not failed) when there is no CNN trial."""
     if stages.done("build"):
         log("build", "ensemble already built (stages.json); skipping")
@@ -168,8 +170,8 @@ def build_stage(run: Run, s: dict[str, Any], stages: Stages, log: Log, storage_u
     t0 = time.time()
     try:
         m = build_ensemble(
-            run, top_k=int(s["top_k"]), weights=s["weights"], tta=s["tta"], seed=int(s.get("seed", 0)),
-            include_baselines=bool(s["include_baselines"]), storage_url=storage_url, progress=False,
+            run, top_k=s.top_k, weights=s.weights, tta=s.tta, seed=s.seed,
+            include_baselines=s.include_baselines, storage_url=storage_url, progress=False,
             say=log.for_stage("build"),
         )  # fmt: skip
     except NoModelError as exc:
@@ -184,7 +186,7 @@ def build_stage(run: Run, s: dict[str, Any], stages: Stages, log: Log, storage_u
 
 
 def report_stage(
-    run: Run, s: dict[str, Any], stages: Stages, log: Log, storage_url: str | None, again: bool = False
+    run: Run, s: Preset, stages: Stages, log: Log, storage_url: str | None, again: bool = False
 ) -> dict[str, Any]:
     """Leaderboard, report files and the submission (from a fallback model if no model exists).
 
@@ -219,21 +221,19 @@ def report_stage(
     }
 
 
-def refit_stage(
-    run: Run, s: dict[str, Any], stages: Stages, end: float, log: Log, final: str, storage_url: str | None
-) -> bool:
+def refit_stage(run: Run, s: Preset, stages: Stages, end: float, log: Log, final: str, storage_url: str | None) -> bool:
     """Refit the final model's CNNs on every labeled digit until ``end``; True when a refit was written."""
     if stages.done("refit"):
         log("refit", "final refit already done (stages.json); skipping")
         return False
     t0 = time.time()
-    if not s.get("refit_full"):
+    if not s.refit_full:
         stages.finish("refit", 0.0, skipped="refit_full is off")
         return False
     from ensemble.inference.refit import refit_full
 
     m = refit_full(
-        run, final=final, deadline=end - 20.0, seed=int(s.get("seed", 0)), storage_url=storage_url,
+        run, final=final, deadline=end - 20.0, seed=s.seed, storage_url=storage_url,
         say=log.for_stage("refit"),
     )  # fmt: skip
     done = [e["name"] for e in (m or {}).get("members", []) if (e.get("refit_full") or {}).get("refit")]

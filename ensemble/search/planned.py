@@ -72,7 +72,8 @@ def plan_search(
     run: Run,
     config: dict[str, Any],
     *,
-    s: dict[str, Any],
+    settings: PlanSettings,
+    max_train: int | None,
     end: float,
     log: Callable[[str], None],
     previous: dict[str, int] | None = None,
@@ -80,16 +81,15 @@ def plan_search(
 ) -> PlannedSearch:
     """Measure the speed of ``config`` here, now, and plan the members that fit until ``end``.
 
+    ``settings``: the preset's (``refit`` and ``max_members`` included); ``max_train``: rows the CNNs train on.
     ``previous``: the plan an interrupted invocation of this run recorded; its epoch count is kept
     (members of one ensemble train alike) and the members it already trained count.
     """
     from ensemble.search.cnn.trainer import probe_speed
 
     x, y = run.part("train")
-    if s.get("max_train"):
-        x, y = x[: int(s["max_train"])], y[: int(s["max_train"])]
-    settings = PlanSettings(**{**s["plan"], "refit": bool(s["refit_full"])})
-    settings = dataclasses.replace(settings, max_members=min(settings.max_members, int(s["cnn_trials"])))
+    if max_train:
+        x, y = x[:max_train], y[:max_train]
     t0 = time.time()
     ips = probe_speed(config, x, y, images=min(4096, len(y)))
     log(f"measured {ips:,.0f} training images/s ({time.time() - t0:.0f}s probe)")

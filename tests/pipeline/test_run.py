@@ -13,7 +13,7 @@ from conftest import write_dataset
 
 from ensemble.cli import main
 from ensemble.errors import UsageError
-from ensemble.pipeline.presets import PRESETS, parse_overrides, settings_for
+from ensemble.pipeline.presets import PRESETS, Preset, parse_overrides, settings_for
 from ensemble.pipeline.state import Budget
 from ensemble.report.submission import check_submission
 
@@ -48,13 +48,19 @@ def tiny_args(tmp_path: Path, name: str, *extra: str) -> list[str]:
 def test_presets_and_overrides() -> None:
     assert set(PRESETS) == {"quick", "standard", "best"}
     for p in PRESETS.values():
-        assert set(p) == set(PRESETS["quick"])
+        assert isinstance(p, Preset) and p.plan is not None and p.refit_full
     assert parse_overrides(["cnn_trials=3", "space=x.yaml", "max_train=null"]) == {
         "cnn_trials": 3,
         "space": "x.yaml",
         "max_train": None,
     }
-    assert settings_for("quick", {"cnn_trials": 1})["cnn_trials"] == 1
+    assert settings_for("quick", {"cnn_trials": 1}).cnn_trials == 1
+    plan = settings_for("quick", {"plan": {"min_epochs": 1, "max_epochs": 2}}).plan
+    assert plan is not None and (plan.min_epochs, plan.max_epochs) == (1, 2)
+    assert settings_for("quick", {"plan": None}).plan is None
+    for bad in ({"cnn_trials": "many"}, {"refit_full": 1}, {"plan": [1]}, {"plan": {"bogus": 1}}, {"max_train": -5}):
+        with pytest.raises(UsageError, match="--set"):
+            settings_for("quick", bad)
     with pytest.raises(UsageError, match="unknown run setting"):
         settings_for("quick", {"bogus": 1})
     with pytest.raises(UsageError, match="--preset"):
