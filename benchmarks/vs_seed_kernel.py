@@ -100,7 +100,7 @@ def final_model_proba(run: Run, final_proba: str | None, storage: str | None) ->
     name = summary["final_model"]
     from ensemble.report.summary import collect
 
-    entries = collect(run, storage_url=storage, top_cnn=10**6)["entries"]
+    entries = collect(run, storage_url=storage, top_cnn=10**6).entries
     entry = next((e for e in entries if e.name == name), None)
     if entry is None:
         raise UsageError(f"final model '{name}' of {summary_path} is no longer in run '{run.name}'; rerun the report")
@@ -355,7 +355,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     print_result(result)
-    return 1 if args.require_win and not result["comparison"]["product_wins"] else 0
+    return 1 if args.require_win and not result.comparison["product_wins"] else 0
 
 
 if __name__ == "__main__":

@@ -212,12 +212,12 @@ def report_stage(
         fallback_model(run, storage_url, log.for_stage("fallback"))
         result = run_report(run, storage_url=storage_url)
     print_report(result)
-    final = result["final"]
+    final = result.final
     stages.finish("report", time.time() - t0, final_model=final.name)
     return {
         "final_model": final.name,
         "holdout_accuracy": final.metrics["holdout_accuracy"],
-        "submission": str(result["submission"]),
+        "submission": str(result.submission),
     }
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ensemble.report.summary import ReportResult
 
 SHORT = {
     "rank": "#", "holdout_accuracy": "holdout acc", "ci": "95% CI", "holdout_logloss": "log loss", "ece": "ECE",
@@ -10,7 +13,7 @@ SHORT = {
 }  # fmt: skip
 
 
-def print_report(result: dict[str, Any]) -> None:
+def print_report(result: ReportResult) -> None:
     """The leaderboard as a rich table, the significance test, the final model and the paths written."""
     from rich import box
     from rich.console import Console
@@ -22,26 +25,26 @@ def print_report(result: dict[str, Any]) -> None:
     console = Console(highlight=False)
     if console.width < 150:  # a pipe or a narrow terminal: print the full table rather than squeeze it
         console = Console(highlight=False, width=150)
-    rows = leaderboard_rows(result["entries"])
+    rows = leaderboard_rows(result.entries)
     table = Table(title="Holdout leaderboard", title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1))
     for i, (_, key) in enumerate(HEADERS):
         table.add_column(SHORT.get(key, key), justify="left" if 0 < i < 3 else "right", no_wrap=True)
     for r in rows:
-        style = "bold green" if r["model"] == result["final"].name else None
+        style = "bold green" if r["model"] == result.final.name else None
         table.add_row(*[fmt(k, r) for _, k in HEADERS], style=style)
     console.print(table)
-    if result.get("mcnemar"):
-        console.print(result["mcnemar"]["words"], soft_wrap=True)
-    for g in result["gains"]:
+    if result.mcnemar:
+        console.print(result.mcnemar["words"], soft_wrap=True)
+    for g in result.gains:
         gain = "" if g["gain"] is None else f" ({g['gain'] * 100:+.2f} pts)"
         console.print(f"  {g['step']}: holdout {g['holdout_accuracy']:.4f}{gain}", soft_wrap=True)
-    final = result["final"]
-    if result.get("refit"):
+    final = result.final
+    if result.refit:
         console.print(f"final refit: {result['refit'].note}", soft_wrap=True)
     console.print(
         f"final model: {final.name} (holdout accuracy {final.metrics['holdout_accuracy']:.4f}) -> "
         f"{result['submission']} (checked: {sum(result['submission_counts']):,} rows)",
         soft_wrap=True,
     )
-    for path in result["files"]:
+    for path in result.files:
         console.print(f"wrote {path}", soft_wrap=True)

@@ -17,6 +17,7 @@ from ensemble.report import plots
 
 if TYPE_CHECKING:
     from ensemble.data.runs import Run
+    from ensemble.report.summary import ReportResult
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1180px;color:#212529;
@@ -87,18 +88,18 @@ def per_class(y: np.ndarray, pred: np.ndarray) -> list[dict[str, Any]]:
     return out
 
 
-def figures(run: Run, result: dict[str, Any], *, storage_url: str | None, gallery: int) -> dict[str, Any]:
+def figures(run: Run, result: ReportResult, *, storage_url: str | None, gallery: int) -> dict[str, Any]:
     """Every figure as PNG bytes (None when there is nothing to draw), plus notes."""
     from ensemble.report.summary import leaderboard_rows
 
-    final = result["final"]
-    y = result["y"]
+    final = result.final
+    y = result.y
     proba = final.holdout()
     pred = proba.argmax(axis=1)
     x_hold = run.part("holdout")[0]
     gal, n_gal = plots.gallery_png(x_hold, y, proba, gallery)
     figs: dict[str, Any] = {
-        "leaderboard": plots.leaderboard_chart(leaderboard_rows(result["entries"])),
+        "leaderboard": plots.leaderboard_chart(leaderboard_rows(result.entries)),
         "confusion": plots.confusion_matrix_png(y, pred, f"{final.name} on the holdout ({len(y):,} digits)"),
         "gallery": gal,
         "n_gallery": n_gal,
@@ -154,22 +155,22 @@ def _md_table(heads: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def sections(run: Run, result: dict[str, Any], figs: dict[str, Any]) -> list[tuple[str, str, list, str | None]]:
+def sections(run: Run, result: ReportResult, figs: dict[str, Any]) -> list[tuple[str, str, list, str | None]]:
     """(title, text, table as (heads, rows) or [], figure key) for every section, shared by HTML and Markdown."""
     from ensemble.report.summary import leaderboard_rows
 
-    rows = leaderboard_rows(result["entries"])
-    final = result["final"]
+    rows = leaderboard_rows(result.entries)
+    final = result.final
     lb = ([h for h, _ in HEADERS], [[fmt(k, r) for _, k in HEADERS] for r in rows])
-    counts = " ".join(f"{d}:{c}" for d, c in enumerate(result["submission_counts"]))
-    notes = "; ".join(f"{e.name}: {e.note}" for e in result["entries"] if e.note)
+    counts = " ".join(f"{d}:{c}" for d, c in enumerate(result.submission_counts))
+    notes = "; ".join(f"{e.name}: {e.note}" for e in result.entries if e.note)
     out = [
         (
             "Final model",
             f"{final.name} has the best holdout accuracy ({final.metrics['holdout_accuracy']:.4f}, "
             f"{final.metrics['holdout_correct']:,}/{len(result['y']):,}); ties go to the cheaper model. "
             f"It wrote {result['submission']} ({sum(result['submission_counts']):,} rows, checked; "
-            f"predicted labels {counts})." + (f" Final refit: {result['refit'].note}" if result.get("refit") else ""),
+            f"predicted labels {counts})." + (f" Final refit: {result['refit'].note}" if result.refit else ""),
             [],
             None,
         ),
@@ -184,11 +185,11 @@ def sections(run: Run, result: dict[str, Any], figs: dict[str, Any]) -> list[tup
             "leaderboard",
         ),
     ]
-    mc = result.get("mcnemar")
+    mc = result.mcnemar
     out.append(
         ("Is the ensemble really better?", mc["words"] if mc else "No ensemble was built in this run.", [], None)
     )
-    gains = result["gains"]
+    gains = result.gains
     g_rows = [
         [
             g["step"],
@@ -233,7 +234,7 @@ def sections(run: Run, result: dict[str, Any], figs: dict[str, Any]) -> list[tup
     return out
 
 
-def write_outputs(run: Run, result: dict[str, Any], *, storage_url: str | None, gallery: int) -> list[Path]:
+def write_outputs(run: Run, result: ReportResult, *, storage_url: str | None, gallery: int) -> list[Path]:
     """Write leaderboard.csv, report.md (+ img/) and report.html; returns the paths."""
     from ensemble.report.summary import leaderboard_rows
 
@@ -241,7 +242,7 @@ def write_outputs(run: Run, result: dict[str, Any], *, storage_url: str | None, 
     (folder / "img").mkdir(parents=True, exist_ok=True)
     figs = figures(run, result, storage_url=storage_url, gallery=gallery)
     secs = sections(run, result, figs)
-    written = [write_csv(folder / "leaderboard.csv", leaderboard_rows(result["entries"]))]
+    written = [write_csv(folder / "leaderboard.csv", leaderboard_rows(result.entries))]
     for key in ("leaderboard", "confusion", "gallery", "history", "importance", "curves"):
         if figs[key] is not None:
             atomic_write(folder / "img" / f"{key}.png", figs[key])
@@ -270,8 +271,8 @@ def _markdown(title: str, sub: str, secs: list, figs: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
-def _html(title: str, sub: str, secs: list, figs: dict[str, Any], result: dict[str, Any]) -> str:
-    n_final = 1 + [e.name for e in result["entries"]].index(result["final"].name)
+def _html(title: str, sub: str, secs: list, figs: dict[str, Any], result: ReportResult) -> str:
+    n_final = 1 + [e.name for e in result.entries].index(result.final.name)
     body = [f"<h1>{html.escape(title)}</h1>", f'<p class="muted">{html.escape(sub)}</p>']
     for i, (head, text, table, fig) in enumerate(secs):
         body.append(f"<h2>{html.escape(head)}</h2>")

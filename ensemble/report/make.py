@@ -9,7 +9,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ensemble.io import write_json
-from ensemble.report.summary import collect, leaderboard_rows, refit_entry, significance, write_final_submission
+from ensemble.report.summary import (
+    ReportResult,
+    collect,
+    leaderboard_rows,
+    refit_entry,
+    significance,
+    write_final_submission,
+)
 
 if TYPE_CHECKING:
     from ensemble.data.runs import Run
@@ -22,34 +29,33 @@ def make_report(
     top_cnn: int = 5,
     gallery: int = 40,
     say: Callable[[str], None] = print,
-) -> dict[str, Any]:
+) -> ReportResult:
     """Compare every model on the holdout, write runs/NAME/report/ and runs/NAME/submission.csv."""
     from ensemble.report.html import write_outputs
 
     result = collect(run, storage_url=storage_url, top_cnn=top_cnn)
-    final = result["entries"][0]
-    result["final"] = final
-    result["mcnemar"] = significance(result)
-    result["refit"] = refit_entry(run, final)
-    sub, labels = write_final_submission(run, result["refit"] or final)
-    result["submission"] = sub
-    result["submission_counts"] = np.bincount(labels, minlength=10).tolist()
-    result["files"] = write_outputs(run, result, storage_url=storage_url, gallery=gallery)
+    final = result.final
+    result.mcnemar = significance(result)
+    result.refit = refit_entry(run, final)
+    sub, labels = write_final_submission(run, result.refit or final)
+    result.submission = sub
+    result.submission_counts = np.bincount(labels, minlength=10).tolist()
+    result.files = write_outputs(run, result, storage_url=storage_url, gallery=gallery)
     summary = {
         "final_model": final.name,
         "holdout_accuracy": final.metrics["holdout_accuracy"],
         "submission": str(sub),
-        "leaderboard": leaderboard_rows(result["entries"]),
-        "mcnemar": {k: v for k, v in (result["mcnemar"] or {}).items()},
-        "tta_and_ensembling": result["gains"],
-        "refit_full": result["refit"].note if result["refit"] else None,
+        "leaderboard": leaderboard_rows(result.entries),
+        "mcnemar": {k: v for k, v in (result.mcnemar or {}).items()},
+        "tta_and_ensembling": result.gains,
+        "refit_full": result.refit.note if result.refit else None,
     }
     write_json(run.path("report", "summary.json"), summary)
-    result["files"].append(run.path("report", "summary.json"))
+    result.files.append(run.path("report", "summary.json"))
     return result
 
 
-def run_report(run: Any, *, storage_url: str | None = None, top_cnn: int = 5, gallery: int = 40) -> dict[str, Any]:
+def run_report(run: Any, *, storage_url: str | None = None, top_cnn: int = 5, gallery: int = 40) -> ReportResult:
     """Make the report (quietly, with matplotlib's Agg backend)."""
     os.environ.setdefault("MPLBACKEND", "Agg")
     from ensemble.data.runs import runs_dir, sweep_debris

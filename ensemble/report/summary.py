@@ -269,7 +269,27 @@ def tta_and_ensembling(manifest: dict | None) -> list[dict[str, Any]]:
     return out
 
 
-def collect(run: Run, *, storage_url: str | None = None, top_cnn: int = 5) -> dict[str, Any]:
+@dataclass
+class ReportResult:
+    """What the report found: every model ranked on the holdout, and (once made) what was written."""
+
+    entries: list[Entry]  # ranked, best first
+    manifest: dict[str, Any] | None  # the built ensemble's, if any
+    y: np.ndarray  # holdout labels
+    gains: list[dict[str, Any]]  # what each ensembling step added on the holdout
+    mcnemar: dict[str, Any] | None = None
+    refit: Entry | None = None  # the final model refitted on all labels, when there is one
+    submission: Path | None = None
+    submission_counts: list[int] = field(default_factory=list)
+    files: list[Path] = field(default_factory=list)
+
+    @property
+    def final(self) -> Entry:
+        """The final model: the best on the holdout (ties: the cheaper one)."""
+        return self.entries[0]
+
+
+def collect(run: Run, *, storage_url: str | None = None, top_cnn: int = 5) -> ReportResult:
     """Score every model on the holdout and rank them."""
     from ensemble.search.storage import open_storage
 
@@ -286,17 +306,17 @@ def collect(run: Run, *, storage_url: str | None = None, top_cnn: int = 5) -> di
     if not entries:
         raise NoModelError(f"run '{run.name}' has no model with holdout predictions yet; run baselines or search first")
     ranked = rank(entries)
-    return {"entries": ranked, "manifest": manifest, "y": y, "gains": tta_and_ensembling(manifest)}
+    return ReportResult(ranked, manifest, y, tta_and_ensembling(manifest))
 
 
-def significance(result: dict[str, Any]) -> dict[str, Any] | None:
+def significance(result: ReportResult) -> dict[str, Any] | None:
     """McNemar between the best ensemble row and the best single model."""
-    ranked = result["entries"]
+    ranked = result.entries
     ens = [e for e in ranked if e.kind == "ensemble"]
     single = [e for e in ranked if e.kind != "ensemble"]
     if not ens or not single:
         return None
-    y = result["y"]
+    y = result.y
     a, b = ens[0], single[0]
     t = mcnemar(y, a.holdout().argmax(1), b.holdout().argmax(1))
     return {**t, "a": a.name, "b": b.name, "words": mcnemar_words(t, a.name, b.name)}

@@ -49,7 +49,7 @@ def test_refit_trains_every_cnn_member_on_all_labels(built) -> None:
 def test_report_submits_the_refit_of_the_final_model_only(built) -> None:
     run = built
     result = make_report(run, gallery=0, say=lambda s: None)
-    final = result["final"].name
+    final = result.final.name
     if refit_full(run, final=final, say=lambda s: None) is None:
         pytest.skip(f"the tiny run's final model {final} is a baseline")
     again = make_report(run, gallery=0, say=lambda s: None)
