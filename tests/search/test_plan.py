@@ -105,3 +105,15 @@ def test_refits_are_planned_at_their_own_speed() -> None:
     slow = dataclasses.replace(start, refit_images_per_second=1_665)
     assert revise(slow, done=1, seconds_left=1_500 - trial_s, images_per_second=1_665, n_train=N_TRAIN,
                   n_all=N_ALL, settings=settings).epochs < after.epochs  # fmt: skip
+
+
+def test_a_trial_faster_than_the_probe_speeds_up_the_refits_plan() -> None:
+    # a measured quick run: probe 1,617 images/s, the first trial ended at 2,074 (the baselines were done)
+    settings = PlanSettings(**{**QUICK.__dict__, "speed_margin": 0.7, "refit_margin": 0.8})
+    start = plan_for(1_460, 1_617, settings)
+    after = revise(start, done=1, seconds_left=1_005, images_per_second=2_074, n_train=N_TRAIN, n_all=N_ALL,
+                   settings=settings)  # fmt: skip
+    assert after.refit_images_per_second == pytest.approx(0.9 * 2_074)
+    assert after.refit_images_per_second > start.refit_images_per_second
+    assert after.refit_seconds < revise(start, done=1, seconds_left=1_005, images_per_second=1_000, n_train=N_TRAIN,
+                                        n_all=N_ALL, settings=settings).refit_seconds  # fmt: skip
