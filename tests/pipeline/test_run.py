@@ -3,11 +3,10 @@ from __future__ import annotations
 import csv
 import json
 import os
-import re
 import stat
-import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import write_dataset
 
@@ -77,53 +76,77 @@ def test_budget_splits_over_the_stages_left() -> None:
     assert b.ends["search"] == b.start and b.ends["build"] - b.start == pytest.approx(75.0)
 
 
-def test_run_end_to_end_then_resume(tmp_path: Path, runs_env: Path, capsys) -> None:
-    t0 = time.perf_counter()
+def final_labels(name: str) -> np.ndarray:
+    """The test labels of the model the report chose (its refit when there is one), from its stored probabilities."""
+    from ensemble.data.runs import open_run
+    from ensemble.report.summary import collect, refit_entry
+
+    run = open_run(name, say=lambda s: None)
+    summary = json.loads(run.path("report", "summary.json").read_text())
+    final = next(e for e in collect(run).entries if e.name == summary["final_model"])
+    return (refit_entry(run, final) or final).test().argmax(axis=1)
+
+
+def study_trials(root: Path) -> dict[str, list[str]]:
+    import optuna
+
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(root / "optuna.journal")))
+    return {
+        name: [t.state.name for t in optuna.load_study(study_name=name, storage=storage).trials]
+        for name in optuna.get_all_study_names(storage)
+    }
+
+
+def test_run_end_to_end_then_resume(tmp_path: Path, runs_env: Path) -> None:
+    from ensemble.inference.predict import load_ensemble
+
     assert main(tiny_args(tmp_path, "e2e")) == 0
-    first = time.perf_counter() - t0
-    out = capsys.readouterr().out
-    assert "optuna-dashboard" in out and "Holdout leaderboard" in out and "kaggle competitions submit" in out
     root = runs_env / "e2e"
     labels = check_submission(root / "submission.csv", n_rows=40)
-    assert len(labels) == 40
+    np.testing.assert_array_equal(labels, final_labels("e2e"))  # the submission is the final model's argmax
+    trials = study_trials(root)
+    assert trials["cnn"] == ["COMPLETE", "COMPLETE"]  # the plan's two members
+    assert {"baseline-logreg", "baseline-knn"} <= set(trials) and all("COMPLETE" in v for v in trials.values())
+    for folder in ("ensemble", "ensemble-full"):
+        assert load_ensemble(root / folder).members  # both load, hashes checked
     assert "Leaderboard (holdout)" in (root / "report" / "report.html").read_text()
     rows = list(csv.DictReader((root / "report" / "leaderboard.csv").open()))
     assert {"logreg", "knn", "cnn", "ensemble"} <= {r["family"] for r in rows}
     stages = json.loads((root / "stages.json").read_text())["stages"]
-    assert all(stages[s]["done"] for s in ("data", "cnn_search", "baselines", "build", "report"))
+    assert all(stages[s]["done"] for s in ("data", "cnn_search", "baselines", "build", "report", "refit"))
     mask = os.umask(0)
     os.umask(mask)
     for shared in ("submission.csv", "ensemble/manifest.json", "report/report.html", "report/summary.json"):
         assert stat.S_IMODE((root / shared).stat().st_mode) == 0o666 & ~mask, shared  # readable by others
     assert not list(root.glob(".*tmp*")) and not list((root / ".cache").glob("*"))  # no debris
 
-    t0 = time.perf_counter()
+    # The same command again has nothing left to do: no trial, no file changes.
+    before = {p: p.read_bytes() for p in (root / "submission.csv", root / "stages.json", root / "optuna.journal")}
     assert main(tiny_args(tmp_path, "e2e")) == 0
-    again = time.perf_counter() - t0
-    out = capsys.readouterr().out
-    assert "already finished" in out and "report already written" in out
-    assert again < 5 and again < first / 3
+    assert {p: p.read_bytes() for p in before} == before
 
-    # A run stopped after the search (Ctrl-C, kill) continues with the stages left.
+    # A run stopped after the search (Ctrl-C, kill) continues with the stages left, and trains nothing new.
     data = json.loads((root / "stages.json").read_text())
-    for s in ("build", "report"):
+    for s in ("build", "report", "refit"):
         del data["stages"][s]
     (root / "stages.json").write_text(json.dumps(data))
     (root / "submission.csv").unlink()
+    old_manifest = (root / "ensemble" / "manifest.json").read_bytes()
     assert main(tiny_args(tmp_path, "e2e")) == 0
-    out = capsys.readouterr().out
-    assert "CNN search and baselines already finished" in out and "Study 'cnn'" not in out
-    assert re.search(r"ensemble of \d members written", out)
-    check_submission(root / "submission.csv", n_rows=40)
+    assert study_trials(root) == trials
+    assert (root / "ensemble" / "manifest.json").read_bytes() != old_manifest  # rebuilt
+    np.testing.assert_array_equal(check_submission(root / "submission.csv", n_rows=40), final_labels("e2e"))
 
 
-def test_run_cut_short_without_any_model_still_writes_a_submission(tmp_path: Path, runs_env: Path, capsys) -> None:
+def test_run_cut_short_without_any_model_still_writes_a_submission(tmp_path: Path, runs_env: Path) -> None:
     args = tiny_args(tmp_path, "short", "--time-budget", "1s")
     args[args.index("baselines=logreg,knn")] = "baselines="  # no baselines: the only CNN trial gets cut
     assert main(args) == 0
-    out = capsys.readouterr().out
     root = runs_env / "short"
-    check_submission(root / "submission.csv", n_rows=40)
-    assert "stopping the search" in out and "fallback kNN" in out and "final model: baseline-fallback" in out
+    labels = check_submission(root / "submission.csv", n_rows=40)
+    summary = json.loads((root / "report" / "summary.json").read_text())
+    assert summary["final_model"].startswith("baseline-fallback")  # the quick kNN fallback
+    assert study_trials(root)["baseline-fallback"] == ["COMPLETE"]
+    np.testing.assert_array_equal(labels, final_labels("short"))
     stages = json.loads((root / "stages.json").read_text())["stages"]
     assert stages["cnn_search"]["cut_short"] is True and "skipped" in stages["build"]
