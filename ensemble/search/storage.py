@@ -57,15 +57,15 @@ def open_storage(run: Run, url: str | None = None) -> optuna.storages.BaseStorag
 
 
 def dashboard_command(run: Run, url: str | None = None) -> str:
-    """The exact shell command that opens this run in optuna-dashboard."""
-    return f"optuna-dashboard {shlex.quote(storage_location(run, url))}"
+    """The shell command that opens this run in optuna-dashboard (a URL's password shown as ``***``)."""
+    return f"optuna-dashboard {shlex.quote(redact(storage_location(run, url)))}"
 
 
 def optuna_cli_args(run: Run, url: str | None = None) -> str:
-    """``--storage`` arguments for the ``optuna`` CLI (trials, best-trial, ...)."""
+    """``--storage`` arguments for the ``optuna`` CLI (trials, best-trial, ...); a password shown as ``***``."""
     loc = storage_location(run, url)
     if _is_url(loc):
-        return f"--storage {shlex.quote(loc)}"
+        return f"--storage {shlex.quote(redact(loc))}"
     return f"--storage {shlex.quote(loc)} --storage-class JournalFileBackend"
 
 

@@ -83,3 +83,15 @@ def test_tagged_trials_live_or_dead(study, tmp_path: Path, other_worker) -> None
 )
 def test_redact_hides_the_password(url: str, shown: str) -> None:
     assert redact(url) == shown
+
+
+def test_printed_commands_never_show_a_password(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from ensemble.search.storage import dashboard_command, optuna_cli_args
+
+    run = SimpleNamespace(path=lambda *parts: tmp_path.joinpath(*parts))
+    url = "postgresql://alice:s3cret@db.example:5432/ensemble"
+    for line in (dashboard_command(run, url), optuna_cli_args(run, url)):  # type: ignore[arg-type]
+        assert "s3cret" not in line and "alice:***@db.example" in line
+    assert str(tmp_path / "optuna.journal") in dashboard_command(run)  # type: ignore[arg-type]

@@ -5,7 +5,7 @@ Every baseline sees the same steps, fitted on the run's training part only:
 0. optional ``Deskew`` (stateless): each image is sheared so its main axis is vertical and
    moved so its centre of mass is in the middle (the classic moment-based MNIST deskew; on
    Kaggle's data it lifted trees, kNN and XGBoost by 0.7-1.1 points of validation accuracy,
-   logistic regression by 3.4, the RBF SVM by only 0.05; README, `ensemble baselines`);
+   logistic regression by 3.4, the RBF SVM by only 0.05: docs/benchmarks.md);
 1. ``PixelScaler``: (N, 28, 28) images -> (N, 784) float32 in [0, 1];
 2. optional ``PCA(n_components)`` (optionally whitened), which replaces the pixels or, with
    ``pca_append``, is appended to them (trees split on both local pixels and global components).
