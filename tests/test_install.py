@@ -23,9 +23,13 @@ from ensemble.search.spaces import shipped_spaces, space_file, spaces_dir
 
 CNN_SPACES = ("cnn.yaml", "cnn_quick.yaml", "cnn_best.yaml")
 # what a source copy needs to build; build outputs and local state stay behind
-COPY_IGNORE = shutil.ignore_patterns(
-    ".git", ".venv", "runs", "data", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", ".ruff_cache"
-)
+_IGNORED = shutil.ignore_patterns(".git", ".venv", "*.egg-info", "__pycache__", ".pytest_cache", ".ruff_cache")
+
+
+def COPY_IGNORE(folder: str, names: list[str]) -> set[str]:
+    """What the copy leaves out: caches, and at the top only, the data, runs and build folders."""
+    top = {"runs", "data", "build", "dist"} if Path(folder) == REPO else set()
+    return set(_IGNORED(folder, names)) | (top & set(names))
 
 
 def test_package_list_covers_every_subpackage():

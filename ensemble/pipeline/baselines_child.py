@@ -95,7 +95,7 @@ class BaselineWorker(threading.Thread):
                 return
             cmd = self.command(families, trials)
             where = f"core {self.cores[0]}" if len(self.cores) == 1 else f"cores {self.cores[0]}-{self.cores[-1]}"
-            self.log(f"{' '.join(cmd[3:])} (nice +{self.s['baseline_nice']}, {where})")
+            self.log(f"{' '.join(cmd[3:])} (nice +{self.s.baseline_nice}, {where})")
             env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "120"}
             self.proc = subprocess.Popen(
                 cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True,

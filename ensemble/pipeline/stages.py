@@ -178,7 +178,7 @@ def build_stage(run: Run, s: Preset, stages: Stages, log: Log, storage_url: str 
         log("build", f"no ensemble: {exc}")
         stages.finish("build", time.time() - t0, skipped=str(exc))
         return
-    h = m["metrics"][f"top_k_{s['weights']}_tta"]["holdout"]
+    h = m["metrics"][f"top_k_{s.weights}_tta"]["holdout"]
     log(
         "build", f"ensemble of {len(m['members'])} members written in {m['seconds']:.0f}s (holdout {h['accuracy']:.4f})"
     )

@@ -40,10 +40,10 @@ def print_report(result: ReportResult) -> None:
         console.print(f"  {g['step']}: holdout {g['holdout_accuracy']:.4f}{gain}", soft_wrap=True)
     final = result.final
     if result.refit:
-        console.print(f"final refit: {result['refit'].note}", soft_wrap=True)
+        console.print(f"final refit: {result.refit.note}", soft_wrap=True)
     console.print(
         f"final model: {final.name} (holdout accuracy {final.metrics['holdout_accuracy']:.4f}) -> "
-        f"{result['submission']} (checked: {sum(result['submission_counts']):,} rows)",
+        f"{result.submission} (checked: {sum(result.submission_counts):,} rows)",
         soft_wrap=True,
     )
     for path in result.files:

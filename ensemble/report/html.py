@@ -168,9 +168,9 @@ def sections(run: Run, result: ReportResult, figs: dict[str, Any]) -> list[tuple
         (
             "Final model",
             f"{final.name} has the best holdout accuracy ({final.metrics['holdout_accuracy']:.4f}, "
-            f"{final.metrics['holdout_correct']:,}/{len(result['y']):,}); ties go to the cheaper model. "
-            f"It wrote {result['submission']} ({sum(result['submission_counts']):,} rows, checked; "
-            f"predicted labels {counts})." + (f" Final refit: {result['refit'].note}" if result.refit else ""),
+            f"{final.metrics['holdout_correct']:,}/{len(result.y):,}); ties go to the cheaper model. "
+            f"It wrote {result.submission} ({sum(result.submission_counts):,} rows, checked; "
+            f"predicted labels {counts})." + (f" Final refit: {result.refit.note}" if result.refit else ""),
             [],
             None,
         ),
@@ -221,7 +221,7 @@ def sections(run: Run, result: ReportResult, figs: dict[str, Any]) -> list[tuple
     out.append(
         (
             "Misclassified holdout digits",
-            f"{figs['n_wrong']} of {len(result['y']):,} holdout digits are wrong; the {figs['n_gallery']} most "
+            f"{figs['n_wrong']} of {len(result.y):,} holdout digits are wrong; the {figs['n_gallery']} most "
             "confident mistakes: true label → predicted label, and the model's confidence.",
             [],
             "gallery",

@@ -53,7 +53,7 @@ def test_report_submits_the_refit_of_the_final_model_only(built) -> None:
     if refit_full(run, final=final, say=lambda s: None) is None:
         pytest.skip(f"the tiny run's final model {final} is a baseline")
     again = make_report(run, gallery=0, say=lambda s: None)
-    assert again["final"].name == final and again["refit"] is not None
+    assert again.final.name == final and again.refit is not None
     labels = np.loadtxt(run.path("submission.csv"), delimiter=",", skiprows=1, dtype=int)[:, 1]
     assert (labels == np.load(run.path("ensemble-full", "proba_test.npy")).argmax(1)).all()
     assert "no holdout score of their own" in again["refit"].note
