@@ -355,7 +355,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     print_result(result)
-    return 1 if args.require_win and not result.comparison["product_wins"] else 0
+    return 1 if args.require_win and not result["comparison"]["product_wins"] else 0
 
 
 if __name__ == "__main__":

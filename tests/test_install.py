@@ -107,7 +107,7 @@ def test_wheel_install_finds_shipped_spaces_from_another_folder(tmp_path):
         "import ensemble, sys\n"
         "from pathlib import Path\n"
         "from ensemble.search.baselines.study import space_path\n"
-        "from ensemble.pipeline.run import PRESETS\n"
+        "from ensemble.pipeline.presets import PRESETS\n"
         "from ensemble.search.cnn.study import load_cnn_space\n"
         "from ensemble.search.spaces import shipped_spaces, space_file, spaces_dir\n"
         "site = Path(sys.argv[1]).resolve()\n"

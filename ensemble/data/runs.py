@@ -12,12 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ensemble.data.load import Dataset, load_dataset
 from ensemble.data.demo import ensure_demo
+from ensemble.data.load import Dataset, load_dataset
+from ensemble.data.split import Split, load_split, save_split, stratified_split
 from ensemble.errors import DataError, UsageError
 from ensemble.io import read_json, write_json
 from ensemble.locks import LOCKS_DIR, locked
-from ensemble.data.split import Split, load_split, save_split, stratified_split
 
 DEFAULTS = {"seed": 0, "val_frac": 0.1, "holdout_frac": 0.1}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")

@@ -56,7 +56,7 @@ def test_report_submits_the_refit_of_the_final_model_only(built) -> None:
     assert again.final.name == final and again.refit is not None
     labels = np.loadtxt(run.path("submission.csv"), delimiter=",", skiprows=1, dtype=int)[:, 1]
     assert (labels == np.load(run.path("ensemble-full", "proba_test.npy")).argmax(1)).all()
-    assert "no holdout score of their own" in again["refit"].note
+    assert "no holdout score of their own" in again.refit.note
     # a rebuilt ensemble is another source: its report no longer pairs with the old refit
     build_ensemble(run, top_k=1, weights="equal", tta="none", progress=False, say=lambda s: None)
     if final.startswith("ensemble"):

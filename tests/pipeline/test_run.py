@@ -107,8 +107,9 @@ def test_run_end_to_end_then_resume(tmp_path: Path, runs_env: Path) -> None:
     trials = study_trials(root)
     assert trials["cnn"] == ["COMPLETE", "COMPLETE"]  # the plan's two members
     assert {"baseline-logreg", "baseline-knn"} <= set(trials) and all("COMPLETE" in v for v in trials.values())
-    for folder in ("ensemble", "ensemble-full"):
-        assert load_ensemble(root / folder).members  # both load, hashes checked
+    assert load_ensemble(root / "ensemble").members  # loads, hashes checked
+    if (root / "ensemble-full").exists():  # a refit exists when the final model has CNNs
+        assert load_ensemble(root / "ensemble-full").members
     assert "Leaderboard (holdout)" in (root / "report" / "report.html").read_text()
     rows = list(csv.DictReader((root / "report" / "leaderboard.csv").open()))
     assert {"logreg", "knn", "cnn", "ensemble"} <= {r["family"] for r in rows}
