@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import gzip
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -69,3 +71,20 @@ def runs_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.delenv("ENSEMBLE_DATA", raising=False)
     monkeypatch.chdir(tmp_path)
     return tmp_path / "runs"
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A real, throwaway PostgreSQL server (see tests/postgres.py); skips only where none can be started."""
+    pytest.importorskip("psycopg", reason="the PostgreSQL driver (extra 'postgres') is not installed")
+    from postgres import postgres_server
+
+    try:
+        server = postgres_server()
+        url = server.__enter__()
+    except (RuntimeError, OSError, subprocess.CalledProcessError) as exc:
+        pytest.skip(f"no PostgreSQL server could be started: {exc}")
+    try:
+        yield url
+    finally:
+        server.__exit__(None, None, None)

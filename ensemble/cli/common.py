@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
+
+from ensemble.search.storage import STORAGE_ENV
 
 
 def add_run_args(p: argparse.ArgumentParser) -> None:
@@ -17,8 +20,11 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_storage_arg(p: argparse.ArgumentParser) -> None:
+    """``--storage URL``, by default ``$ENSEMBLE_STORAGE`` (so a password need not be on the command line)."""
     p.add_argument(
         "--storage",
         metavar="URL",
-        help="Optuna storage URL (e.g. postgresql://...); default: the journal file runs/NAME/optuna.journal",
+        default=os.environ.get(STORAGE_ENV) or None,
+        help=f"Optuna storage URL, e.g. postgresql://user:PASSWORD@host/db (default: ${STORAGE_ENV} if set, "
+        "else the journal file runs/NAME/optuna.journal)",
     )

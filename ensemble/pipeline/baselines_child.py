@@ -16,6 +16,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ensemble.search.artifacts import baseline_study
+from ensemble.search.storage import STORAGE_ENV
 
 if TYPE_CHECKING:
     from ensemble.data.runs import Run
@@ -87,7 +88,7 @@ class BaselineWorker(threading.Thread):
         cmd = [sys.executable, "-m", "ensemble", "baselines", "--run", self.run_.name, "--models", ",".join(families)]
         jobs = str(len(self.cores))
         cmd += ["--trials", str(trials), "--jobs", jobs, "--timeout", f"{left}s", "--seed", str(self.s.seed)]
-        return cmd + (["--storage", self.storage_url] if self.storage_url else [])
+        return cmd  # the storage URL goes in the environment (STORAGE_ENV), never in argv: it may hold a password
 
     def run(self) -> None:
         for trials, families in sorted(baseline_plan(self.run_, self.s, self.storage_url).items(), reverse=True):
@@ -97,6 +98,9 @@ class BaselineWorker(threading.Thread):
             where = f"core {self.cores[0]}" if len(self.cores) == 1 else f"cores {self.cores[0]}-{self.cores[-1]}"
             self.log(f"{' '.join(cmd[3:])} (nice +{self.s.baseline_nice}, {where})")
             env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "120"}
+            env.pop(STORAGE_ENV, None)
+            if self.storage_url:
+                env[STORAGE_ENV] = self.storage_url
             self.proc = subprocess.Popen(
                 cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True,
                 preexec_fn=lambda: _child_setup(int(self.s.baseline_nice), self.cores),

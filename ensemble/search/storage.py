@@ -25,11 +25,19 @@ if TYPE_CHECKING:
     from ensemble.data.runs import Run
 
 JOURNAL_NAME = "optuna.journal"
+#: Read in place of ``--storage`` when that is not given: keeps a database password out of argv and shell history.
+STORAGE_ENV = "ENSEMBLE_STORAGE"
 
 
 def redact(url: str) -> str:
     """``url`` with any password replaced by ``***`` (for output, logs and errors)."""
     return re.sub(r"(://[^:/@\s]*:)[^@/\s]*@", r"\1***@", url)
+
+
+def _one_line(exc: BaseException) -> str:
+    """A driver's error as one line, password hidden (SQLAlchemy appends a "Background on this error" line)."""
+    text = str(exc).split("\n(Background on this error")[0]
+    return redact(" ".join(text.split()))
 
 
 def storage_location(run: Run, url: str | None = None) -> str:
@@ -53,7 +61,7 @@ def open_storage(run: Run, url: str | None = None) -> optuna.storages.BaseStorag
         Path(loc).parent.mkdir(parents=True, exist_ok=True)
         return optuna.storages.JournalStorage(JournalFileBackend(loc))
     except Exception as exc:  # optuna raises many kinds for a bad URL
-        raise UsageError(f"cannot open Optuna storage '{redact(loc)}': {redact(str(exc))}") from exc
+        raise UsageError(f"cannot open Optuna storage '{redact(loc)}': {_one_line(exc)}") from exc
 
 
 def dashboard_command(run: Run, url: str | None = None) -> str:
@@ -171,7 +179,7 @@ def _delete_remote_studies(storage_url: str, say: Callable[[str], None]) -> None
         storage = optuna.storages.get_storage(storage_url)
         names = run_study_names(optuna.get_all_study_names(storage=storage))
     except Exception as exc:  # optuna raises many kinds for a bad URL
-        raise UsageError(f"cannot open Optuna storage '{redact(storage_url)}': {exc}") from exc
+        raise UsageError(f"cannot open Optuna storage '{redact(storage_url)}': {_one_line(exc)}") from exc
     for study in names:
         say(f"--restart: deleting study '{study}' from {redact(storage_url)}")
         optuna.delete_study(study_name=study, storage=storage)

@@ -39,3 +39,16 @@ def test_a_trial_that_would_end_late_is_pruned_once_a_model_exists() -> None:
     states = [t.state for t in study.trials]
     assert states[0] == optuna.trial.TrialState.COMPLETE
     assert states[1] == optuna.trial.TrialState.PRUNED and len(states) == 2  # and the study stopped
+
+
+def test_the_baselines_child_gets_the_storage_url_in_its_environment_not_argv(tmp_path) -> None:
+    from types import SimpleNamespace
+
+    from ensemble.pipeline.baselines_child import BaselineWorker
+    from ensemble.pipeline.presets import PRESETS
+
+    run = SimpleNamespace(name="r", path=lambda *p: tmp_path.joinpath(*p))
+    url = "postgresql://alice:s3cret@db.example/ensemble"
+    worker = BaselineWorker(run, PRESETS["quick"], time.time() + 60, print, url)  # type: ignore[arg-type]
+    cmd = worker.command(["logreg"], 1)
+    assert not any("s3cret" in a or "postgresql" in a for a in cmd) and "--storage" not in cmd

@@ -1,0 +1,60 @@
+"""The run's studies in a real PostgreSQL server (a throwaway one, see tests/postgres.py): no mocks."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+from conftest import TINY_CNN_SPACE, write_dataset
+
+from ensemble.cli import main
+from ensemble.data.runs import open_run
+from ensemble.search.storage import STORAGE_ENV, delete_run, redact
+
+pytest.importorskip("keras")
+
+
+def states(url: str, study: str) -> list[str]:
+    return [t.state.name for t in optuna.load_study(study_name=study, storage=url).trials]
+
+
+def test_search_and_baselines_share_a_postgres_storage(
+    postgres_url: str, runs_env: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch
+) -> None:
+    data = write_dataset(tmp_path / "data", n_train=120, n_test=20)
+    space = tmp_path / "tiny.yaml"
+    space.write_text(TINY_CNN_SPACE.format(epochs=1))
+    args = ["search", "--run", "pg", "--data", str(data), "--space", str(space), "--trials", "1"]
+    assert main([*args, "--storage", postgres_url]) == 0
+    monkeypatch.setenv(STORAGE_ENV, postgres_url)  # the URL from the environment, not the command line
+    assert main(["baselines", "--run", "pg", "--models", "logreg", "--trials", "1", "--jobs", "1"]) == 0
+    assert states(postgres_url, "cnn") == ["COMPLETE"]
+    assert "COMPLETE" in states(postgres_url, "baseline-logreg")
+    out = capsys.readouterr()
+    assert "s3cret-pw" not in out.out + out.err  # the password is never printed
+    assert redact(postgres_url) in out.out
+
+
+def test_restart_deletes_the_runs_studies_in_postgres(postgres_url: str, runs_env: Path, dataset: Path) -> None:
+    for name in ("cnn", "baseline-knn", "someone-elses"):
+        optuna.create_study(study_name=name, storage=postgres_url, load_if_exists=True)
+    open_run("r", data=dataset, say=lambda s: None)
+    said: list[str] = []
+    delete_run("r", storage_url=postgres_url, say=said.append)
+    assert "someone-elses" in optuna.get_all_study_names(storage=postgres_url)
+    assert not {"cnn", "baseline-knn"} & set(optuna.get_all_study_names(storage=postgres_url))
+    assert not (runs_env / "r").exists() and not any("s3cret-pw" in s for s in said)
+    optuna.delete_study(study_name="someone-elses", storage=postgres_url)
+
+
+def test_a_wrong_password_is_one_line_without_the_password(postgres_url: str, runs_env: Path, dataset: Path) -> None:
+    wrong = postgres_url.replace("s3cret-pw", "not-the-pw")
+    done = subprocess.run(
+        [sys.executable, "-m", "ensemble", "report", "--run", "w", "--data", str(dataset), "--storage", wrong],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "not-the-pw" not in done.stderr + done.stdout and len(done.stderr.strip().splitlines()) == 1
