@@ -26,7 +26,7 @@ from ensemble.errors import ArtifactError, UsageError
 from ensemble.io import fsync_tree, read_json, swap_dir
 from ensemble.metrics import accuracy, log_loss
 from ensemble.search.artifacts import load_proba
-from ensemble.search.cnn.simplify import inference_model, model_cost
+from ensemble.search.cnn.simplify import inference_model, model_cost, save_for_inference
 
 if TYPE_CHECKING:
     from ensemble.data.runs import Run
@@ -310,7 +310,7 @@ def _write_folder(
 def _copy_cnn(tmp: Path, c: Candidate, weight: float, model: Any, refit: dict | None, refitted: bool) -> dict[str, Any]:
     rel = f"members/{c.name}.keras"
     if refitted:
-        model.save(tmp / rel)
+        save_for_inference(model, tmp / rel)
     else:
         shutil.copy2(c.folder / "model.keras", tmp / rel)
     has_config = (c.folder / "config.json").is_file()

@@ -25,6 +25,7 @@ import numpy as np
 from ensemble.errors import ArtifactError
 from ensemble.io import fsync_tree, read_json, swap_dir
 from ensemble.search.artifacts import CNN_STUDY, sha256_file, trial_path
+from ensemble.search.cnn.simplify import save_for_inference
 
 if TYPE_CHECKING:
     from ensemble.data.runs import Run
@@ -157,7 +158,7 @@ def _refit_members(
             say(f"  refit {name} epoch {epoch}/{total}: accuracy {logs.get('accuracy', float('nan')):.4f}")
 
         model, _ = cnn.fit_model(config, x, y, seed=seed + int(entry.get("trial", 0)), on_epoch=on_epoch)
-        model.save(tmp / entry["file"])
+        save_for_inference(model, tmp / entry["file"])
         models.append(model)
         record[entry["name"]] = {"refit": True, "epochs": epochs, "rows": len(x),
                                  "seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -53,6 +54,12 @@ def inference_model(model: Any, check: np.ndarray | None = None, *, strict: bool
     if diff > 1e-4:
         return _not_folded(model, f"the folded copy's outputs differ by {diff:.3g}", strict)
     return fast
+
+
+def save_for_inference(model: Any, path: str | Path) -> None:
+    """Save the prediction copy of ``model`` (:func:`inference_model`): no training-only layers, so the
+    file loads with plain ``keras.models.load_model`` in a Python that never imported ``ensemble``."""
+    inference_model(model).save(path)
 
 
 def _not_folded(model: Any, why: str, strict: bool) -> Any:

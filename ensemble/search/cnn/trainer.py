@@ -25,6 +25,7 @@ from ensemble.io import write_json
 from ensemble.metrics import log_loss
 from ensemble.search.artifacts import save_probas
 from ensemble.search.cnn import model as cnn
+from ensemble.search.cnn.simplify import save_for_inference
 
 OnEpoch = Callable[[int, dict[str, float]], None]
 ARRAYS = ("x_train", "y_train", "x_val", "y_val", "x_holdout", "x_test")
@@ -94,7 +95,7 @@ def _save(folder: Path, model: Any, probas: dict[str, np.ndarray], config: dict[
     tmp = partial_dir(folder)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    model.save(tmp / "model.keras")
+    save_for_inference(model, tmp / "model.keras")  # loads without ensemble (no RandomAffine)
     save_probas(tmp, probas)
     write_json(tmp / "config.json", config)
     shutil.rmtree(folder, ignore_errors=True)
