@@ -20,7 +20,7 @@ import numpy as np
 from ensemble.errors import EnsembleError, TrialError, UsageError
 from ensemble.search.artifacts import CNN_STUDY, trial_path
 from ensemble.search.cnn import model as cnn
-from ensemble.search.cnn.trainer import WorkerError, partial_dir, train_and_save, train_in_subprocess
+from ensemble.search.cnn.trainer import partial_dir, train_and_save, train_in_subprocess
 from ensemble.search.spaces import Space, load_space
 from ensemble.search.storage import fail_stale_trials, mark_owner, open_storage, was_killed
 
@@ -150,15 +150,13 @@ def make_objective(
             _discard(folder)
             say(f"  trial {trial.number} {exc or 'pruned'}")
             raise
-        except (EnsembleError, KeyboardInterrupt):
-            _discard(folder)
-            raise
+        except (EnsembleError, KeyboardInterrupt) as exc:
+            if not isinstance(exc, TrialError):  # a usage or data error, or Ctrl-C: stop the search
+                _discard(folder)
+                raise
+            _fail(trial, folder, exc, say)
         except Exception as exc:  # NaN loss, OOM, a bad combination: this trial fails, the study goes on
-            _discard(folder)
-            reason = str(exc) if isinstance(exc, WorkerError) else f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
-            trial.set_user_attr("fail_reason", reason)
-            say(f"  trial {trial.number} FAILED: {reason}")
-            raise TrialFailed(reason) from exc
+            _fail(trial, folder, exc, say)
         attrs = {
             **metrics,
             "backend": backend,
@@ -183,6 +181,15 @@ def _recent_speed(ends: list[float], n_train: int) -> dict[str, float]:
     """Images/s over the trial's last epochs (validation included): its speed once other work stopped."""
     steps = np.diff(ends[-4:])
     return {"recent_images_per_second": round(n_train / float(np.median(steps)), 1)} if len(steps) else {}
+
+
+def _fail(trial: optuna.Trial, folder: Path, exc: BaseException, say: Callable[[str], None]) -> None:
+    """This trial failed on its own (its worker's error, NaN loss, OOM, ...): record why; the study goes on."""
+    _discard(folder)
+    reason = str(exc) if isinstance(exc, TrialError) else f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+    trial.set_user_attr("fail_reason", reason)
+    say(f"  trial {trial.number} FAILED: {reason}")
+    raise TrialFailed(reason) from exc
 
 
 def _discard(folder: Path) -> None:

@@ -96,6 +96,27 @@ def test_a_failing_trial_is_recorded_and_the_study_goes_on(tiny, monkeypatch: py
     assert not (run.path("models", "cnn", "trial-0000") / "model.keras").exists()
 
 
+def test_a_trial_whose_worker_process_fails_is_recorded_and_the_study_goes_on(tiny, monkeypatch) -> None:
+    """In a worker process (the default) a trial's error arrives as a WorkerError: that trial fails, not the study."""
+    from ensemble.search.cnn import study as cnn_study
+    from ensemble.search.cnn.trainer import WorkerError
+
+    run, space, _ = tiny
+    real = cnn_study.train_in_subprocess
+    calls = []
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise WorkerError("ResourceExhaustedError: OOM when allocating tensor (simulated)")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cnn_study, "train_in_subprocess", flaky)
+    study = run_search(run, space, SearchSettings(trials=2, pruner="none"), say=_quiet)
+    assert [t.state.name for t in study.trials] == ["FAIL", "COMPLETE"]
+    assert study.trials[0].user_attrs["fail_reason"].startswith("ResourceExhaustedError")
+
+
 def test_saved_model_reloads_with_same_probabilities(tiny) -> None:
     import keras
 
