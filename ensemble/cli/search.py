@@ -46,7 +46,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     from ensemble.errors import UsageError
     from ensemble.search.cnn.study import SearchSettings, load_cnn_space, run_search
     from ensemble.search.spaces import space_file
-    from ensemble.search.storage import dashboard_command, optuna_cli_args
+    from ensemble.search.storage import dashboard_command, optuna_cli_args, stored_study
 
     if args.trials < 1:
         raise UsageError(f"--trials must be at least 1, got {args.trials}")
@@ -71,7 +71,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         f"Best trial {best.number}: val_accuracy {best.value:.4f}, "
         f"val_logloss {best.user_attrs.get('val_logloss', float('nan')):.4f} ({best.user_attrs.get('artifact_dir')})"
     )
-    print(f"Inspect:        optuna trials --study-name cnn {optuna_cli_args(run, args.storage)}")
+    study_name = stored_study(run, "cnn", args.storage)
+    print(f"Inspect:        optuna trials --study-name {study_name} {optuna_cli_args(run, args.storage)}")
     return 0
 
 

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from ensemble.data.runs import Run
 
 JOURNAL_NAME = "optuna.journal"
+SPLIT_KEYS = ("seed", "val_frac", "holdout_frac")  # with the data's fingerprint, what fixes a run's split
 #: Read in place of ``--storage`` when that is not given: keeps a database password out of argv and shell history.
 STORAGE_ENV = "ENSEMBLE_STORAGE"
 
@@ -50,23 +51,52 @@ def _is_url(location: str) -> bool:
 
 
 def open_storage(run: Run, url: str | None = None) -> optuna.storages.BaseStorage:
-    """Open the run's storage (journal file unless ``url`` is an Optuna storage URL)."""
+    """Open the run's storage: its journal file, or the Optuna storage at ``url`` seen through the run's
+    names (:class:`~ensemble.search.scoped.RunScopedStorage`: many runs can share one database)."""
     import optuna
     from optuna.storages.journal import JournalFileBackend
+
+    from ensemble.search.scoped import RunScopedStorage
 
     loc = storage_location(run, url)
     try:
         if _is_url(loc):
-            return optuna.storages.get_storage(loc)
+            return RunScopedStorage(optuna.storages.get_storage(loc), run.name)
         Path(loc).parent.mkdir(parents=True, exist_ok=True)
         return optuna.storages.JournalStorage(JournalFileBackend(loc))
     except Exception as exc:  # optuna raises many kinds for a bad URL
         raise UsageError(f"cannot open Optuna storage '{redact(loc)}': {_one_line(exc)}") from exc
 
 
+def check_run_identity(study: optuna.Study, run: Run) -> None:
+    """Record which data and split the run's study belongs to; refuse a process whose run has other ones.
+
+    In a shared storage a study is found by the run's name alone: a second machine that names the same
+    run with other data (or another split) would mix trials that cannot be compared or ensembled.
+    """
+    meta_split = dict(run.meta.get("split", {}))  # type: ignore[call-overload]
+    mine = {"data_fingerprint": run.dataset.fingerprint, "split": {k: meta_split.get(k) for k in SPLIT_KEYS}}
+    recorded = study.user_attrs.get("run_identity")
+    if recorded is None:
+        study.set_user_attr("run_identity", mine)
+    elif recorded != mine:
+        raise UsageError(
+            f"study '{study.study_name}' of run '{run.name}' in the storage belongs to data "
+            f"{str(recorded.get('data_fingerprint'))[:16]} split {recorded.get('split')}, but this run has data "
+            f"{mine['data_fingerprint'][:16]} split {mine['split']}: use the same --data, or another --run name"
+        )
+
+
 def dashboard_command(run: Run, url: str | None = None) -> str:
     """The shell command that opens this run in optuna-dashboard (a URL's password shown as ``***``)."""
     return f"optuna-dashboard {shlex.quote(redact(storage_location(run, url)))}"
+
+
+def stored_study(run: Run, study: str, url: str | None = None) -> str:
+    """A run's study as the storage names it (``RUN.study`` in a shared storage): for the ``optuna`` CLI."""
+    from ensemble.search.scoped import stored_name
+
+    return stored_name(run.name, study) if _is_url(storage_location(run, url)) else study
 
 
 def optuna_cli_args(run: Run, url: str | None = None) -> str:
@@ -161,7 +191,7 @@ def delete_run(name: str, *, storage_url: str | None = None, say: Callable[[str]
             pids = ", ".join(t.rsplit("-", 2)[-2] for t in busy)
             raise UsageError(f"run {name} has live worker process(es) (pid {pids}); stop them before --restart")
     if storage_url:
-        _delete_remote_studies(storage_url, say)
+        _delete_remote_studies(name, storage_url, say)
     if root.is_dir():
         say(f"--restart: deleting {root} and starting over")
         shutil.rmtree(root)
@@ -172,14 +202,17 @@ def run_study_names(all_names: list[str]) -> list[str]:
     return sorted(n for n in all_names if is_run_study(n))
 
 
-def _delete_remote_studies(storage_url: str, say: Callable[[str], None]) -> None:
+def _delete_remote_studies(run_name: str, storage_url: str, say: Callable[[str], None]) -> None:
+    """Delete run ``run_name``'s studies (``RUN.cnn``, ``RUN.baseline-*``) from a shared storage; others stay."""
     import optuna
 
+    from ensemble.search.scoped import RunScopedStorage, stored_name
+
     try:
-        storage = optuna.storages.get_storage(storage_url)
+        storage = RunScopedStorage(optuna.storages.get_storage(storage_url), run_name)
         names = run_study_names(optuna.get_all_study_names(storage=storage))
     except Exception as exc:  # optuna raises many kinds for a bad URL
         raise UsageError(f"cannot open Optuna storage '{redact(storage_url)}': {_one_line(exc)}") from exc
     for study in names:
-        say(f"--restart: deleting study '{study}' from {redact(storage_url)}")
+        say(f"--restart: deleting study '{stored_name(run_name, study)}' from {redact(storage_url)}")
         optuna.delete_study(study_name=study, storage=storage)

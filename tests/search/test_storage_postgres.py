@@ -12,7 +12,7 @@ from conftest import TINY_CNN_SPACE, write_dataset
 
 from ensemble.cli import main
 from ensemble.data.runs import open_run
-from ensemble.search.storage import STORAGE_ENV, delete_run, redact
+from ensemble.search.storage import STORAGE_ENV, delete_run, open_storage, redact
 
 pytest.importorskip("keras")
 
@@ -31,23 +31,41 @@ def test_search_and_baselines_share_a_postgres_storage(
     assert main([*args, "--storage", postgres_url]) == 0
     monkeypatch.setenv(STORAGE_ENV, postgres_url)  # the URL from the environment, not the command line
     assert main(["baselines", "--run", "pg", "--models", "logreg", "--trials", "1", "--jobs", "1"]) == 0
-    assert states(postgres_url, "cnn") == ["COMPLETE"]
-    assert "COMPLETE" in states(postgres_url, "baseline-logreg")
+    assert states(postgres_url, "pg.cnn") == ["COMPLETE"]  # the run's studies are named after it
+    assert "COMPLETE" in states(postgres_url, "pg.baseline-logreg")
     out = capsys.readouterr()
     assert "s3cret-pw" not in out.out + out.err  # the password is never printed
     assert redact(postgres_url) in out.out
 
 
 def test_restart_deletes_the_runs_studies_in_postgres(postgres_url: str, runs_env: Path, dataset: Path) -> None:
-    for name in ("cnn", "baseline-knn", "someone-elses"):
+    for name in ("r.cnn", "r.baseline-knn", "someone-elses", "other.cnn"):
         optuna.create_study(study_name=name, storage=postgres_url, load_if_exists=True)
     open_run("r", data=dataset, say=lambda s: None)
     said: list[str] = []
     delete_run("r", storage_url=postgres_url, say=said.append)
-    assert "someone-elses" in optuna.get_all_study_names(storage=postgres_url)
-    assert not {"cnn", "baseline-knn"} & set(optuna.get_all_study_names(storage=postgres_url))
+    left = set(optuna.get_all_study_names(storage=postgres_url))
+    assert {"someone-elses", "other.cnn"} <= left and not {"r.cnn", "r.baseline-knn"} & left  # only run r's
     assert not (runs_env / "r").exists() and not any("s3cret-pw" in s for s in said)
-    optuna.delete_study(study_name="someone-elses", storage=postgres_url)
+    for name in ("someone-elses", "other.cnn"):
+        optuna.delete_study(study_name=name, storage=postgres_url)
+
+
+def test_two_runs_in_one_database_keep_their_trials_apart(postgres_url: str, runs_env: Path, tmp_path: Path) -> None:
+    space = tmp_path / "tiny.yaml"
+    space.write_text(TINY_CNN_SPACE.format(epochs=1))
+    for run, seed, trials in (("a", 1, "1"), ("b", 2, "2")):
+        data = write_dataset(tmp_path / f"data-{run}", n_train=120, n_test=20, seed=seed)  # different data
+        args = ["search", "--run", run, "--data", str(data), "--space", str(space), "--trials", trials]
+        assert main([*args, "--storage", postgres_url]) == 0
+    assert states(postgres_url, "a.cnn") == ["COMPLETE"] and states(postgres_url, "b.cnn") == ["COMPLETE"] * 2
+    for run in ("a", "b"):
+        seen = optuna.load_study(
+            study_name="cnn", storage=open_storage(open_run(run, say=lambda s: None), postgres_url)
+        )
+        assert seen.study_name == "cnn" and {t.user_attrs["data_fingerprint"] for t in seen.trials} == {
+            open_run(run, say=lambda s: None).dataset.fingerprint
+        }
 
 
 def test_a_wrong_password_is_one_line_without_the_password(postgres_url: str, runs_env: Path, dataset: Path) -> None:
@@ -58,3 +76,19 @@ def test_a_wrong_password_is_one_line_without_the_password(postgres_url: str, ru
     )  # fmt: skip
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "not-the-pw" not in done.stderr + done.stdout and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_a_process_with_other_data_cannot_join_a_runs_study(
+    postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Machine B names machine A's run but has other data: one line, exit 2, nothing added to A's study."""
+    space = tmp_path / "tiny.yaml"
+    space.write_text(TINY_CNN_SPACE.format(epochs=1))
+    for machine, seed in (("A", 1), ("B", 2)):
+        monkeypatch.setenv("ENSEMBLE_RUNS", str(tmp_path / machine / "runs"))  # each its own folder
+        data = write_dataset(tmp_path / machine / "data", n_train=120, n_test=20, seed=seed)
+        args = ["search", "--run", "shared", "--data", str(data), "--space", str(space), "--trials", "1"]
+        code = main([*args, "--storage", postgres_url])
+    assert code == 2 and states(postgres_url, "shared.cnn") == ["COMPLETE"]
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "belongs to data" in err[0] and "s3cret-pw" not in err[0]

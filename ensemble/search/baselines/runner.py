@@ -125,7 +125,7 @@ class _Progress:
 
 def _summarize(bl: Any, fams: list, studies: dict, results: list, wall: float, run: Any, storage: str | None) -> int:
     from ensemble.errors import EnsembleError
-    from ensemble.search.storage import optuna_cli_args
+    from ensemble.search.storage import optuna_cli_args, stored_study
 
     print(f"{'family':<11} {'trials':>6} {'failed':>6} {'best val_acc':>12} {'trial':>5} {'n_train':>8} {'time':>7}")
     no_result = []
@@ -144,7 +144,8 @@ def _summarize(bl: Any, fams: list, studies: dict, results: list, wall: float, r
             f"{n_train:>8,} {spent:>6.0f}s"
         )
     print(f"done in {wall:.0f}s wall; time = seconds spent in this invocation's trials per family")
-    print(f"inspect: optuna trials --study-name {fams[0].study_name} {optuna_cli_args(run, storage)}")
+    study = stored_study(run, fams[0].study_name, storage)
+    print(f"inspect: optuna trials --study-name {study} {optuna_cli_args(run, storage)}")
     skipped = sum(r.state == "skipped" for r in results)
     if skipped:
         print(f"{skipped} search trial(s) not started: --timeout reached")

@@ -64,6 +64,11 @@ class Parts:
     def path(self, *parts: str) -> Path:
         return self.root.joinpath(*parts)
 
+    @property
+    def name(self) -> str:
+        """The run's name (its folder's): names its studies in a shared storage."""
+        return self.root.name
+
 
 @dataclass(frozen=True)
 class Task:

@@ -22,7 +22,7 @@ from ensemble.search.artifacts import CNN_STUDY, trial_path
 from ensemble.search.cnn import model as cnn
 from ensemble.search.cnn.trainer import partial_dir, train_and_save, train_in_subprocess
 from ensemble.search.spaces import Space, load_space
-from ensemble.search.storage import fail_stale_trials, mark_owner, open_storage, was_killed
+from ensemble.search.storage import check_run_identity, fail_stale_trials, mark_owner, open_storage, was_killed
 
 if TYPE_CHECKING:
     import optuna
@@ -206,7 +206,7 @@ def open_study(run: Run, storage_url: str | None, *, seed: int, pruner: optuna.p
     """Create or load the ``cnn`` study (maximize validation accuracy)."""
     import optuna
 
-    return optuna.create_study(
+    study = optuna.create_study(
         study_name=STUDY,
         storage=open_storage(run, storage_url),
         direction="maximize",
@@ -214,6 +214,8 @@ def open_study(run: Run, storage_url: str | None, *, seed: int, pruner: optuna.p
         sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=4),
         pruner=pruner,
     )
+    check_run_identity(study, run)
+    return study
 
 
 def run_search(
