@@ -110,16 +110,18 @@ def revise(
 ) -> Plan:
     """The plan after ``done`` members finished; ``seconds_left`` must also pay for their refits.
 
-    ``images_per_second``: the speed the last trial measured (the next searches' speed). The refits
-    run alone, so a trial's speed is also a lower bound for theirs: their speed becomes the larger of
-    the plan's and ``REFIT_FROM_TRIAL`` x the trial's (the probe, a few seconds long, can underrate it).
+    ``images_per_second``: the speed the last trial measured (the next searches' speed). The refits'
+    speed is re-estimated from it, since the probe (a few seconds) can be far off either way: the
+    trial's speed scaled from "beside the baselines" to "alone" (``refit_margin / speed_margin``)
+    caps the plan's; and as the refits run alone, ``REFIT_FROM_TRIAL`` x the trial's speed is a floor.
     Returns the whole plan: ``members`` counts the finished ones too (at least 1), ``epochs`` is what
     the next members train. Members keep the planned epochs while whole
     ones fit; when the time left holds no whole member but one of at least ``min_epochs`` fits, one
     more member trains that many. ``search_seconds`` and ``refit_seconds`` count only what is still to do.
     """
     s, ips = settings, images_per_second
-    refit_ips = max(plan.refit_images_per_second, REFIT_FROM_TRIAL * images_per_second)
+    alone = images_per_second * s.refit_margin / s.speed_margin
+    refit_ips = max(min(plan.refit_images_per_second, alone), REFIT_FROM_TRIAL * images_per_second)
     owed = done * (plan.epochs * n_all / refit_ips + s.overhead_s) if s.refit else 0.0
     left = seconds_left - owed
     per_epoch = n_train / ips + (n_all / refit_ips if s.refit else 0.0)

@@ -99,7 +99,8 @@ def test_refits_are_planned_at_their_own_speed() -> None:
     after = revise(start, done=1, seconds_left=1_500 - trial_s, images_per_second=1_665, n_train=N_TRAIN,
                    n_all=N_ALL, settings=settings)  # fmt: skip
     assert after.members == 2 and after.epochs >= QUICK.min_epochs  # the second member still fits
-    assert after.refit_images_per_second == start.refit_images_per_second  # refits run alone: not the trial's speed
+    # refits run alone: the trial's speed scaled from "beside the baselines" to "alone", not the trial's own
+    assert after.refit_images_per_second == pytest.approx(1_665 * 0.8 / 0.7)
     assert after.search_seconds + after.refit_seconds <= 1_500 - trial_s
     # planning the refits at the trial's slow speed would shorten (or drop) the second member for nothing
     slow = dataclasses.replace(start, refit_images_per_second=1_665)
@@ -117,3 +118,14 @@ def test_a_trial_faster_than_the_probe_speeds_up_the_refits_plan() -> None:
     assert after.refit_images_per_second > start.refit_images_per_second
     assert after.refit_seconds < revise(start, done=1, seconds_left=1_005, images_per_second=1_000, n_train=N_TRAIN,
                                         n_all=N_ALL, settings=settings).refit_seconds  # fmt: skip
+
+
+def test_a_probe_that_overrates_the_machine_is_corrected_by_the_first_trial() -> None:
+    # a measured standard run: the probe read 4,601 images/s, the first trial (beside the baselines) 1,582
+    settings = PlanSettings(min_epochs=20, max_epochs=30, min_members=3, max_members=12, overhead_s=20.0,
+                            speed_margin=0.7, refit_margin=0.8)  # fmt: skip
+    start = plan_for(6_000, 4_601, settings)
+    after = revise(start, done=1, seconds_left=4_970, images_per_second=1_582, n_train=N_TRAIN, n_all=N_ALL,
+                   settings=settings)  # fmt: skip
+    assert after.refit_images_per_second == pytest.approx(1_582 * 0.8 / 0.7)  # not the probe's 3,681
+    assert after.members < start.members and after.search_seconds + after.refit_seconds <= 4_970
