@@ -111,9 +111,11 @@ def mark_owner(trial: optuna.Trial, run_root: Path) -> None:
     """Tag ``trial`` with this process (pid, host and its live worker token; see :mod:`ensemble.locks`)."""
     from ensemble.locks import host, worker_token
 
-    trial.set_user_attr("worker", worker_token(run_root))
+    token = worker_token(run_root)
+    trial.set_user_attr("run_root", str(run_root.resolve()))  # where its token lives (a shared storage has many)
     trial.set_user_attr("pid", os.getpid())
     trial.set_user_attr("host", host())
+    trial.set_user_attr("worker", token)  # last: a trial with a token has the rest of its tags
 
 
 KILLED_REASON = "left RUNNING by a process that stopped"
@@ -129,7 +131,10 @@ def _owner_alive(t: optuna.trial.FrozenTrial, run_root: Path, others_live: bool)
 
     token, pid, where = t.user_attrs.get("worker"), t.user_attrs.get("pid"), t.user_attrs.get("host")
     if token is not None:
-        return token_alive(run_root, str(token))
+        if where is not None and where != host():
+            return True  # another machine's trial: not ours to judge
+        # its token lives in its own run folder (in a shared storage, other folders on this host add trials too)
+        return token_alive(Path(t.user_attrs.get("run_root") or run_root), str(token))
     if pid is not None:  # tagged by an older version: pid only
         return where != host() or _alive(int(pid))
     # Not tagged yet: its process may be between Optuna's ask and our tag. Every trial-adding

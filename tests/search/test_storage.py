@@ -95,3 +95,28 @@ def test_printed_commands_never_show_a_password(tmp_path: Path) -> None:
     for line in (dashboard_command(run, url), optuna_cli_args(run, url)):  # type: ignore[arg-type]
         assert "s3cret" not in line and "alice:***@db.example" in line
     assert str(tmp_path / "optuna.journal") in dashboard_command(run)  # type: ignore[arg-type]
+
+
+def test_in_a_shared_storage_each_trial_is_judged_by_the_token_in_its_own_run_folder(study, tmp_path: Path) -> None:
+    """Two run folders on one host share a storage: a live worker of folder B is not failed by folder A,
+    and a dead one of folder B is."""
+    folder_b = tmp_path / "b"
+    folder_b.mkdir()
+    live = subprocess.Popen([sys.executable, "-c", LIVE_WORKER, str(folder_b)], stdout=subprocess.PIPE, text=True)
+    dead = subprocess.Popen([sys.executable, "-c", LIVE_WORKER, str(folder_b)], stdout=subprocess.PIPE, text=True)
+    try:
+        tokens = [p.stdout.readline().strip() for p in (live, dead)]  # type: ignore[union-attr]
+        dead.kill()
+        dead.wait()
+        trials = []
+        for token in tokens:
+            t = study.ask()
+            t.set_user_attr("run_root", str(folder_b.resolve()))
+            t.set_user_attr("worker", token)
+            trials.append(t.number)
+        folder_a = tmp_path / "a"
+        assert fail_stale_trials(study, folder_a, local_storage=False) == [trials[1]]
+        assert _running(study) == [trials[0]]
+    finally:
+        live.kill()
+        live.wait()
