@@ -15,6 +15,7 @@ from typing import Any
 
 import optuna
 from optuna.storages import BaseStorage
+from optuna.storages._heartbeat import BaseHeartbeat
 
 SEPARATOR = "."
 
@@ -70,3 +71,28 @@ for _name in sorted(BaseStorage.__abstractmethods__ | _PASSED_ON):
     if _name not in RunScopedStorage.__dict__:
         setattr(RunScopedStorage, _name, _delegate(_name))
 RunScopedStorage.__abstractmethods__ = frozenset()
+
+
+class RunScopedHeartbeatStorage(RunScopedStorage, BaseHeartbeat):
+    """:class:`RunScopedStorage` of a storage with a heartbeat (an ``RDBStorage``): the heartbeat passes through."""
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        self.inner.record_heartbeat(trial_id)
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        return self.inner._get_stale_trial_ids(study_id)
+
+    def get_heartbeat_interval(self) -> int | None:
+        return self.inner.get_heartbeat_interval()
+
+    def get_heartbeat_stale_trial_callback(self) -> Any:
+        return self.inner.get_heartbeat_stale_trial_callback()
+
+
+RunScopedHeartbeatStorage.__abstractmethods__ = frozenset()
+
+
+def scoped(inner: BaseStorage, run_name: str) -> RunScopedStorage:
+    """``inner`` seen through run ``run_name``'s names, keeping its heartbeat if it has one."""
+    cls = RunScopedHeartbeatStorage if isinstance(inner, BaseHeartbeat) else RunScopedStorage
+    return cls(inner, run_name)

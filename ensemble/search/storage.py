@@ -26,6 +26,9 @@ if TYPE_CHECKING:
 
 JOURNAL_NAME = "optuna.journal"
 SPLIT_KEYS = ("seed", "val_frac", "holdout_frac")  # with the data's fingerprint, what fixes a run's split
+RDB_SCHEMES = ("postgresql", "mysql", "sqlite", "oracle", "mssql")  # SQLAlchemy URLs: RDBStorage, with a heartbeat
+HEARTBEAT_ENV = "ENSEMBLE_HEARTBEAT_S"
+MAX_RETRY = 2  # a trial whose worker died is queued again at most this many times
 #: Read in place of ``--storage`` when that is not given: keeps a database password out of argv and shell history.
 STORAGE_ENV = "ENSEMBLE_STORAGE"
 
@@ -50,18 +53,25 @@ def _is_url(location: str) -> bool:
     return "://" in location
 
 
-def open_storage(run: Run, url: str | None = None) -> optuna.storages.BaseStorage:
+def open_storage(run: Run, url: str | None = None, *, heartbeat: bool = False) -> optuna.storages.BaseStorage:
     """Open the run's storage: its journal file, or the Optuna storage at ``url`` seen through the run's
-    names (:class:`~ensemble.search.scoped.RunScopedStorage`: many runs can share one database)."""
+    names (:class:`~ensemble.search.scoped.RunScopedStorage`: many runs can share one database).
+
+    ``heartbeat`` (a database URL only): Optuna's heartbeat every ``$ENSEMBLE_HEARTBEAT_S`` seconds (60);
+    a trial whose process stopped beating for twice that is failed by whichever worker is alive and
+    queued again (``RetryHeartbeatStaleTrialCallback``; its failed try does not count as finished).
+    """
     import optuna
     from optuna.storages.journal import JournalFileBackend
 
-    from ensemble.search.scoped import RunScopedStorage
+    from ensemble.search.scoped import scoped
 
     loc = storage_location(run, url)
     try:
         if _is_url(loc):
-            return RunScopedStorage(optuna.storages.get_storage(loc), run.name)
+            if heartbeat and loc.split(":", 1)[0].split("+", 1)[0] in RDB_SCHEMES:
+                return scoped(_rdb_with_heartbeat(loc), run.name)
+            return scoped(optuna.storages.get_storage(loc), run.name)
         Path(loc).parent.mkdir(parents=True, exist_ok=True)
         return optuna.storages.JournalStorage(JournalFileBackend(loc))
     except Exception as exc:  # optuna raises many kinds for a bad URL
@@ -84,6 +94,20 @@ def check_run_identity(study: optuna.Study, run: Run) -> None:
             f"study '{study.study_name}' of run '{run.name}' in the storage belongs to data "
             f"{str(recorded.get('data_fingerprint'))[:16]} split {recorded.get('split')}, but this run has data "
             f"{mine['data_fingerprint'][:16]} split {mine['split']}: use the same --data, or another --run name"
+        )
+
+
+def _rdb_with_heartbeat(url: str) -> optuna.storages.BaseStorage:
+    import warnings
+
+    import optuna
+
+    interval = max(1, int(float(os.environ.get(HEARTBEAT_ENV) or 60)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
+        return optuna.storages.RDBStorage(
+            url, heartbeat_interval=interval, grace_period=2 * interval, heartbeat_stale_trial_callback=retry
         )
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import optuna
@@ -92,3 +94,47 @@ def test_a_process_with_other_data_cannot_join_a_runs_study(
     assert code == 2 and states(postgres_url, "shared.cnn") == ["COMPLETE"]
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "belongs to data" in err[0] and "s3cret-pw" not in err[0]
+
+
+DYING_WORKER = """
+import sys, time
+from types import SimpleNamespace
+from pathlib import Path
+import optuna
+from ensemble.search.storage import open_storage
+run = SimpleNamespace(name="hb", path=lambda *p: Path(sys.argv[2]).joinpath(*p))
+study = optuna.create_study(study_name="cnn", storage=open_storage(run, sys.argv[1], heartbeat=True),
+                            direction="maximize", load_if_exists=True)
+def objective(trial):
+    trial.suggest_float("lr", 1e-3, 1e-1, log=True)
+    trial.report(0.5, 1)
+    print("running", flush=True)
+    time.sleep(120)
+    return 0.9
+study.optimize(objective, n_trials=1)
+"""
+
+
+def test_a_dead_workers_trial_is_failed_by_the_heartbeat_and_run_again(
+    postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from types import SimpleNamespace
+
+    from ensemble.search.cnn.study import finished_trials
+
+    monkeypatch.setenv("ENSEMBLE_HEARTBEAT_S", "1")
+    worker = subprocess.Popen([sys.executable, "-c", DYING_WORKER, postgres_url, str(tmp_path)],
+                              stdout=subprocess.PIPE, text=True, env={**os.environ})  # fmt: skip
+    assert worker.stdout is not None and worker.stdout.readline().strip() == "running"
+    time.sleep(1.5)  # a heartbeat or two recorded
+    worker.kill()  # SIGKILL: no chance to say goodbye
+    worker.wait()
+    run = SimpleNamespace(name="hb", path=lambda *p: tmp_path.joinpath(*p))
+    study = optuna.load_study(study_name="cnn", storage=open_storage(run, postgres_url, heartbeat=True))  # type: ignore[arg-type]
+    time.sleep(3)  # past the grace period (2 heartbeats)
+    study.optimize(lambda t: t.suggest_float("lr", 1e-3, 1e-1, log=True) and 0.95, n_trials=1)
+    kinds = [(t.state.name, t.system_attrs.get("failed_trial")) for t in study.trials]
+    assert kinds == [("FAIL", None), ("COMPLETE", 0)]  # failed by the heartbeat, then run again with its params
+    assert (
+        study.trials[1].params == study.trials[0].params and finished_trials(study) == 1
+    )  # the dead try doesn't count

@@ -88,11 +88,14 @@ def known_good_params(space: Space) -> dict[str, Any]:
 
 
 def finished_trials(study: optuna.Study) -> int:
-    """Trials that ran to an end: complete, pruned, or failed on their own (a killed trial does not count)."""
+    """Trials that ran to an end: complete, pruned, or failed on their own (a killed one does not count, nor
+    one whose worker stopped beating and that was queued again)."""
     import optuna
 
+    trials = study.get_trials(deepcopy=False)
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", ())}  # heartbeat-stale, queued again
     states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
-    return sum(not was_killed(t) for t in study.get_trials(deepcopy=False, states=states))
+    return sum(t.state in states and not was_killed(t) and t.number not in retried for t in trials)
 
 
 def _arrays(run: Run, settings: SearchSettings) -> dict[str, np.ndarray]:
@@ -208,7 +211,7 @@ def open_study(run: Run, storage_url: str | None, *, seed: int, pruner: optuna.p
 
     study = optuna.create_study(
         study_name=STUDY,
-        storage=open_storage(run, storage_url),
+        storage=open_storage(run, storage_url, heartbeat=True),
         direction="maximize",
         load_if_exists=True,
         sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=4),
