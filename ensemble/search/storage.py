@@ -8,13 +8,14 @@ Any Optuna storage URL (``postgresql://...``, ``mysql://...``) may be passed ins
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 import shlex
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ensemble.errors import UsageError
 from ensemble.search.artifacts import is_run_study
@@ -97,6 +98,28 @@ def check_run_identity(study: optuna.Study, run: Run) -> None:
         )
 
 
+OWNER_ATTRS = ("worker", "pid", "host", "run_root", "fail_reason", "killed")
+
+
+def _retry_class() -> type:
+    import optuna
+
+    class RetryWithoutOwner(optuna.storages.RetryHeartbeatStaleTrialCallback):
+        """Queue the stale trial again without its dead worker's tags (else that worker's dead token could
+        get the new try failed before its new worker tags it)."""
+
+        def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+            trial = copy.copy(trial)
+            trial.user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in OWNER_ATTRS}
+            super().__call__(study, trial)
+
+    return RetryWithoutOwner
+
+
+def _RetryWithoutOwner(max_retry: int) -> Any:
+    return _retry_class()(max_retry=max_retry)
+
+
 def _rdb_with_heartbeat(url: str) -> optuna.storages.BaseStorage:
     import warnings
 
@@ -105,7 +128,7 @@ def _rdb_with_heartbeat(url: str) -> optuna.storages.BaseStorage:
     interval = max(1, int(float(os.environ.get(HEARTBEAT_ENV) or 60)))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
+        retry = _retry_class()(max_retry=MAX_RETRY)  # a class made on first use: optuna is imported lazily
         return optuna.storages.RDBStorage(
             url, heartbeat_interval=interval, grace_period=2 * interval, heartbeat_stale_trial_callback=retry
         )

@@ -106,6 +106,7 @@ run = SimpleNamespace(name="hb", path=lambda *p: Path(sys.argv[2]).joinpath(*p))
 study = optuna.create_study(study_name="cnn", storage=open_storage(run, sys.argv[1], heartbeat=True),
                             direction="maximize", load_if_exists=True)
 def objective(trial):
+    trial.set_user_attr("worker", "tagged-by-the-dying-worker")
     trial.suggest_float("lr", 1e-3, 1e-1, log=True)
     trial.report(0.5, 1)
     print("running", flush=True)
