@@ -15,7 +15,7 @@ import shlex
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ensemble.errors import UsageError
 from ensemble.search.artifacts import is_run_study
@@ -114,10 +114,6 @@ def _retry_class() -> type:
             super().__call__(study, trial)
 
     return RetryWithoutOwner
-
-
-def _RetryWithoutOwner(max_retry: int) -> Any:
-    return _retry_class()(max_retry=max_retry)
 
 
 def _rdb_with_heartbeat(url: str) -> optuna.storages.BaseStorage:
