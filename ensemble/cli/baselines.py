@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ensemble.cli.common import add_run_args, add_storage_arg
+from ensemble.cli.common import add_artifacts_arg, add_run_args, add_storage_arg
 from ensemble.durations import parse_duration
 from ensemble.search.baselines.models import FAMILIES
 
@@ -35,6 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="start no new search trial after this long, e.g. 90s, 10m, 1h (refits of the best still run)",
     )
     add_storage_arg(p)
+    add_artifacts_arg(p)
     p.add_argument("--jobs", type=int, metavar="N", help="parallel worker processes (default: number of CPU cores)")
     p.add_argument(
         "--spaces",

@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from ensemble.cli.common import add_run_args, add_storage_arg
+from ensemble.cli.common import add_artifacts_arg, add_run_args, add_storage_arg
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -19,6 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_run_args(p)
     add_storage_arg(p)
+    add_artifacts_arg(p)
     p.add_argument("--top-k", type=int, default=5, metavar="K", help="number of best CNN trials to consider (5)")
     p.add_argument(
         "--weights",

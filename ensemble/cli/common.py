@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from ensemble.search.artifacts import ARTIFACTS_ENV
 from ensemble.search.storage import STORAGE_ENV
 
 
@@ -27,4 +28,25 @@ def add_storage_arg(p: argparse.ArgumentParser) -> None:
         default=os.environ.get(STORAGE_ENV) or None,
         help=f"Optuna storage URL, e.g. postgresql://user:PASSWORD@host/db (default: ${STORAGE_ENV} if set, "
         "else the journal file runs/NAME/optuna.journal)",
+    )
+
+
+class _ToEnvironment(argparse.Action):
+    """Store the value, and put it in the environment too, so child processes (trials, baselines) use it."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:  # fmt: skip
+        setattr(namespace, self.dest, values)
+        os.environ[ARTIFACTS_ENV] = str(values)
+
+
+def add_artifacts_arg(p: argparse.ArgumentParser) -> None:
+    """``--artifacts PATH``: Optuna's artifact store for the trials' files (default ``$ENSEMBLE_ARTIFACTS``)."""
+    p.add_argument(
+        "--artifacts",
+        metavar="PATH",
+        action=_ToEnvironment,
+        default=os.environ.get(ARTIFACTS_ENV) or None,
+        help=f"artifact store for every trial's files, a folder on a shared mount or s3://BUCKET, so other "
+        f"machines can build from them (default: ${ARTIFACTS_ENV} if set, else none: the files stay in runs/NAME)",
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ensemble.cli.common import add_run_args, add_storage_arg
+from ensemble.cli.common import add_artifacts_arg, add_run_args, add_storage_arg
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -17,6 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_run_args(p)
     add_storage_arg(p)
+    add_artifacts_arg(p)
     p.add_argument("--top-cnn", type=int, default=5, metavar="K", help="CNN trials to list (best by validation, 5)")
     p.add_argument("--gallery", type=int, default=40, metavar="N", help="misclassified digits to show (40)")
     p.set_defaults(func=cmd_report)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from ensemble.cli.common import add_storage_arg
+from ensemble.cli.common import add_artifacts_arg, add_storage_arg
 from ensemble.durations import parse_duration
 
 
@@ -43,6 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="delete the run folder runs/NAME (and, with --storage, the run's studies there) and start over",
     )
     add_storage_arg(p)
+    add_artifacts_arg(p)
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help=argparse.SUPPRESS)  # preset overrides
     p.set_defaults(func=cmd_run)
 

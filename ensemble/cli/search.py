@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from ensemble.cli.common import add_run_args, add_storage_arg
+from ensemble.cli.common import add_artifacts_arg, add_run_args, add_storage_arg
 from ensemble.durations import parse_duration
 
 DEFAULT_SPACE = "cnn.yaml"  # a shipped space (ensemble.search.spaces.space_file)
@@ -18,6 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--trials", type=int, default=10, help="finished trials the study should have (default 10)")
     p.add_argument("--timeout", metavar="DURATION", help="stop starting trials after e.g. 30m")
     add_storage_arg(p)
+    add_artifacts_arg(p)
     p.add_argument(
         "--space",
         default=DEFAULT_SPACE,

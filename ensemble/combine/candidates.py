@@ -7,7 +7,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ensemble.errors import ArtifactError, DataError, NoModelError, UsageError
-from ensemble.search.artifacts import BASELINE_PREFIX, CNN_STUDY, load_proba, trial_folder_name
+from ensemble.search.artifacts import (
+    BASELINE_PREFIX,
+    CNN_STUDY,
+    load_proba,
+    local_trial,
+    trial_folder_name,
+    trial_path,
+)
 
 if TYPE_CHECKING:
     from ensemble.data.runs import Run
@@ -29,9 +36,11 @@ class Candidate:
     val_accuracy: float
     val_logloss: float
     attrs: dict[str, Any]
+    trial: Any = None  # its FrozenTrial (to download its files from the artifact store)
 
 
-def study_candidates(storage: Any, study_name: str, kind: str) -> list[Candidate]:
+def study_candidates(run: Run, storage: Any, study_name: str, kind: str) -> list[Candidate]:
+    """The study's completed trials, best first; their folders are where this machine keeps them."""
     import optuna
 
     study = optuna.load_study(study_name=study_name, storage=storage)
@@ -42,10 +51,18 @@ def study_candidates(storage: Any, study_name: str, kind: str) -> list[Candidate
             continue
         label = CNN_STUDY if kind == "cnn" else study_name
         name = f"{label}-{trial_folder_name(t.number)}"
-        out.append(
-            Candidate(name, kind, study_name, t.number, Path(a["artifact_dir"]), a["val_accuracy"], a["val_logloss"], a)
-        )
+        folder = trial_path(run, study_name, t.number)
+        if not folder.is_dir() and Path(a["artifact_dir"]).is_dir():
+            folder = Path(a["artifact_dir"])  # written elsewhere on this machine
+        out.append(Candidate(name, kind, study_name, t.number, folder, a["val_accuracy"], a["val_logloss"], a, t))
     return sorted(out, key=lambda c: (-c.val_accuracy, c.val_logloss, c.number))
+
+
+def fetch(run: Run, storage: Any, c: Candidate) -> Candidate:
+    """``c`` with its files on this machine: downloaded from the artifact store when they are not here."""
+    if not c.folder.is_dir() and c.trial is not None:
+        c.folder = local_trial(run, c.study, c.trial, storage)
+    return c
 
 
 def find_candidates(run: Run, storage: Any, top_k: int, include_baselines: bool) -> tuple[list, list]:
@@ -57,13 +74,13 @@ def find_candidates(run: Run, storage: Any, top_k: int, include_baselines: bool)
     names = optuna.get_all_study_names(storage=storage)
     if CNN_STUDY not in names:
         raise NoModelError(f"run '{run.name}' has no '{CNN_STUDY}' study; run the CNN search first")
-    cnns = study_candidates(storage, CNN_STUDY, "cnn")[:top_k]
+    cnns = [fetch(run, storage, c) for c in study_candidates(run, storage, CNN_STUDY, "cnn")[:top_k]]
     if not cnns:
         raise NoModelError(f"run '{run.name}': the '{CNN_STUDY}' study has no completed trial with saved artifacts")
     baselines = []
     if include_baselines:
         for s in sorted(n for n in names if n.startswith(BASELINE_PREFIX)):
-            baselines += study_candidates(storage, s, "baseline")[:1]
+            baselines += [fetch(run, storage, c) for c in study_candidates(run, storage, s, "baseline")[:1]]
     for c in cnns + baselines:
         check_trial(run, c)
     return cnns, baselines

@@ -133,16 +133,16 @@ def trial_entries(run: Run, storage: Any, *, top_cnn: int) -> tuple[list[Entry],
     """The best trial of each baseline study and the top CNN trials (by validation accuracy)."""
     import optuna
 
-    from ensemble.combine.candidates import study_candidates
+    from ensemble.combine.candidates import fetch, study_candidates
     from ensemble.search.artifacts import BASELINE_PREFIX, CNN_STUDY
 
     names = optuna.get_all_study_names(storage=storage)
     n_pred = len(run.split.val) + len(run.split.holdout) + len(run.x_test)
     rows, by_trial = [], {}
     for study in sorted(n for n in names if n.startswith(BASELINE_PREFIX)) + [CNN_STUDY] * (CNN_STUDY in names):
-        cands = study_candidates(storage, study, "cnn" if study == CNN_STUDY else "baseline")
+        cands = study_candidates(run, storage, study, "cnn" if study == CNN_STUDY else "baseline")
         for c in cands[: top_cnn if study == CNN_STUDY else 1]:
-            if not (c.folder / "proba_holdout.npy").is_file():
+            if not (fetch(run, storage, c).folder / "proba_holdout.npy").is_file():
                 continue
             a = c.attrs
             e = Entry(

@@ -9,8 +9,10 @@ holding the fitted model, ``config.json`` and ``proba_val.npy`` / ``proba_holdou
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -82,3 +84,71 @@ def sha256_file(path: str | Path) -> str:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 h.update(chunk)
     return h.hexdigest()
+
+
+# ---------------------------------------------------------------- the artifact store (many machines)
+ARTIFACTS_ENV = "ENSEMBLE_ARTIFACTS"
+
+
+def open_artifact_store(location: str | None = None) -> Any:
+    """Optuna's artifact store at ``location`` (default ``$ENSEMBLE_ARTIFACTS``), or None for none.
+
+    A folder (a shared mount) gives ``FileSystemArtifactStore``; ``s3://bucket/prefix`` gives
+    ``Boto3ArtifactStore`` (needs boto3 and the usual AWS settings). Without one, a trial's files
+    live only in the run folder of the machine that trained it, as always.
+    """
+    where = location or os.environ.get(ARTIFACTS_ENV) or None
+    if where is None:
+        return None
+    import optuna.artifacts as oa
+
+    if where.startswith("s3://"):
+        import boto3
+
+        bucket, _, prefix = where.removeprefix("s3://").partition("/")
+        if prefix.strip("/"):
+            raise ArtifactError(f"{where}: give the bucket only (s3://{bucket}); a prefix is not supported")
+        return oa.Boto3ArtifactStore(bucket, client=boto3.client("s3"))
+    Path(where).mkdir(parents=True, exist_ok=True)
+    return oa.FileSystemArtifactStore(where)
+
+
+def upload_trial(trial: Any, folder: Path, store: Any = None, storage: Any = None) -> int:
+    """Upload every file of a trial's folder to the artifact store (``store`` or ``$ENSEMBLE_ARTIFACTS``).
+
+    ``storage``: needed for a FrozenTrial (a live ``optuna.Trial`` knows its own).
+    """
+    store = store if store is not None else open_artifact_store()
+    if store is None:
+        return 0
+    from optuna.artifacts import upload_artifact
+
+    files = sorted(p for p in folder.iterdir() if p.is_file())
+    for path in files:
+        upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=trial, storage=storage)
+    return len(files)
+
+
+def local_trial(run: Run, study: str, trial: Any, storage: Any, store: Any = None) -> Path:
+    """The trial's folder on this machine, downloaded from the artifact store first if it is not here."""
+    folder = trial_path(run, study, trial.number)
+    if folder.is_dir() and any(folder.iterdir()):
+        return folder
+    store = store if store is not None else open_artifact_store()
+    if store is None:
+        return folder  # not here and no store: the caller reports what is missing
+    from optuna.artifacts import download_artifact, get_all_artifact_meta
+
+    metas = get_all_artifact_meta(trial, storage=storage)
+    if not metas:
+        return folder
+    tmp = partial_trial_path(run, study, trial.number)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for meta in metas:
+        download_artifact(
+            artifact_store=store, file_path=str(tmp / Path(meta.filename).name), artifact_id=meta.artifact_id
+        )
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+    return folder

@@ -127,7 +127,7 @@ def test_top_k_order_and_list_tta(run) -> None:
     from ensemble.combine.candidates import study_candidates
     from ensemble.search.storage import open_storage
 
-    ranked = study_candidates(open_storage(run), "cnn", "cnn")
+    ranked = study_candidates(run, open_storage(run), "cnn", "cnn")
     assert m["members"][0]["name"] == ranked[0].name
     keys = [(-c.val_accuracy, c.val_logloss) for c in ranked]
     assert keys == sorted(keys)

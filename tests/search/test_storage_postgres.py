@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -139,3 +140,40 @@ def test_a_dead_workers_trial_is_failed_by_the_heartbeat_and_run_again(
     assert (
         study.trials[1].params == study.trials[0].params and finished_trials(study) == 1
     )  # the dead try doesn't count
+
+
+def test_three_machines_one_run_build_from_a_fourth(
+    postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Machines A and B (their own folders) add trials to one run's study in PostgreSQL, with an artifact
+    store on a shared mount; an empty folder C builds and reports from the URL, the store and the data."""
+    from ensemble.inference.predict import load_ensemble
+    from ensemble.report.submission import check_submission
+    from ensemble.search.artifacts import ARTIFACTS_ENV
+
+    data = write_dataset(tmp_path / "data", n_train=150, n_test=20)
+    space = tmp_path / "tiny.yaml"
+    space.write_text(TINY_CNN_SPACE.format(epochs=1))
+    store = tmp_path / "shared-mount"
+    monkeypatch.setenv(ARTIFACTS_ENV, "")  # restored after the test (--artifacts also sets it, for child processes)
+    common = ["--run", "fleet", "--data", str(data), "--storage", postgres_url, "--artifacts", str(store)]
+    for machine, trials in (("A", "1"), ("B", "2")):
+        monkeypatch.setenv("ENSEMBLE_RUNS", str(tmp_path / machine / "runs"))
+        assert main(["search", *common, "--space", str(space), "--trials", trials]) == 0
+    assert states(postgres_url, "fleet.cnn") == ["COMPLETE", "COMPLETE"]  # B added one: the study had 1 of 2
+    for machine in ("A", "B"):  # their disks are elsewhere: C sees only the database and the store
+        shutil.rmtree(tmp_path / machine)
+    monkeypatch.setenv("ENSEMBLE_RUNS", str(tmp_path / "C" / "runs"))
+    assert main(["build", *common, "--top-k", "2", "--tta", "none", "--weights", "equal"]) == 0
+    assert main(["report", *common]) == 0
+    root = tmp_path / "C" / "runs" / "fleet"
+    assert len(load_ensemble(root / "ensemble").members) == 2  # both trials' models came from the store
+    assert {p.name for p in (root / "models" / "cnn").iterdir()} == {"trial-0000", "trial-0001"}  # downloaded
+    assert len(check_submission(root / "submission.csv", n_rows=20)) == 20
+    for model in store.rglob("*"):  # every stored model loads with plain Keras, without ensemble
+        if model.is_file() and model.read_bytes()[:2] == b"PK" and model.stat().st_size > 10_000:
+            code = "import sys, keras; keras.models.load_model(sys.argv[1]); assert 'ensemble' not in sys.modules"
+            tmp = tmp_path / "probe.keras"
+            tmp.write_bytes(model.read_bytes())
+            done = subprocess.run([sys.executable, "-c", code, str(tmp)], capture_output=True, text=True, timeout=120)
+            assert done.returncode == 0, done.stderr[-1500:]

@@ -18,7 +18,7 @@ def fallback_model(run: Run, storage_url: str | None, log: Any, rows: int = 5000
     import optuna
     from sklearn.neighbors import KNeighborsClassifier
 
-    from ensemble.search.artifacts import save_probas, trial_dir
+    from ensemble.search.artifacts import save_probas, trial_dir, upload_trial
     from ensemble.search.baselines.models import full_proba
     from ensemble.search.baselines.study import subsample
     from ensemble.search.storage import open_storage
@@ -46,4 +46,5 @@ def fallback_model(run: Run, storage_url: str | None, log: Any, rows: int = 5000
         "n_train": int(len(keep)),
     }  # fmt: skip
     study.add_trial(optuna.trial.create_trial(value=acc, user_attrs=attrs))
+    upload_trial(study.trials[-1], folder, storage=study._storage)  # to the artifact store, when there is one
     log(f"fallback kNN on {len(keep):,} rows: val accuracy {acc:.4f} ({fit_s + predict_s:.0f}s)")

@@ -24,7 +24,7 @@ import numpy as np
 
 from ensemble.errors import SpaceError, UsageError
 from ensemble.locks import worker_token
-from ensemble.search.artifacts import partial_trial_path, save_probas, trial_dir, trial_path
+from ensemble.search.artifacts import partial_trial_path, save_probas, trial_dir, trial_path, upload_trial
 from ensemble.search.baselines.models import (
     FAMILIES,
     Family,
@@ -254,6 +254,7 @@ def objective(trial: optuna.Trial, *, parts: Parts, family: Family, space: Space
         attrs["warnings"] = "; ".join(out["notes"])[:500]
     for k, v in attrs.items():
         trial.set_user_attr(k, v)
+    upload_trial(trial, folder)  # to the artifact store, when the run has one
     return acc
 
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ensemble.errors import EnsembleError, TrialError, UsageError
-from ensemble.search.artifacts import CNN_STUDY, trial_path
+from ensemble.search.artifacts import CNN_STUDY, trial_path, upload_trial
 from ensemble.search.cnn import model as cnn
 from ensemble.search.cnn.trainer import partial_dir, train_and_save, train_in_subprocess
 from ensemble.search.spaces import Space, load_space
@@ -171,6 +171,7 @@ def make_objective(
         }
         for k, v in attrs.items():
             trial.set_user_attr(k, v)
+        upload_trial(trial, folder)  # to the artifact store, when the run has one
         say(
             f"  trial {trial.number} done: val_accuracy {metrics['val_accuracy']:.4f}, "
             f"{metrics['train_seconds']:.0f}s, {metrics['params']:,} params"
