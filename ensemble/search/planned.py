@@ -54,8 +54,6 @@ class PlannedSearch:
         """After each trial: revise with the measured speed; stop when the planned members are trained."""
         import optuna
 
-        from ensemble.search.cnn.study import finished_trials
-
         attrs = trial.user_attrs  # the speed at the trial's end: the baselines may have slowed its start
         ips = float(
             attrs.get("recent_images_per_second") or attrs.get("images_per_second") or self.plan.images_per_second
@@ -64,7 +62,7 @@ class PlannedSearch:
         self.plan = revise(self.plan, done=done, seconds_left=self.end - time.time(), images_per_second=ips,
                            n_train=self.n_train, n_all=self.n_all, settings=self.settings)  # fmt: skip
         self.record(f"after trial {trial.number}")
-        if finished_trials(study) >= self.plan.members and done >= 1:
+        if done >= self.plan.members:  # members are completed trainings: a pruned trial is not one
             study.stop()
 
 

@@ -129,3 +129,27 @@ def test_a_probe_that_overrates_the_machine_is_corrected_by_the_first_trial() ->
                    settings=settings)  # fmt: skip
     assert after.refit_images_per_second == pytest.approx(1_582 * 0.8 / 0.7)  # not the probe's 3,681
     assert after.members < start.members and after.search_seconds + after.refit_seconds <= 4_970
+
+
+def test_pruned_trials_are_not_members(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a pruner the search goes on until the planned number of members has *completed*."""
+    import optuna
+
+    from ensemble.search import planned as search_plan
+
+    now = [1_000.0]
+    monkeypatch.setattr(search_plan.time, "time", lambda: now[0])
+    two = PlanSettings(**{**QUICK.__dict__, "max_members": 2})
+    planned = search_plan.PlannedSearch(plan_for(100_000, 3_000, two), two, 1_000.0 + 100_000, N_TRAIN, N_ALL,
+                                        lambda s: None)  # fmt: skip
+    study = optuna.create_study(direction="maximize")
+
+    def objective(trial: optuna.Trial) -> float:
+        now[0] += 60.0
+        if trial.number % 2 == 0:  # every other trial is pruned early
+            raise optuna.TrialPruned()
+        trial.set_user_attr("images_per_second", 3_000.0)
+        return 0.99
+
+    study.optimize(objective, n_trials=20, callbacks=[planned.callback])
+    assert [t.state.name for t in study.trials] == ["PRUNED", "COMPLETE", "PRUNED", "COMPLETE"]
