@@ -13,7 +13,9 @@ from ensemble import __version__
 from ensemble.errors import EnsembleError
 
 # Module names under ensemble.cli, in the order the pipeline runs: data -> ... -> submission.
-COMMANDS: tuple[str, ...] = ("data", "baselines", "search", "build", "report", "run", "predict", "submission")
+COMMANDS: tuple[str, ...] = (
+    "data", "baselines", "search", "worker", "build", "report", "run", "predict", "submission",
+)  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:

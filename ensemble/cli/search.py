@@ -47,7 +47,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     from ensemble.errors import UsageError
     from ensemble.search.cnn.study import SearchSettings, load_cnn_space, run_search
     from ensemble.search.spaces import space_file
-    from ensemble.search.storage import dashboard_command, optuna_cli_args, stored_study
+    from ensemble.search.storage import dashboard_command, optuna_cli_args, stored_study, worker_command
 
     if args.trials < 1:
         raise UsageError(f"--trials must be at least 1, got {args.trials}")
@@ -55,6 +55,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     space = load_cnn_space(space_file(args.space))
     run = open_run(args.run, data=args.data)
     print(f"Watch it live:  {dashboard_command(run, args.storage)}")
+    if worker_command(run, args.storage):
+        print(f"Add a machine:  {worker_command(run, args.storage)}")
     settings = SearchSettings(
         trials=args.trials,
         timeout=timeout,
@@ -63,7 +65,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         max_train=args.max_train,
         mixed_precision=args.mixed_precision,
     )
-    study = run_search(run, space, settings, storage_url=args.storage)
+    study = run_search(run, space, settings, storage_url=args.storage, publish={})
     best = _best(study)
     if best is None:
         print("No completed trial yet.")

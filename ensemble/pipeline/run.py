@@ -73,7 +73,7 @@ def _run_locked(
 ) -> dict[str, Any]:
     from ensemble.data.runs import open_run, run_root, sweep_debris
     from ensemble.durations import parse_duration
-    from ensemble.search.storage import dashboard_command, delete_run, redact
+    from ensemble.search.storage import dashboard_command, delete_run, redact, worker_command
 
     s = settings_for(preset, overrides)
     _quiet_interrupts()
@@ -98,6 +98,8 @@ def _run_locked(
         stages.finish("data", time.time() - t)
     stages.note(preset=preset, settings=s.as_dict(), budget_seconds=budget_s)
     log("run", f"Optuna dashboard (watch it live):  {redact(dashboard_command(run, storage_url))}")
+    if worker_command(run, storage_url):
+        log("run", f"add a machine to the CNN search:  {worker_command(run, storage_url)}")
     shares = {"search": 0.0, "build": 0.0, "report": 0.0, **s.shares}
     groups = {"search": ("cnn_search", "baselines"), "build": ("build",), "report": ("report",)}
     budget = Budget(budget_s, shares, [g for g, members in groups.items() if any(m in todo for m in members)])

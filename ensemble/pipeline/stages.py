@@ -85,8 +85,9 @@ def cnn_search(
     pruner = deadline_pruner(search.make_pruner(s.pruner, epochs), when, epochs, log)
     log(f"space {space_path}: up to {settings.trials} trials, stops starting new ones at the deadline")
     callbacks = [planned.callback] if planned else []
+    publish = {"target": planned.plan.members, "count": "complete"} if planned else {}  # for ensemble worker
     study = search.run_search(
-        run, space, settings, storage_url=storage_url, pruner=pruner, callbacks=callbacks, say=log
+        run, space, settings, storage_url=storage_url, pruner=pruner, callbacks=callbacks, say=log, publish=publish
     )
     states = [t.state for t in study.get_trials(deepcopy=False)]
     count = {k.name.lower(): states.count(k) for k in optuna.trial.TrialState if states.count(k)}

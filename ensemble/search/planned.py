@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ensemble.search.artifacts import CNN_STUDY
+from ensemble.search.cnn import spec as worker_spec
 from ensemble.search.plan import Plan, PlanSettings, make_plan, revise
 
 if TYPE_CHECKING:
@@ -62,6 +63,7 @@ class PlannedSearch:
         self.plan = revise(self.plan, done=done, seconds_left=self.end - time.time(), images_per_second=ips,
                            n_train=self.n_train, n_all=self.n_all, settings=self.settings)  # fmt: skip
         self.record(f"after trial {trial.number}")
+        worker_spec.update(study, target=self.plan.members, epochs=self.plan.epochs)  # what ensemble worker reads
         if done >= self.plan.members:  # members are completed trainings: a pruned trial is not one
             study.stop()
 

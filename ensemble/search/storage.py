@@ -130,6 +130,17 @@ def _rdb_with_heartbeat(url: str) -> optuna.storages.BaseStorage:
         )
 
 
+def worker_command(run: Run, url: str | None) -> str | None:
+    """The command that adds a machine to this run's CNN search (a database storage only), password hidden."""
+    from ensemble.search.artifacts import ARTIFACTS_ENV
+
+    if not url or not _is_url(url):
+        return None
+    store = os.environ.get(ARTIFACTS_ENV)
+    extra = f" --artifacts {shlex.quote(store)}" if store else ""
+    return f"ENSEMBLE_STORAGE={shlex.quote(redact(url))} ensemble worker --run {run.name} --data DATA{extra}"
+
+
 def dashboard_command(run: Run, url: str | None = None) -> str:
     """The shell command that opens this run in optuna-dashboard (a URL's password shown as ``***``)."""
     return f"optuna-dashboard {shlex.quote(redact(storage_location(run, url)))}"

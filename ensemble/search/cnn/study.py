@@ -20,6 +20,7 @@ import numpy as np
 from ensemble.errors import EnsembleError, TrialError, UsageError
 from ensemble.search.artifacts import CNN_STUDY, trial_path, upload_trial
 from ensemble.search.cnn import model as cnn
+from ensemble.search.cnn import spec as worker_spec
 from ensemble.search.cnn.trainer import partial_dir, train_and_save, train_in_subprocess
 from ensemble.search.spaces import Space, load_space
 from ensemble.search.storage import check_run_identity, fail_stale_trials, mark_owner, open_storage, was_killed
@@ -231,10 +232,13 @@ def run_search(
     pruner: optuna.pruners.BasePruner | None = None,
     callbacks: list[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] | None = None,
     say: Callable[[str], None] = print,
+    publish: dict[str, Any] | None = None,
 ) -> optuna.Study:
     """Run (or continue) the study until it has ``settings.trials`` finished trials or time runs out.
 
     ``callbacks`` run after each trial (Optuna's ``optimize`` callbacks; one may ``study.stop()``).
+    ``publish``: record in the study what ``ensemble worker`` needs to join (:mod:`.worker`), with these
+    fields overridden (e.g. the plan's target); ``None``: don't (a worker itself).
     """
     import optuna
 
@@ -246,6 +250,10 @@ def run_search(
         if first:
             study.enqueue_trial(first)
             say("First trial: the known-good defaults of ensemble/search/cnn/model.py (inside the space), then TPE")
+    if publish is not None:
+        epochs = settings.epochs() if callable(settings.epochs) else settings.epochs
+        spec = {"target": settings.trials, "count": "finished", "epochs": epochs, "pruner": settings.pruner, **publish}
+        worker_spec.publish(study, space, **spec)
     stale = fail_stale_trials(study, run.root, local_storage=storage_url is None)
     for number in stale:  # killed mid-trial: drop whatever it wrote
         _discard(trial_path(run, STUDY, number))
@@ -256,7 +264,8 @@ def run_search(
     if todo <= 0:
         say(f"Study '{STUDY}' already has {done} finished trial(s) (asked for {settings.trials}); nothing to do.")
         return study
-    say(f"Study '{STUDY}': {done} finished trial(s) so far, running up to {todo} more")
+    more = "until the study reaches its target" if settings.trials >= 10**9 else f"up to {todo} more"
+    say(f"Study '{STUDY}': {done} finished trial(s) so far, running {more}")
     arrays_path = _write_arrays(run, settings) if settings.isolate else None
     try:
         study.optimize(

@@ -1,0 +1,89 @@
+"""``ensemble worker``: another machine joins a run's CNN study and trains trials until the study's target.
+
+The process that starts the study (``ensemble search`` or ``ensemble run`` with a database storage)
+publishes what a worker needs in the study's user attrs (``SPEC_ATTR``): the search space's YAML text,
+the target (finished trials for ``search``; completed members of the budget's plan for ``run``, kept
+up to date as the plan is revised) and the epochs every trial trains. A worker opens the same run
+(its data must have the same fingerprint and split: :func:`ensemble.search.storage.check_run_identity`),
+samples with its own seed, and stops once the study, all workers together, reaches the target.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from ensemble.errors import UsageError
+from ensemble.search.cnn.spec import SPEC_ATTR
+
+if TYPE_CHECKING:
+    import optuna
+
+    from ensemble.data.runs import Run
+
+
+UNTIL_TARGET = 10**9  # a worker's own trial cap: none (the study's target, read after each trial, stops it)
+
+
+def worker_seed() -> int:
+    """A sampling seed of this host and process: two workers never draw the same trials."""
+    digest = hashlib.sha256(f"{os.uname().nodename}-{os.getpid()}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+
+
+def _reached(study: optuna.Study) -> bool:
+    import optuna
+
+    from ensemble.search.cnn.study import finished_trials
+
+    spec = study.user_attrs.get(SPEC_ATTR) or {}
+    if spec.get("count") == "complete":
+        done = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+    else:
+        done = finished_trials(study)
+    return done >= int(spec.get("target", 0))
+
+
+def join(run: Run, storage_url: str, *, timeout: float | None = None, say: Callable[[str], None] = print) -> int:
+    """Train trials of run ``run``'s CNN study until it reaches its target; returns the trials this worker ran."""
+    import optuna
+
+    from ensemble.locks import worker_token
+    from ensemble.search.cnn.study import STUDY, SearchSettings, load_cnn_space, run_search
+    from ensemble.search.storage import check_run_identity, open_storage
+
+    storage = open_storage(run, storage_url)
+    if STUDY not in optuna.get_all_study_names(storage=storage):
+        raise UsageError(f"run '{run.name}' has no CNN study in that storage yet: start it with ensemble run or "
+                         "ensemble search --storage on the first machine")  # fmt: skip
+    study = optuna.load_study(study_name=STUDY, storage=storage)
+    check_run_identity(study, run)
+    spec = study.user_attrs.get(SPEC_ATTR)
+    if not spec:
+        raise UsageError(
+            f"run '{run.name}': its CNN study records no search spec for workers (made by an older version)"
+        )
+    if _reached(study):
+        say(f"run '{run.name}': the CNN study already has its {spec['target']} trial(s); nothing to do")
+        return 0
+    space_file = run.path(".cache", f"worker-{spec['space_name']}")
+    space_file.parent.mkdir(parents=True, exist_ok=True)
+    space_file.write_text(spec["space"])
+    space = load_cnn_space(space_file)
+
+    def epochs() -> int | None:  # the plan's current epochs, read as each trial starts
+        return (optuna.load_study(study_name=STUDY, storage=storage).user_attrs.get(SPEC_ATTR) or spec).get("epochs")
+
+    def stop_when_reached(s: optuna.Study, _t: optuna.trial.FrozenTrial) -> None:
+        if _reached(optuna.load_study(study_name=STUDY, storage=storage)):
+            s.stop()
+
+    seed = worker_seed()
+    say(f"worker: joining run '{run.name}' (target {spec['target']} {spec['count']} trial(s)), sampler seed {seed}")
+    settings = SearchSettings(trials=UNTIL_TARGET, timeout=timeout, pruner=spec["pruner"], seed=seed, epochs=epochs)
+    study = run_search(run, space, settings, storage_url=storage_url, callbacks=[stop_when_reached], say=say,
+                       publish=None)  # fmt: skip
+    mine = worker_token(run.root)
+    return sum(t.user_attrs.get("worker") == mine for t in study.get_trials(deepcopy=False))
