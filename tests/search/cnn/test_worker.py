@@ -29,7 +29,7 @@ def _start(args: list[str], folder: Path, env: dict[str, str]) -> subprocess.Pop
 
 def _trials(url: str) -> list[optuna.trial.FrozenTrial]:
     names = optuna.get_all_study_names(storage=url)
-    return optuna.load_study(study_name="fleet.cnn", storage=url).trials if "fleet.cnn" in names else []
+    return optuna.load_study(study_name="crew.cnn", storage=url).trials if "crew.cnn" in names else []
 
 
 def _wait(what, timeout: float = 180.0) -> None:
@@ -47,13 +47,13 @@ def test_three_workers_one_killed_then_a_fourth_folder_builds(
     space.write_text(TINY_CNN_SPACE.format(epochs=60))  # a few seconds a trial: the workers overlap
     store = tmp_path / "shared-mount"
     env = {**os.environ, "ENSEMBLE_HEARTBEAT_S": "1", "ENSEMBLE_STORAGE": postgres_url, "PYTHONUNBUFFERED": "1"}
-    common = ["--run", "fleet", "--data", str(data), "--artifacts", str(store)]
+    common = ["--run", "crew", "--data", str(data), "--artifacts", str(store)]
     first = _start(["search", *common, "--space", str(space), "--trials", str(TARGET), "--pruner", "none"],
                    tmp_path / "A", env)  # fmt: skip
     _wait(lambda: bool(_trials(postgres_url)))  # the study exists (and records what workers need)
     b = _start(["worker", *common], tmp_path / "B", env)
     c = _start(["worker", *common], tmp_path / "C", env)
-    c_root = str((tmp_path / "C" / "runs" / "fleet").resolve())
+    c_root = str((tmp_path / "C" / "runs" / "crew").resolve())
     _wait(
         lambda: any(t.state.name == "RUNNING" and t.user_attrs.get("run_root") == c_root for t in _trials(postgres_url))
     )
@@ -62,7 +62,7 @@ def test_three_workers_one_killed_then_a_fourth_folder_builds(
     for p in (first, b):
         assert p.wait(timeout=300) == 0, (tmp_path / ("A" if p is first else "B") / "log.txt").read_text()[-3000:]
     said = (tmp_path / "B" / "log.txt").read_text()
-    b_root = str((tmp_path / "B" / "runs" / "fleet").resolve())
+    b_root = str((tmp_path / "B" / "runs" / "crew").resolve())
     mine = sum(t.user_attrs.get("run_root") == b_root for t in _trials(postgres_url))
     assert f"this machine ran {mine} trial(s)" in said and "***" in (tmp_path / "A" / "log.txt").read_text()
     assert not any("s3cret-pw" in (tmp_path / m / "log.txt").read_text() for m in "ABC")  # never printed
@@ -84,8 +84,8 @@ def test_three_workers_one_killed_then_a_fourth_folder_builds(
     monkeypatch.setenv("ENSEMBLE_RUNS", str(tmp_path / "D" / "runs"))
     monkeypatch.setenv("ENSEMBLE_STORAGE", postgres_url)
     monkeypatch.setenv("ENSEMBLE_ARTIFACTS", str(store))
-    assert main(["build", "--run", "fleet", "--data", str(data), "--tta", "none"]) == 0
-    assert main(["report", "--run", "fleet", "--data", str(data)]) == 0
+    assert main(["build", "--run", "crew", "--data", str(data), "--tta", "none"]) == 0
+    assert main(["report", "--run", "crew", "--data", str(data)]) == 0
     from ensemble.report.submission import check_submission
 
-    assert len(check_submission(tmp_path / "D" / "runs" / "fleet" / "submission.csv", n_rows=20)) == 20
+    assert len(check_submission(tmp_path / "D" / "runs" / "crew" / "submission.csv", n_rows=20)) == 20
