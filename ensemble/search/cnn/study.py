@@ -135,9 +135,11 @@ def make_objective(
         say(f"trial {trial.number}: {backend}/{device}, {_short(config)}")
 
         ends: list[float] = []  # when each epoch ended: the trial's speed at its end, for the budget's plan
+        curve: list[float] = []  # validation accuracy per epoch: the trial's learning-curve picture
 
         def on_epoch(epoch: int, logs: dict[str, float]) -> None:
             ends.append(time.perf_counter())
+            curve.append(float(logs["val_accuracy"]))
             trial.report(logs["val_accuracy"], epoch)
             say(f"  trial {trial.number} epoch {epoch}: val_accuracy {logs['val_accuracy']:.4f}")
             if trial.should_prune():
@@ -172,7 +174,8 @@ def make_objective(
         }
         for k, v in attrs.items():
             trial.set_user_attr(k, v)
-        upload_trial(trial, folder)  # to the artifact store, when the run has one
+        _curve_png(folder / "learning_curve.png", curve, trial.number)
+        upload_trial(trial, folder)  # to the artifact store, when the run has one (the dashboard previews the PNG)
         say(
             f"  trial {trial.number} done: val_accuracy {metrics['val_accuracy']:.4f}, "
             f"{metrics['train_seconds']:.0f}s, {metrics['params']:,} params"
@@ -180,6 +183,23 @@ def make_objective(
         return metrics["val_accuracy"]
 
     return objective
+
+
+def _curve_png(path: Path, curve: list[float], number: int) -> None:
+    """The trial's validation accuracy per epoch as a small PNG (optuna-dashboard previews it as an artifact)."""
+    if not curve:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4, 2.6), dpi=80)
+    ax.plot(range(1, len(curve) + 1), curve, marker=".")
+    ax.set(xlabel="epoch", ylabel="validation accuracy", title=f"trial {number}")
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    plt.close(fig)
 
 
 def _recent_speed(ends: list[float], n_train: int) -> dict[str, float]:

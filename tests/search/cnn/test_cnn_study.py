@@ -50,6 +50,7 @@ def test_trials_leave_curves_attrs_and_artifacts(tiny) -> None:
         folder = Path(t.user_attrs["artifact_dir"])
         for name in ("model.keras", "config.json", "proba_val.npy", "proba_holdout.npy", "proba_test.npy"):
             assert (folder / name).is_file()
+        assert (folder / "learning_curve.png").read_bytes().startswith(b"\x89PNG")  # previewed by the dashboard
         p = np.load(folder / "proba_test.npy")
         assert p.shape == (30, 10) and np.allclose(p.sum(1), 1, atol=1e-4)
 
