@@ -265,6 +265,7 @@ def _delete_remote_studies(run_name: str, storage_url: str, say: Callable[[str],
     """Delete run ``run_name``'s studies (``RUN.cnn``, ``RUN.baseline-*``) from a shared storage; others stay."""
     import optuna
 
+    from ensemble.search.artifacts import open_artifact_store
     from ensemble.search.scoped import RunScopedStorage, stored_name
 
     try:
@@ -272,6 +273,28 @@ def _delete_remote_studies(run_name: str, storage_url: str, say: Callable[[str],
         names = run_study_names(optuna.get_all_study_names(storage=storage))
     except Exception as exc:  # optuna raises many kinds for a bad URL
         raise UsageError(f"cannot open Optuna storage '{redact(storage_url)}': {_one_line(exc)}") from exc
+    store = open_artifact_store()
     for study in names:
+        if store is not None:
+            _delete_stored_files(optuna.load_study(study_name=study, storage=storage), store, say)
         say(f"--restart: deleting study '{stored_name(run_name, study)}' from {redact(storage_url)}")
         optuna.delete_study(study_name=study, storage=storage)
+
+
+def _delete_stored_files(study: optuna.Study, store: object, say: Callable[[str], None]) -> None:
+    """Remove the study's trials' files from the artifact store (``--restart``)."""
+    from optuna.artifacts import get_all_artifact_meta
+    from optuna.artifacts.exceptions import ArtifactNotFound
+
+    ids = [
+        m.artifact_id
+        for t in study.get_trials(deepcopy=False)
+        for m in get_all_artifact_meta(t, storage=study._storage)
+    ]
+    for artifact_id in ids:
+        try:
+            store.remove(artifact_id)  # type: ignore[attr-defined]
+        except ArtifactNotFound:
+            pass
+    if ids:
+        say(f"--restart: deleted {len(ids)} file(s) of study '{study.study_name}' from the artifact store")

@@ -177,3 +177,20 @@ def test_three_machines_one_run_build_from_a_fourth(
             tmp.write_bytes(model.read_bytes())
             done = subprocess.run([sys.executable, "-c", code, str(tmp)], capture_output=True, text=True, timeout=120)
             assert done.returncode == 0, done.stderr[-1500:]
+
+
+def test_restart_also_removes_the_runs_files_from_the_artifact_store(
+    postgres_url: str, runs_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ensemble.search.artifacts import ARTIFACTS_ENV
+
+    data = write_dataset(tmp_path / "data", n_train=120, n_test=20)
+    space = tmp_path / "tiny.yaml"
+    space.write_text(TINY_CNN_SPACE.format(epochs=1))
+    store = tmp_path / "store"
+    monkeypatch.setenv(ARTIFACTS_ENV, str(store))
+    args = ["search", "--run", "gone", "--data", str(data), "--space", str(space), "--trials", "1"]
+    assert main([*args, "--storage", postgres_url]) == 0
+    assert any(p.is_file() for p in store.rglob("*"))  # the trial's files were uploaded
+    delete_run("gone", storage_url=postgres_url, say=lambda s: None)
+    assert not any(p.is_file() for p in store.rglob("*")) and "gone.cnn" not in optuna.get_all_study_names(postgres_url)
