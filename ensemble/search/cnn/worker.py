@@ -73,11 +73,13 @@ def join(run: Run, storage_url: str, *, timeout: float | None = None, say: Calla
     space_file.write_text(spec["space"])
     space = load_cnn_space(space_file)
 
+    joined = study  # Study.user_attrs reads the storage on every access: the spec as it is now
+
     def epochs() -> int | None:  # the plan's current epochs, read as each trial starts
-        return (optuna.load_study(study_name=STUDY, storage=storage).user_attrs.get(SPEC_ATTR) or spec).get("epochs")
+        return (joined.user_attrs.get(SPEC_ATTR) or spec).get("epochs")
 
     def stop_when_reached(s: optuna.Study, _t: optuna.trial.FrozenTrial) -> None:
-        if _reached(optuna.load_study(study_name=STUDY, storage=storage)):
+        if _reached(s):
             s.stop()
 
     seed = worker_seed()
