@@ -79,18 +79,22 @@ def test_resume_continues_and_stale_running_trials_fail(tiny) -> None:
     assert len(again.trials) == 4
 
 
-def test_a_failing_trial_is_recorded_and_the_study_goes_on(tiny, monkeypatch: pytest.MonkeyPatch) -> None:
-    run, space, _ = tiny
-    real_fit = cnn.fit_model
+def fails_first(real, exc: BaseException):
+    """``real``, except that its first call raises ``exc``."""
     calls = []
 
     def flaky(*args, **kwargs):
         calls.append(1)
         if len(calls) == 1:
-            raise MemoryError("out of memory (simulated)")
-        return real_fit(*args, **kwargs)
+            raise exc
+        return real(*args, **kwargs)
 
-    monkeypatch.setattr(cnn, "fit_model", flaky)
+    return flaky
+
+
+def test_a_failing_trial_is_recorded_and_the_study_goes_on(tiny, monkeypatch: pytest.MonkeyPatch) -> None:
+    run, space, _ = tiny
+    monkeypatch.setattr(cnn, "fit_model", fails_first(cnn.fit_model, MemoryError("out of memory (simulated)")))
     study = run_search(run, space, SearchSettings(isolate=False, trials=2, pruner="none"), say=_quiet)
     assert [t.state.name for t in study.trials] == ["FAIL", "COMPLETE"]
     assert study.trials[0].user_attrs["fail_reason"] == "MemoryError: out of memory (simulated)"
@@ -103,16 +107,8 @@ def test_a_trial_whose_worker_process_fails_is_recorded_and_the_study_goes_on(ti
     from ensemble.search.cnn.trainer import WorkerError
 
     run, space, _ = tiny
-    real = cnn_study.train_in_subprocess
-    calls = []
-
-    def flaky(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 1:
-            raise WorkerError("ResourceExhaustedError: OOM when allocating tensor (simulated)")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(cnn_study, "train_in_subprocess", flaky)
+    oom = WorkerError("ResourceExhaustedError: OOM when allocating tensor (simulated)")
+    monkeypatch.setattr(cnn_study, "train_in_subprocess", fails_first(cnn_study.train_in_subprocess, oom))
     study = run_search(run, space, SearchSettings(trials=2, pruner="none"), say=_quiet)
     assert [t.state.name for t in study.trials] == ["FAIL", "COMPLETE"]
     assert study.trials[0].user_attrs["fail_reason"].startswith("ResourceExhaustedError")
