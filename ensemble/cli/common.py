@@ -26,7 +26,8 @@ def add_storage_arg(p: argparse.ArgumentParser) -> None:
         "--storage",
         metavar="URL",
         default=os.environ.get(STORAGE_ENV) or None,
-        help=f"Optuna storage URL, e.g. postgresql://user:PASSWORD@host/db (default: ${STORAGE_ENV} if set, "
+        help="Optuna storage URL, e.g. postgresql://user:PASSWORD@host/db, or grpc://HOST:PORT for an "
+        f"ensemble storage-proxy (default: ${STORAGE_ENV} if set, "
         "else the journal file runs/NAME/optuna.journal)",
     )
 

@@ -73,7 +73,8 @@ def _run_locked(
 ) -> dict[str, Any]:
     from ensemble.data.runs import open_run, run_root, sweep_debris
     from ensemble.durations import parse_duration
-    from ensemble.search.storage import dashboard_command, delete_run, redact, worker_command
+    from ensemble.search.restart import delete_run
+    from ensemble.search.storage import dashboard_command, redact, worker_command
 
     s = settings_for(preset, overrides)
     _quiet_interrupts()

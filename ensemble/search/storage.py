@@ -3,7 +3,8 @@
 Optuna's FAQ recommends ``JournalStorage`` with ``JournalFileBackend`` for parallel
 workers on one machine: SQLite raises "database is locked" under concurrent writers.
 ``optuna-dashboard`` and the ``optuna`` CLI both open the journal file directly.
-Any Optuna storage URL (``postgresql://...``, ``mysql://...``) may be passed instead.
+Any Optuna storage URL (``postgresql://...``, ``mysql://...``) may be passed instead, or
+``grpc://HOST:PORT`` for Optuna's ``GrpcStorageProxy`` in front of a database (``ensemble storage-proxy``).
 """
 
 from __future__ import annotations
@@ -12,13 +13,12 @@ import copy
 import os
 import re
 import shlex
-import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ensemble.errors import UsageError
-from ensemble.search.artifacts import is_run_study
 
 if TYPE_CHECKING:
     import optuna
@@ -32,6 +32,10 @@ HEARTBEAT_ENV = "ENSEMBLE_HEARTBEAT_S"
 MAX_RETRY = 2  # a trial whose worker died is queued again at most this many times
 #: Read in place of ``--storage`` when that is not given: keeps a database password out of argv and shell history.
 STORAGE_ENV = "ENSEMBLE_STORAGE"
+GRPC_SCHEME = "grpc://"
+DEFAULT_GRPC_PORT = 13000  # Optuna's default for run_grpc_proxy_server
+GRPC_READY_S = 10.0
+SCHEMA_RACE_TRIES = 8
 
 
 def redact(url: str) -> str:
@@ -39,7 +43,7 @@ def redact(url: str) -> str:
     return re.sub(r"(://[^:/@\s]*:)[^@/\s]*@", r"\1***@", url)
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
     """A driver's error as one line, password hidden (SQLAlchemy appends a "Background on this error" line)."""
     text = str(exc).split("\n(Background on this error")[0]
     return redact(" ".join(text.split()))
@@ -68,15 +72,58 @@ def open_storage(run: Run, url: str | None = None, *, heartbeat: bool = False) -
     from ensemble.search.scoped import scoped
 
     loc = storage_location(run, url)
+    if _is_url(loc):
+        if heartbeat and loc.split(":", 1)[0].split("+", 1)[0] in RDB_SCHEMES:
+            return scoped(connect(loc, heartbeat=True), run.name)
+        return scoped(connect(loc), run.name)
     try:
-        if _is_url(loc):
-            if heartbeat and loc.split(":", 1)[0].split("+", 1)[0] in RDB_SCHEMES:
-                return scoped(_rdb_with_heartbeat(loc), run.name)
-            return scoped(optuna.storages.get_storage(loc), run.name)
         Path(loc).parent.mkdir(parents=True, exist_ok=True)
         return optuna.storages.JournalStorage(JournalFileBackend(loc))
-    except Exception as exc:  # optuna raises many kinds for a bad URL
-        raise UsageError(f"cannot open Optuna storage '{redact(loc)}': {_one_line(exc)}") from exc
+    except Exception as exc:
+        raise UsageError(f"cannot open Optuna storage '{loc}': {one_line(exc)}") from exc
+
+
+def connect(url: str, *, heartbeat: bool = False) -> optuna.storages.BaseStorage:
+    """The Optuna storage at ``url`` (``grpc://HOST:PORT``: a ``GrpcStorageProxy``); a bad URL or an
+    unreachable server is a one-line UsageError with the password hidden."""
+    import optuna
+
+    if url.startswith(GRPC_SCHEME):
+        return _grpc_proxy(url)
+    for attempt in range(SCHEMA_RACE_TRIES):
+        try:
+            return _rdb_with_heartbeat(url) if heartbeat else optuna.storages.get_storage(url)
+        except Exception as exc:  # optuna raises many kinds for a bad URL
+            if "already exists" in str(exc) and attempt + 1 < SCHEMA_RACE_TRIES:
+                # machines that open an empty database at once race to create Optuna's tables: the loser retries
+                time.sleep(0.5 * (attempt + 1))
+                continue
+            raise UsageError(f"cannot open Optuna storage '{redact(url)}': {one_line(exc)}") from exc
+    raise AssertionError("unreachable")
+
+
+def _grpc_proxy(url: str) -> optuna.storages.BaseStorage:
+    import warnings
+    from urllib.parse import urlsplit
+
+    import optuna
+
+    where = urlsplit(url)
+    try:
+        host, port = where.hostname or "localhost", where.port or DEFAULT_GRPC_PORT
+    except ValueError as exc:
+        raise UsageError(f"--storage {url}: expected grpc://HOST:PORT") from exc
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        proxy = optuna.storages.GrpcStorageProxy(host=host, port=port)
+    try:
+        proxy.wait_server_ready(timeout=GRPC_READY_S)
+    except Exception as exc:
+        raise UsageError(
+            f"no Optuna storage proxy answers at {host}:{port} within {GRPC_READY_S:g} s "
+            "(start one with: ensemble storage-proxy --storage URL)"
+        ) from exc
+    return proxy
 
 
 def check_run_identity(study: optuna.Study, run: Run) -> None:
@@ -143,6 +190,8 @@ def worker_command(run: Run, url: str | None) -> str | None:
 
 def dashboard_command(run: Run, url: str | None = None) -> str:
     """The shell command that opens this run in optuna-dashboard (a URL's password shown as ``***``)."""
+    if (url or "").startswith(GRPC_SCHEME):
+        return "optuna-dashboard DATABASE_URL (the database behind the gRPC proxy: the dashboard does not read gRPC)"
     return f"optuna-dashboard {shlex.quote(redact(storage_location(run, url)))}"
 
 
@@ -156,6 +205,8 @@ def stored_study(run: Run, study: str, url: str | None = None) -> str:
 def optuna_cli_args(run: Run, url: str | None = None) -> str:
     """``--storage`` arguments for the ``optuna`` CLI (trials, best-trial, ...); a password shown as ``***``."""
     loc = storage_location(run, url)
+    if loc.startswith(GRPC_SCHEME):
+        return "--storage DATABASE_URL (the database behind the gRPC proxy: the optuna CLI does not read gRPC)"
     if _is_url(loc):
         return f"--storage {shlex.quote(redact(loc))}"
     return f"--storage {shlex.quote(loc)} --storage-class JournalFileBackend"
@@ -229,72 +280,19 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def delete_run(name: str, *, storage_url: str | None = None, say: Callable[[str], None] = print) -> None:
-    """``--restart``: delete ``runs/NAME`` (a real run folder only) and, with a remote storage, the run's studies.
+def serve_proxy(url: str, *, host: str, port: int, say: Callable[[str], None] = print) -> None:
+    """Serve the storage at ``url`` to many workers through Optuna's gRPC proxy (until interrupted).
 
-    The caller holds the run's writer lock. Refuses (UsageError) when the folder is not a run folder,
-    is a symbolic link, or a live process on this host is still adding trials to it.
+    Workers then use ``--storage grpc://HOST:PORT``: they hold no database connection of their own, and
+    the proxy caches what they read. Optuna's heartbeat does not pass through the proxy.
     """
-    from ensemble.data.runs import run_root, runs_dir
-    from ensemble.locks import live_tokens, own_token
-
-    root = run_root(name)
-    if root.is_symlink() or (root.exists() and not root.is_dir()):
-        raise UsageError(f"{root} is not a run folder (a link or a file); remove it yourself if you mean to")
-    if root.is_dir():
-        if root.resolve().parent != runs_dir().resolve() or not (root / "run.json").is_file():
-            raise UsageError(f"{root} is not a run folder (no run.json); remove it yourself if you mean to")
-        mine = own_token(root)
-        busy = [t for t in live_tokens(root) if t != mine]
-        if busy:
-            pids = ", ".join(t.rsplit("-", 2)[-2] for t in busy)
-            raise UsageError(f"run {name} has live worker process(es) (pid {pids}); stop them before --restart")
-    if storage_url:
-        _delete_remote_studies(name, storage_url, say)
-    if root.is_dir():
-        say(f"--restart: deleting {root} and starting over")
-        shutil.rmtree(root)
-
-
-def run_study_names(all_names: list[str]) -> list[str]:
-    """The studies a run keeps in its storage: ``cnn`` and ``baseline-*``."""
-    return sorted(n for n in all_names if is_run_study(n))
-
-
-def _delete_remote_studies(run_name: str, storage_url: str, say: Callable[[str], None]) -> None:
-    """Delete run ``run_name``'s studies (``RUN.cnn``, ``RUN.baseline-*``) from a shared storage; others stay."""
     import optuna
 
-    from ensemble.search.artifacts import open_artifact_store
-    from ensemble.search.scoped import RunScopedStorage, stored_name
-
+    if url.startswith(GRPC_SCHEME) or not _is_url(url):
+        raise UsageError(f"ensemble storage-proxy serves a database URL (postgresql://...), got '{redact(url)}'")
+    storage = connect(url)
+    say(f"storage-proxy: serving {redact(url)} on grpc://{host}:{port} (Ctrl-C stops it)")
     try:
-        storage = RunScopedStorage(optuna.storages.get_storage(storage_url), run_name)
-        names = run_study_names(optuna.get_all_study_names(storage=storage))
-    except Exception as exc:  # optuna raises many kinds for a bad URL
-        raise UsageError(f"cannot open Optuna storage '{redact(storage_url)}': {_one_line(exc)}") from exc
-    store = open_artifact_store()
-    for study in names:
-        if store is not None:
-            _delete_stored_files(optuna.load_study(study_name=study, storage=storage), store, say)
-        say(f"--restart: deleting study '{stored_name(run_name, study)}' from {redact(storage_url)}")
-        optuna.delete_study(study_name=study, storage=storage)
-
-
-def _delete_stored_files(study: optuna.Study, store: object, say: Callable[[str], None]) -> None:
-    """Remove the study's trials' files from the artifact store (``--restart``)."""
-    from optuna.artifacts import get_all_artifact_meta
-    from optuna.artifacts.exceptions import ArtifactNotFound
-
-    ids = [
-        m.artifact_id
-        for t in study.get_trials(deepcopy=False)
-        for m in get_all_artifact_meta(t, storage=study._storage)
-    ]
-    for artifact_id in ids:
-        try:
-            store.remove(artifact_id)  # type: ignore[attr-defined]
-        except ArtifactNotFound:
-            pass
-    if ids:
-        say(f"--restart: deleted {len(ids)} file(s) of study '{study.study_name}' from the artifact store")
+        optuna.storages.run_grpc_proxy_server(storage, host=host, port=port)
+    except RuntimeError as exc:  # grpc: the port is taken
+        raise UsageError(f"cannot serve on {host}:{port}: {one_line(exc)}") from exc

@@ -11,7 +11,7 @@ from conftest import write_dataset
 from ensemble.cli import main
 from ensemble.data.runs import open_run, sweep_debris
 from ensemble.errors import DataError, UsageError
-from ensemble.search.storage import delete_run
+from ensemble.search.restart import delete_run
 
 
 def test_create_then_reopen(runs_env: Path, dataset: Path) -> None:

@@ -15,7 +15,10 @@ from conftest import TINY_CNN_SPACE, write_dataset
 
 from ensemble.cli import main
 from ensemble.data.runs import open_run
-from ensemble.search.storage import STORAGE_ENV, delete_run, open_storage, redact
+from ensemble.errors import UsageError
+from ensemble.search import storage
+from ensemble.search.restart import delete_run
+from ensemble.search.storage import STORAGE_ENV, open_storage, redact
 
 pytest.importorskip("keras")
 
@@ -194,3 +197,64 @@ def test_restart_also_removes_the_runs_files_from_the_artifact_store(
     assert any(p.is_file() for p in store.rglob("*"))  # the trial's files were uploaded
     delete_run("gone", storage_url=postgres_url, say=lambda s: None)
     assert not any(p.is_file() for p in store.rglob("*")) and "gone.cnn" not in optuna.get_all_study_names(postgres_url)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_a_search_through_the_grpc_proxy_lands_in_the_database(
+    postgres_url: str, runs_env: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    port = _free_port()
+    env = {**os.environ, STORAGE_ENV: postgres_url}  # the password reaches the proxy by the environment
+    cmd = [sys.executable, "-c", "import sys; from ensemble.cli import main; sys.exit(main())"]
+    proxy = subprocess.Popen(
+        [*cmd, "storage-proxy", "--host", "127.0.0.1", "--port", str(port)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        data = write_dataset(tmp_path / "data", n_train=120, n_test=20)
+        space = tmp_path / "tiny.yaml"
+        space.write_text(TINY_CNN_SPACE.format(epochs=1))
+        args = ["search", "--run", "viaproxy", "--data", str(data), "--space", str(space), "--trials", "2"]
+        assert main([*args, "--storage", f"grpc://127.0.0.1:{port}"]) == 0
+        assert states(postgres_url, "viaproxy.cnn") == ["COMPLETE", "COMPLETE"]  # stored by the proxy, run-scoped
+    finally:
+        proxy.terminate()
+        out, _ = proxy.communicate(timeout=30)
+    assert "s3cret-pw" not in out + capsys.readouterr().out  # the proxy prints the URL with the password hidden
+
+
+def test_a_grpc_url_with_no_proxy_is_a_one_line_error(runs_env: Path, dataset: Path, monkeypatch) -> None:
+    monkeypatch.setattr(storage, "GRPC_READY_S", 1.0)
+    with pytest.raises(UsageError, match="no Optuna storage proxy answers"):
+        open_storage(open_run("np", data=dataset, say=lambda s: None), f"grpc://127.0.0.1:{_free_port()}")
+
+
+def _open_fresh(url: str) -> None:
+    from ensemble.search.storage import connect
+
+    connect(url, heartbeat=True)
+
+
+def test_machines_opening_an_empty_database_at_once_all_get_in(postgres_url: str) -> None:
+    import multiprocessing as mp
+
+    import psycopg
+
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute("CREATE DATABASE fresh_race")
+    fresh = postgres_url.rsplit("/", 1)[0] + "/fresh_race"
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_open_fresh, args=(fresh,)) for _ in range(4)]  # all race to create Optuna's tables
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    assert [p.exitcode for p in procs] == [0, 0, 0, 0]
+    assert optuna.get_all_study_names(storage=fresh) == []  # the schema is there and usable
