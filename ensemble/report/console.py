@@ -11,6 +11,7 @@ SHORT = {
     "rank": "#", "holdout_accuracy": "holdout acc", "ci": "95% CI", "holdout_logloss": "log loss", "ece": "ECE",
     "val_accuracy": "val acc", "fit_seconds": "fit s", "predict_ms_per_1000": "ms/1000", "size_bytes": "size",
 }  # fmt: skip
+WIDTH = 175  # the leaderboard table with every column
 
 
 def print_report(result: ReportResult) -> None:
@@ -23,8 +24,8 @@ def print_report(result: ReportResult) -> None:
     from ensemble.report.summary import leaderboard_rows
 
     console = Console(highlight=False)
-    if console.width < 150:  # a pipe or a narrow terminal: print the full table rather than squeeze it
-        console = Console(highlight=False, width=150)
+    if console.width < WIDTH:  # a pipe or a narrow terminal: print the full table rather than squeeze it
+        console = Console(highlight=False, width=WIDTH)
     rows = leaderboard_rows(result.entries)
     table = Table(title="Holdout leaderboard", title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1))
     for i, (_, key) in enumerate(HEADERS):

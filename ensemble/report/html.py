@@ -35,6 +35,7 @@ HEADERS = (
     ("#", "rank"), ("model", "model"), ("kind", "kind"), ("holdout acc", "holdout_accuracy"), ("95% CI", "ci"),
     ("log loss", "holdout_logloss"), ("ECE", "ece"), ("val acc", "val_accuracy"), ("fit s", "fit_seconds"),
     ("predict ms/1000", "predict_ms_per_1000"), ("params", "params"), ("size", "size_bytes"),
+    ("trained on", "device"),
 )  # fmt: skip
 
 

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 CSV_COLUMNS = (
     "rank", "model", "kind", "family", "holdout_accuracy", "ci95_low", "ci95_high", "holdout_correct",
     "holdout_logloss", "ece", "val_accuracy", "fit_seconds", "predict_ms_per_1000", "params", "size_bytes", "n_train",
+    "device",
 )  # fmt: skip
 ECE_BINS = 15
 
@@ -47,6 +48,7 @@ class Entry:
     params: int | None = None
     size_bytes: int | None = None
     n_train: int | None = None
+    device: str | None = None  # what it trained on: tensorflow/cpu, jax/gpu, cpu, cuda (XGBoost)
     note: str = ""
     metrics: dict[str, Any] = field(default_factory=dict)
 
@@ -157,10 +159,17 @@ def trial_entries(run: Run, storage: Any, *, top_cnn: int) -> tuple[list[Entry],
                 params=a.get("params"),
                 size_bytes=_trial_size(c.folder),
                 n_train=a.get("n_train"),
+                device=_trained_on(a, c.kind),
             )
             rows.append(e)
             by_trial[(study, c.number)] = e
     return rows, by_trial
+
+
+def _trained_on(attrs: dict[str, Any], kind: str) -> str | None:
+    if kind == "cnn":
+        return f"{attrs['backend']}/{attrs['device']}" if "backend" in attrs and "device" in attrs else None
+    return attrs.get("device")
 
 
 def _weighted(parts: list[tuple[float, Callable[[], np.ndarray]]]) -> Callable[[], np.ndarray]:
@@ -189,7 +198,10 @@ def ensemble_entries(run: Run, by_trial: dict[tuple[str, int], Entry]) -> tuple[
     params = sum(int(e.get("params") or 0) for e in members) or None
     size = sum(f.stat().st_size for f in (folder / "members").rglob("*") if f.is_file() and "proba_" not in f.name)
     label = f"{len(members)} members, {m['weights']['mode']} weights"
-    common = {"kind": "ensemble", "family": "ensemble", "fit_seconds": fit, "params": params, "size_bytes": size}
+    devices = sorted({d for k in ((e["study"], e["trial"]) for e in members) if k in by_trial
+                      for d in [by_trial[k].device] if d})  # fmt: skip
+    common = {"kind": "ensemble", "family": "ensemble", "fit_seconds": fit, "params": params, "size_bytes": size,
+              "device": " + ".join(devices) or None}  # fmt: skip
     val = m.get("metrics", {}).get(f"top_k_{m['weights']['mode']}_tta", {}).get("val", {}).get("accuracy")
     out = []
     plain = []
@@ -336,7 +348,7 @@ def leaderboard_rows(entries: list[Entry]) -> list[dict[str, Any]]:
                 "val_accuracy": None if e.val_accuracy is None else round(e.val_accuracy, 6),
                 "fit_seconds": None if e.fit_seconds is None else round(float(e.fit_seconds), 2),
                 "predict_ms_per_1000": None if e.predict_ms is None else round(e.predict_ms, 2),
-                "params": e.params, "size_bytes": e.size_bytes, "n_train": e.n_train,
+                "params": e.params, "size_bytes": e.size_bytes, "n_train": e.n_train, "device": e.device,
             }
         )  # fmt: skip
     return out

@@ -84,9 +84,11 @@ def run(tmp_path: Path, runs_env: Path):
     r = open_run("rep", data=str(data), val_frac=0.25, holdout_frac=0.25, say=lambda s: None)
     for fam, acc, seed in (("logreg", 0.7, 1), ("knn", 0.8, 2)):
         attrs = {"family": fam, "fit_seconds": 1.0, "predict_seconds": 0.1, "n_train": 200, "stage": "search"}
+        attrs["device"] = "cpu"
         fake_trial(r, f"baseline-{fam}", 0, acc, attrs, seed)
     for i, acc in enumerate((0.9, 0.85, 0.6)):
         attrs = {"train_seconds": 10.0 + i, "predict_seconds": 0.2, "params": 1000 + i, "n_train": 200}
+        attrs |= {"backend": "jax", "device": "gpu"}
         fake_trial(r, "cnn", i, acc, attrs, 10 + i)
     return r
 
@@ -132,6 +134,8 @@ def test_report_writes_leaderboard_html_md_and_a_checked_submission(run, capsys)
         names
     )
     assert {r["family"] for r in rows} == {"logreg", "knn", "cnn", "ensemble"}
+    trained_on = {r["family"]: r["device"] for r in rows}  # what each model trained on, from its trial
+    assert trained_on == {"logreg": "cpu", "knn": "cpu", "cnn": "jax/gpu", "ensemble": "jax/gpu"}
     accs = [float(r["holdout_accuracy"]) for r in rows]
     assert accs == sorted(accs, reverse=True)
     assert all(float(r["ci95_low"]) <= float(r["holdout_accuracy"]) <= float(r["ci95_high"]) for r in rows)

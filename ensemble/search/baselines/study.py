@@ -183,7 +183,8 @@ def _fit_and_predict(parts: Parts, family: Family, params: dict[str, Any], rows:
         }
         predict_s = time.perf_counter() - t0
     notes = sorted({f"{w.category.__name__}: {str(w.message).splitlines()[0]}" for w in caught})
-    return {"pre": pre, "model": model, "probas": probas, "fit_s": fit_s, "predict_s": predict_s, "notes": notes}
+    return {"pre": pre, "model": model, "probas": probas, "fit_s": fit_s, "predict_s": predict_s, "notes": notes,
+            "device": device}  # fmt: skip
 
 
 def _write_artifacts(parts: Parts, family: Family, number: int, out: dict, config: dict) -> Path:
@@ -247,6 +248,7 @@ def objective(trial: optuna.Trial, *, parts: Parts, family: Family, space: Space
         "val_logloss": loss,
         "fit_seconds": round(out["fit_s"], 3),
         "predict_seconds": round(out["predict_s"], 3),
+        "device": out["device"],  # cpu, or cuda for XGBoost on a GPU
         "artifact_dir": str(folder),
         "preprocessing": config["preprocessing"],
     }

@@ -66,6 +66,7 @@ def test_two_families_two_trials_leave_artifacts_and_user_attrs(setup, capsys):
             assert t.state == optuna.trial.TrialState.COMPLETE
             assert ATTRS <= set(t.user_attrs), t.user_attrs
             assert t.user_attrs["family"] == family
+            assert t.user_attrs["device"] == "cpu"  # no GPU here: the report says where each model trained
             assert t.value == t.user_attrs["val_accuracy"] > 0.5
             folder = Path(t.user_attrs["artifact_dir"])
             assert folder == run.path("models", f"baseline-{family}", f"trial-{t.number:04d}").resolve()
