@@ -31,20 +31,32 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backend", choices=BACKENDS, help="Keras backend (default: $KERAS_BACKEND or tensorflow)")
     p.add_argument("--mixed-precision", action="store_true", help="train in mixed float16 (for GPUs)")
     p.add_argument("--max-train", type=int, metavar="N", help="train each trial on at most N rows of the train part")
+    p.add_argument(
+        "--jobs",
+        default="1",
+        metavar="N",
+        help="trials at once, each in its own trainer process (default 1); auto: ramp up while it trains faster",
+    )
     p.set_defaults(func=cmd_search)
 
 
 def set_backend(name: str | None) -> None:
-    """Select the Keras backend before keras is imported."""
+    """Select the Keras backend before keras is imported.
+
+    JAX does not preallocate GPU memory in this process: its trainer processes share the GPU
+    (each caps its own share, see ensemble.search.cnn.pool).
+    """
     if name:
         os.environ["KERAS_BACKEND"] = name
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 
 def cmd_search(args: argparse.Namespace) -> int:
     set_backend(args.backend)
     from ensemble.data.runs import open_run
     from ensemble.errors import UsageError
+    from ensemble.search.cnn.parallel import parse_jobs
     from ensemble.search.cnn.study import SearchSettings, load_cnn_space, run_search
     from ensemble.search.spaces import space_file
     from ensemble.search.storage import dashboard_command, optuna_cli_args, stored_study, worker_command
@@ -52,6 +64,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.trials < 1:
         raise UsageError(f"--trials must be at least 1, got {args.trials}")
     timeout = parse_duration(args.timeout) if args.timeout else None
+    jobs = parse_jobs(args.jobs)
     space = load_cnn_space(space_file(args.space))
     run = open_run(args.run, data=args.data)
     print(f"Watch it live:  {dashboard_command(run, args.storage)}")
@@ -64,6 +77,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         seed=args.seed,
         max_train=args.max_train,
         mixed_precision=args.mixed_precision,
+        jobs=jobs,
     )
     study = run_search(run, space, settings, storage_url=args.storage, publish={})
     best = _best(study)

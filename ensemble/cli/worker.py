@@ -24,6 +24,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_artifacts_arg(p)
     p.add_argument("--backend", choices=BACKENDS, help="Keras backend (default: $KERAS_BACKEND or tensorflow)")
     p.add_argument("--timeout", metavar="DURATION", help="stop starting trials after e.g. 2h")
+    p.add_argument(
+        "--jobs",
+        default="1",
+        metavar="N",
+        help="trials at once, each in its own trainer process (default 1); auto: ramp up while it trains faster",
+    )
     p.set_defaults(func=cmd_worker)
 
 
@@ -31,12 +37,14 @@ def cmd_worker(args: argparse.Namespace) -> int:
     set_backend(args.backend)
     from ensemble.data.runs import open_run
     from ensemble.errors import UsageError
+    from ensemble.search.cnn.parallel import parse_jobs
     from ensemble.search.cnn.worker import join
 
     if not args.storage:
         raise UsageError("ensemble worker needs the run's shared storage: --storage URL or $ENSEMBLE_STORAGE")
     timeout = parse_duration(args.timeout) if args.timeout else None
+    jobs = parse_jobs(args.jobs)
     run = open_run(args.run, data=args.data)
-    ran = join(run, args.storage, timeout=timeout)
+    ran = join(run, args.storage, timeout=timeout, jobs=jobs)
     print(f"worker: done; this machine ran {ran} trial(s) of run '{run.name}'")
     return 0

@@ -50,13 +50,20 @@ def baseline_plan(run: Run, s: Preset, storage_url: str | None) -> dict[int, lis
     return plan
 
 
-def baseline_cores(wanted: int) -> list[int]:
-    """The last ``wanted`` cores, leaving at least one core to the CNN (one core: that core, shared)."""
+AUTO_KEEP = 4  # cores "auto" leaves to the CNN trainers (their Python, compiling, feeding the GPU)
+
+
+def baseline_cores(wanted: int | str) -> list[int]:
+    """The last ``wanted`` cores, leaving at least one core to the CNN (one core: that core, shared).
+
+    ``"auto"``: all cores but ``AUTO_KEEP`` (at least one), for a machine whose CNNs train on a GPU.
+    """
     try:
         cores = sorted(os.sched_getaffinity(0))
     except AttributeError:
         cores = list(range(os.cpu_count() or 1))
-    n = max(1, min(int(wanted), len(cores) - 1))
+    want = len(cores) - AUTO_KEEP if wanted == "auto" else int(wanted)
+    n = max(1, min(want, len(cores) - 1))
     return cores[-n:]
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ensemble.errors import UsageError
+from ensemble.search.cnn.parallel import parse_jobs
 from ensemble.search.plan import PlanSettings
 
 
@@ -27,12 +28,15 @@ class Preset:
     baselines: str  # comma list of families ("" for none)
     baseline_trials: int
     baseline_nice: int
-    baseline_cores: int  # cores for the baselines child (at most all but one)
+    baseline_cores: int | str  # cores for the baselines child (at most all but one); "auto": all but 4
     top_k: int
     weights: str  # equal or greedy
     tta: str  # auto, none or a list of views
     include_baselines: bool
     shares: dict[str, float] = field(default_factory=dict)  # how the budget is split across stages
+    # CNN trials that train at once on the device, each in its own trainer process; "auto": measured over
+    # the first trials (1, 2, 4, ... while the images trained per second grow)
+    trials_per_device: int | str = 1
     seed: int = 0
 
     def as_dict(self) -> dict[str, Any]:
@@ -107,8 +111,12 @@ PRESETS: dict[str, Preset] = {
     "best": Preset(  # a GPU (or a long CPU run): wider, deeper CNNs, more epochs and trials
         budget="6h",
         space="cnn_best.yaml",
-        cnn_trials=60,
-        plan=PlanSettings(min_epochs=20, max_epochs=40, min_members=5, max_members=60, overhead_s=10.0),
+        cnn_trials=100,
+        # on a GPU a trial of 20-40 epochs takes seconds: a 10-minute budget has room for many of them.
+        # The refit retrains only the ensemble's CNNs (top_k), so the plan reserves time for those only
+        plan=PlanSettings(
+            min_epochs=20, max_epochs=40, min_members=5, max_members=100, overhead_s=10.0, refit_members=7
+        ),
         refit_full=True,
         max_train=None,
         pruner="median",
@@ -118,12 +126,13 @@ PRESETS: dict[str, Preset] = {
         baselines="logreg,rf,extratrees,knn,svm,xgboost",
         baseline_trials=8,
         baseline_nice=5,
-        baseline_cores=4,
+        baseline_cores="auto",  # the CNNs train on the GPU: the baselines take all cores but 4
         top_k=7,
         weights="greedy",
         tta="auto",
         include_baselines=True,
         shares={"search": 0.88, "build": 0.09, "report": 0.03},
+        trials_per_device="auto",
     ),
 }
 
@@ -161,6 +170,11 @@ def _checked(s: Preset, key: str, value: Any) -> Any:
         except TypeError as exc:
             raise UsageError(f"--set plan=: {exc}") from exc
     current = getattr(s, key)
+    if key in ("trials_per_device", "baseline_cores"):
+        try:
+            return parse_jobs(value)
+        except UsageError:
+            raise UsageError(f"--set {key}=: expected a positive integer or auto, got {value!r}") from None
     if key == "max_train":
         ok = value is None or isinstance(value, int) and not isinstance(value, bool) and value > 0
     elif key == "mixed_precision":
@@ -196,6 +210,7 @@ def describe_presets() -> str:
         f"{k}: budget {v.budget}, CNN members x epochs planned from the measured speed (at most "
         f"{v.cnn_trials} trials, {_epochs(v.plan)} epochs, {v.space}), "
         f"final refit on all labels {'on' if v.refit_full else 'off'}, baselines {v.baselines}"
+        + (f", CNN trials at once: {v.trials_per_device}" if v.trials_per_device != 1 else "")
         for k, v in PRESETS.items()
     )
 

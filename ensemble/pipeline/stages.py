@@ -78,6 +78,7 @@ def cnn_search(
         seed=s.seed,
         max_train=s.max_train,
         epochs=(lambda: planned.plan.epochs) if planned else None,
+        jobs=s.trials_per_device,
     )
     if planned:
         settings = dataclasses.replace(settings, trials=s.cnn_trials)  # a cap: the plan stops it
@@ -87,8 +88,9 @@ def cnn_search(
     callbacks = [planned.callback] if planned else []
     publish = {"target": planned.plan.members, "count": "complete"} if planned else {}  # for ensemble worker
     study = search.run_search(
-        run, space, settings, storage_url=storage_url, pruner=pruner, callbacks=callbacks, say=log, publish=publish
-    )
+        run, space, settings, storage_url=storage_url, pruner=pruner, callbacks=callbacks, say=log, publish=publish,
+        on_jobs=planned.set_jobs if planned else None,
+    )  # fmt: skip
     states = [t.state for t in study.get_trials(deepcopy=False)]
     count = {k.name.lower(): states.count(k) for k in optuna.trial.TrialState if states.count(k)}
     if planned:  # cut short: fewer members trained than the plan has
@@ -151,7 +153,10 @@ def _plan(run: Run, s: Preset, stages: Stages, end: float, log: Log, storage_url
     _, space = _cnn_space(s)
     config = cnn.validate_config({k: v for k, v in space.defaults().items() if k in cnn.DEFAULTS})
     assert s.plan is not None
-    settings = dataclasses.replace(s.plan, refit=s.refit_full, max_members=min(s.plan.max_members, s.cnn_trials))
+    refits = s.plan.refit_members if s.plan.refit_members is None else min(s.plan.refit_members, s.top_k)
+    settings = dataclasses.replace(
+        s.plan, refit=s.refit_full, max_members=min(s.plan.max_members, s.cnn_trials), refit_members=refits
+    )
     planned = plan_search(
         run, config, settings=settings, max_train=s.max_train, end=end, log=log.for_stage("plan"),
         previous=stages.data.get("plan"), storage_url=storage_url,

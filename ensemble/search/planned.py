@@ -37,6 +37,7 @@ class PlannedSearch:
     n_all: int
     log: Callable[[str], None]
     history: list[dict[str, Any]] = field(default_factory=list)
+    jobs: int = 1  # trials that run at once (the search tells: see set_jobs)
 
     @property
     def deadline(self) -> float:
@@ -47,9 +48,14 @@ class PlannedSearch:
         p = self.plan
         self.history.append({
             "why": why, "members": p.members, "epochs": p.epochs, "images_per_second": round(p.images_per_second),
-            "refit_images_per_second": round(p.refit_images_per_second), "at": round(time.time()),
+            "refit_images_per_second": round(p.refit_images_per_second), "at_once": p.parallel,
+            "at": round(time.time()),
         })  # fmt: skip
         self.log(f"plan ({why}): {p.describe()}")
+
+    def set_jobs(self, jobs: int) -> None:
+        """From now on ``jobs`` trials run at once: the next revisions plan for it."""
+        self.jobs = jobs
 
     def callback(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         """After each trial: revise with the measured speed; stop when the planned members are trained."""
@@ -60,8 +66,9 @@ class PlannedSearch:
             attrs.get("recent_images_per_second") or attrs.get("images_per_second") or self.plan.images_per_second
         )
         done = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
-        self.plan = revise(self.plan, done=done, seconds_left=self.end - time.time(), images_per_second=ips,
-                           n_train=self.n_train, n_all=self.n_all, settings=self.settings)  # fmt: skip
+        left = self.end - time.time()
+        self.plan = revise(self.plan, done=done, seconds_left=left, images_per_second=ips, n_train=self.n_train,
+                           n_all=self.n_all, settings=self.settings, parallel=self.jobs)  # fmt: skip
         self.record(f"after trial {trial.number}")
         worker_spec.update(study, target=self.plan.members, epochs=self.plan.epochs)  # what ensemble worker reads
         if done >= self.plan.members:  # members are completed trainings: a pruned trial is not one

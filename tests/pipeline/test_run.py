@@ -152,3 +152,12 @@ def test_run_cut_short_without_any_model_still_writes_a_submission(tmp_path: Pat
     np.testing.assert_array_equal(labels, final_labels("short"))
     stages = json.loads((root / "stages.json").read_text())["stages"]
     assert stages["cnn_search"]["cut_short"] is True and "skipped" in stages["build"]
+
+
+def test_trials_per_device_and_baseline_cores_settings() -> None:
+    assert PRESETS["quick"].trials_per_device == 1 and PRESETS["best"].trials_per_device == "auto"
+    assert settings_for("quick", {"trials_per_device": "auto"}).trials_per_device == "auto"
+    assert settings_for("quick", {"trials_per_device": 3, "baseline_cores": "auto"}).baseline_cores == "auto"
+    for bad in ({"trials_per_device": 0}, {"trials_per_device": "many"}, {"baseline_cores": True}):
+        with pytest.raises(UsageError, match="--set"):
+            settings_for("quick", bad)

@@ -52,3 +52,15 @@ def test_the_baselines_child_gets_the_storage_url_in_its_environment_not_argv(tm
     worker = BaselineWorker(run, PRESETS["quick"], time.time() + 60, print, url)  # type: ignore[arg-type]
     cmd = worker.command(["logreg"], 1)
     assert not any("s3cret" in a or "postgresql" in a for a in cmd) and "--storage" not in cmd
+
+
+def test_baseline_cores_auto_leaves_cores_to_the_cnn_trainers(monkeypatch) -> None:
+    import os
+
+    from ensemble.pipeline import baselines_child
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
+    assert baselines_child.baseline_cores("auto") == list(range(4, 16))
+    assert baselines_child.baseline_cores(4) == [12, 13, 14, 15]
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    assert baselines_child.baseline_cores("auto") == [1]  # always one, never the CNN's last core

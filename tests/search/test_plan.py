@@ -153,3 +153,40 @@ def test_pruned_trials_are_not_members(monkeypatch: pytest.MonkeyPatch) -> None:
 
     study.optimize(objective, n_trials=20, callbacks=[planned.callback])
     assert [t.state.name for t in study.trials] == ["PRUNED", "COMPLETE", "PRUNED", "COMPLETE"]
+
+
+def test_trainings_at_once_share_the_search_time() -> None:
+    one = plan_for(1_800, 3_000)
+    four = make_plan(1_800, images_per_second=3_000, n_train=N_TRAIN, n_all=N_ALL, settings=QUICK, parallel=4)
+    assert four.members > one.members and four.parallel == 4 and "(4 at once)" in four.describe()
+    assert four.seconds <= 1_800
+    again = revise(one, done=1, seconds_left=1_400, images_per_second=3_000, n_train=N_TRAIN, n_all=N_ALL,
+                   settings=QUICK, parallel=4)  # fmt: skip
+    alone = revise(one, done=1, seconds_left=1_400, images_per_second=3_000, n_train=N_TRAIN, n_all=N_ALL,
+                   settings=QUICK)  # fmt: skip
+    assert again.members > alone.members and again.seconds <= 1_400
+
+
+def test_only_the_members_the_refit_takes_are_planned_a_refit() -> None:
+    capped = PlanSettings(**{**QUICK.__dict__, "max_members": 40, "refit_members": 2})
+    every = PlanSettings(**{**QUICK.__dict__, "max_members": 40})
+    a, b = plan_for(2_400, 20_000, capped), plan_for(2_400, 20_000, every)
+    assert a.members > b.members > 2 and a.seconds <= 2_400
+    per_refit = QUICK.max_epochs * N_ALL / 20_000 + QUICK.overhead_s
+    assert a.refit_seconds == pytest.approx(2 * per_refit)  # two refits, however many members
+    after = revise(a, done=5, seconds_left=1_000, images_per_second=20_000, n_train=N_TRAIN, n_all=N_ALL,
+                   settings=capped)  # fmt: skip
+    assert after.refit_seconds == pytest.approx(2 * per_refit)  # owed for the two the refit will take
+
+
+def test_the_best_preset_plans_many_long_members_at_gpu_speed() -> None:
+    from ensemble.pipeline.presets import PRESETS
+
+    best = PRESETS["best"]
+    assert best.plan is not None and best.plan.refit_members == best.top_k and best.trials_per_device == "auto"
+    # the CNN share of a 7-minute budget, at a speed a small CNN trains at on an H200 (not measured in a run)
+    alone = plan_for(360, 150_000, best.plan)
+    assert (alone.epochs, alone.members) >= (40, 10) and alone.seconds <= 360
+    assert 20 <= best.plan.min_epochs and best.plan.max_epochs <= 40
+    four = make_plan(360, images_per_second=150_000, n_train=N_TRAIN, n_all=N_ALL, settings=best.plan, parallel=4)
+    assert four.members > alone.members

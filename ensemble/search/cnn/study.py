@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import numpy as np
 
@@ -21,7 +21,11 @@ from ensemble.errors import EnsembleError, TrialError, UsageError
 from ensemble.search.artifacts import CNN_STUDY, trial_path, upload_trial
 from ensemble.search.cnn import model as cnn
 from ensemble.search.cnn import spec as worker_spec
-from ensemble.search.cnn.trainer import partial_dir, train_and_save, train_in_subprocess
+from ensemble.search.cnn.arrays import search_arrays, write_arrays
+from ensemble.search.cnn.measure import curve_png, overhead, recent_speed
+from ensemble.search.cnn.parallel import AUTO_MAX, Meter, optimize, parse_jobs
+from ensemble.search.cnn.pool import RECYCLE_AFTER, TrainerLimits, TrainerPool
+from ensemble.search.cnn.trainer import partial_dir, train_and_save
 from ensemble.search.spaces import Space, load_space
 from ensemble.search.storage import check_run_identity, fail_stale_trials, mark_owner, open_storage, was_killed
 
@@ -48,7 +52,9 @@ class SearchSettings:
     seed: int = 0
     max_train: int | None = None  # subsample the train part during search (None: all rows)
     mixed_precision: bool = False  # float16 compute (useful on GPUs), float32 output layer
-    isolate: bool = True  # train each trial in a fresh child process (bounded memory)
+    isolate: bool = True  # train trials in trainer processes, recycled every recycle_after trials (bounded memory)
+    recycle_after: int = RECYCLE_AFTER
+    jobs: int | str = 1  # trials at once, each in its own trainer process; "auto": ramped up over the first trials
     # every trial trains this many epochs (the budget's plan, read as each trial starts), whatever the space says
     epochs: int | Callable[[], int] | None = None
 
@@ -99,29 +105,19 @@ def finished_trials(study: optuna.Study) -> int:
     return sum(t.state in states and not was_killed(t) and t.number not in retried for t in trials)
 
 
-def _arrays(run: Run, settings: SearchSettings) -> dict[str, np.ndarray]:
-    x_train, y_train = run.part("train")
-    if settings.max_train and settings.max_train < len(y_train):
-        keep = np.sort(np.random.default_rng(settings.seed).permutation(len(y_train))[: settings.max_train])
-        x_train, y_train = x_train[keep], y_train[keep]
-    x_val, y_val = run.part("val")
-    return {
-        "x_train": x_train,
-        "y_train": y_train,
-        "x_val": x_val,
-        "y_val": y_val,
-        "x_holdout": run.part("holdout")[0],
-        "x_test": run.x_test,
-    }
-
-
 def make_objective(
-    run: Run, space: Space, settings: SearchSettings, say: Callable[[str], None], arrays_path: Path | None = None
+    run: Run,
+    space: Space,
+    settings: SearchSettings,
+    say: Callable[[str], None],
+    pool: TrainerPool | None = None,
+    meter: Meter | None = None,
 ) -> Callable[[optuna.Trial], float]:
-    """The function Optuna calls once per trial (training in a child process when ``arrays_path`` is given)."""
+    """The function Optuna calls once per trial (training in one of ``pool``'s trainer processes when given)."""
     import optuna
 
-    arrays = _arrays(run, settings)
+    arrays = search_arrays(run, max_train=settings.max_train, seed=settings.seed)
+    n_train = len(arrays["y_train"])
     backend, device = cnn.backend_name(), cnn.device_name()
 
     def objective(trial: optuna.Trial) -> float:
@@ -133,12 +129,14 @@ def make_objective(
             config["epochs"] = int(planned)
         trial.set_user_attr("epochs", config["epochs"])  # what the deadline pruner projects with
         say(f"trial {trial.number}: {backend}/{device}, {_short(config)}")
-
+        started = time.perf_counter()
         ends: list[float] = []  # when each epoch ended: the trial's speed at its end, for the budget's plan
         curve: list[float] = []  # validation accuracy per epoch: the trial's learning-curve picture
 
         def on_epoch(epoch: int, logs: dict[str, float]) -> None:
             ends.append(time.perf_counter())
+            if meter is not None:
+                meter.add(n_train)
             curve.append(float(logs["val_accuracy"]))
             trial.report(logs["val_accuracy"], epoch)
             say(f"  trial {trial.number} epoch {epoch}: val_accuracy {logs['val_accuracy']:.4f}")
@@ -147,34 +145,20 @@ def make_objective(
 
         folder = trial_path(run, STUDY, trial.number)
         seed = settings.seed + trial.number
-        try:
-            if arrays_path is not None:
-                metrics = train_in_subprocess(config, arrays_path, folder, seed=seed, on_epoch=on_epoch)
-            else:
-                metrics = train_and_save(config, arrays, folder, seed=seed, on_epoch=on_epoch)
-        except optuna.TrialPruned as exc:
-            _discard(folder)
-            say(f"  trial {trial.number} {exc or 'pruned'}")
-            raise
-        except (EnsembleError, KeyboardInterrupt) as exc:
-            if not isinstance(exc, TrialError):  # a usage or data error, or Ctrl-C: stop the search
-                _discard(folder)
-                raise
-            _fail(trial, folder, exc, say)
-        except Exception as exc:  # NaN loss, OOM, a bad combination: this trial fails, the study goes on
-            _fail(trial, folder, exc, say)
+        metrics = _train(trial, config, folder, seed, on_epoch, arrays if pool is None else pool, say)
+        curve_png(folder / "learning_curve.png", curve, trial.number)
         attrs = {
             **metrics,
             "backend": backend,
             "device": device,
-            "n_train": len(arrays["y_train"]),
-            **_recent_speed(ends, len(arrays["y_train"])),
+            "n_train": n_train,
+            **recent_speed(ends, n_train),
+            **overhead(started, ends, metrics),
             "artifact_dir": str(folder),
             "data_fingerprint": run.dataset.fingerprint,
         }
         for k, v in attrs.items():
             trial.set_user_attr(k, v)
-        _curve_png(folder / "learning_curve.png", curve, trial.number)
         upload_trial(trial, folder)  # to the artifact store, when the run has one (the dashboard previews the PNG)
         say(
             f"  trial {trial.number} done: val_accuracy {metrics['val_accuracy']:.4f}, "
@@ -185,30 +169,37 @@ def make_objective(
     return objective
 
 
-def _curve_png(path: Path, curve: list[float], number: int) -> None:
-    """The trial's validation accuracy per epoch as a small PNG (optuna-dashboard previews it as an artifact)."""
-    if not curve:
-        return
-    import matplotlib
+def _train(
+    trial: optuna.Trial,
+    config: dict[str, Any],
+    folder: Path,
+    seed: int,
+    on_epoch: Callable[[int, dict[str, float]], None],
+    where: TrainerPool | dict[str, np.ndarray],
+    say: Callable[[str], None],
+) -> dict[str, Any]:
+    """Train the trial in a trainer of the pool (or here, on ``where``'s arrays); a failure fails only this trial."""
+    import optuna
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    try:
+        if isinstance(where, TrainerPool):
+            with where.lease() as trainer:
+                return trainer.train(config, folder, seed=seed, on_epoch=on_epoch)
+        return train_and_save(config, where, folder, seed=seed, on_epoch=on_epoch)
+    except optuna.TrialPruned as exc:
+        _discard(folder)
+        say(f"  trial {trial.number} {exc or 'pruned'}")
+        raise
+    except (EnsembleError, KeyboardInterrupt) as exc:
+        if not isinstance(exc, TrialError):  # a usage or data error, or Ctrl-C: stop the search
+            _discard(folder)
+            raise
+        _fail(trial, folder, exc, say)
+    except Exception as exc:  # NaN loss, OOM, a bad combination: this trial fails, the study goes on
+        _fail(trial, folder, exc, say)
 
-    fig, ax = plt.subplots(figsize=(4, 2.6), dpi=80)
-    ax.plot(range(1, len(curve) + 1), curve, marker=".")
-    ax.set(xlabel="epoch", ylabel="validation accuracy", title=f"trial {number}")
-    fig.tight_layout()
-    fig.savefig(path, format="png")
-    plt.close(fig)
 
-
-def _recent_speed(ends: list[float], n_train: int) -> dict[str, float]:
-    """Images/s over the trial's last epochs (validation included): its speed once other work stopped."""
-    steps = np.diff(ends[-4:])
-    return {"recent_images_per_second": round(n_train / float(np.median(steps)), 1)} if len(steps) else {}
-
-
-def _fail(trial: optuna.Trial, folder: Path, exc: BaseException, say: Callable[[str], None]) -> None:
+def _fail(trial: optuna.Trial, folder: Path, exc: BaseException, say: Callable[[str], None]) -> NoReturn:
     """This trial failed on its own (its worker's error, NaN loss, OOM, ...): record why; the study goes on."""
     _discard(folder)
     reason = str(exc) if isinstance(exc, TrialError) else f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
@@ -236,7 +227,8 @@ def open_study(run: Run, storage_url: str | None, *, seed: int, pruner: optuna.p
         storage=open_storage(run, storage_url, heartbeat=True),
         direction="maximize",
         load_if_exists=True,
-        sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=4),
+        # constant_liar: trials running at once (n_jobs, ensemble worker) do not all sample the same region
+        sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=4, constant_liar=True),
         pruner=pruner,
     )
     check_run_identity(study, run)
@@ -253,16 +245,21 @@ def run_search(
     callbacks: list[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] | None = None,
     say: Callable[[str], None] = print,
     publish: dict[str, Any] | None = None,
+    on_jobs: Callable[[int], None] | None = None,
 ) -> optuna.Study:
     """Run (or continue) the study until it has ``settings.trials`` finished trials or time runs out.
 
     ``callbacks`` run after each trial (Optuna's ``optimize`` callbacks; one may ``study.stop()``).
     ``publish``: record in the study what ``ensemble worker`` needs to join (:mod:`.worker`), with these
     fields overridden (e.g. the plan's target); ``None``: don't (a worker itself).
+    ``on_jobs``: told how many trials run at once from now on (``settings.jobs``, ramped up when "auto").
     """
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    jobs = parse_jobs(settings.jobs)
+    if jobs != 1 and not settings.isolate:
+        raise UsageError("several trials at once need trainer processes (isolate=True): Keras state is per process")
     epochs = space.defaults().get("epochs", cnn.DEFAULTS["epochs"])
     study = open_study(run, storage_url, seed=settings.seed, pruner=pruner or make_pruner(settings.pruner, epochs))
     if not study.trials:
@@ -286,20 +283,38 @@ def run_search(
         return study
     more = "until the study reaches its target" if settings.trials >= 10**9 else f"up to {todo} more"
     say(f"Study '{STUDY}': {done} finished trial(s) so far, running {more}")
-    arrays_path = _write_arrays(run, settings) if settings.isolate else None
+    arrays_path = write_arrays(run, max_train=settings.max_train, seed=settings.seed) if settings.isolate else None
+    pool = _pool(run, settings, arrays_path, jobs) if arrays_path is not None else None
+    meter = Meter()
     try:
-        study.optimize(
-            make_objective(run, space, settings, say, arrays_path),
+        optimize(
+            study,
+            make_objective(run, space, settings, say, pool, meter),
+            jobs=jobs,
+            pool=pool,
+            meter=meter,
             n_trials=todo,  # a cap: other workers' trials count too (the callback)
             timeout=settings.timeout,
+            say=say,
+            on_jobs=on_jobs,
             catch=(TrialFailed,),
             callbacks=[_stop_at(settings.trials), *(callbacks or [])],
             gc_after_trial=True,
         )
     finally:
+        if pool is not None:
+            pool.close()
         if arrays_path is not None:
             arrays_path.unlink(missing_ok=True)
     return study
+
+
+def _pool(run: Run, settings: SearchSettings, arrays_path: Path, jobs: int | str) -> TrainerPool:
+    """The trainer processes of this search (started as trials need them); JAX shares a compilation cache."""
+    most = AUTO_MAX if jobs == "auto" else int(jobs)
+    cache = run.path(".cache", "jax-compile") if cnn.backend_name() == "jax" else None
+    limits = TrainerLimits(recycle_after=settings.recycle_after, trainers=most, compile_cache=cache and str(cache))
+    return TrainerPool(arrays_path, 1 if jobs == "auto" else most, limits)
 
 
 def _stop_at(target: int) -> Callable[[optuna.Study, optuna.trial.FrozenTrial], None]:
@@ -310,20 +325,3 @@ def _stop_at(target: int) -> Callable[[optuna.Study, optuna.trial.FrozenTrial], 
             study.stop()
 
     return callback
-
-
-def arrays_file(run: Run, token: str) -> Path:
-    """This process's copy of the search arrays for its trial workers (one per process: never shared)."""
-    return run.path(".cache", f"search-arrays-{token}.npz")
-
-
-def _write_arrays(run: Run, settings: SearchSettings) -> Path:
-    from ensemble.locks import worker_token
-
-    path = arrays_file(run, worker_token(run.root))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        np.savez(fh, **_arrays(run, settings))
-    tmp.replace(path)
-    return path

@@ -1,10 +1,9 @@
-"""Train one CNN trial and save its artifacts, in this process or in a fresh child process.
+"""Train one CNN trial and save its artifacts; the speed probe.
 
-TensorFlow keeps ~20 MiB per trained model in process-wide caches that ``clear_session``
-does not release (measured by ``benchmarks/search_memory.py``), so by default every trial
-trains in a spawned child process that exits afterwards: the search process stays flat.
-The child streams each epoch's logs to the parent, which reports them to Optuna and
-answers whether to prune.
+:func:`train_and_save` runs in the search process (``SearchSettings(isolate=False)``) or, by
+default, in a long-lived trainer process (:mod:`ensemble.search.cnn.pool`), which keeps the search
+process's memory flat: TensorFlow keeps ~20 MiB per trained model in process-wide caches that
+``clear_session`` does not release (measured by ``benchmarks/search_memory.py``).
 """
 
 from __future__ import annotations
@@ -40,9 +39,18 @@ class PruneRequested(Exception):
 
 
 def train_and_save(
-    config: dict[str, Any], arrays: dict[str, np.ndarray], folder: Path, *, seed: int, on_epoch: OnEpoch
+    config: dict[str, Any],
+    arrays: dict[str, np.ndarray],
+    folder: Path,
+    *,
+    seed: int,
+    on_epoch: OnEpoch,
+    release: bool = True,
 ) -> dict[str, Any]:
-    """Fit, predict val/holdout/test, save model.keras, probabilities and config.json; return metrics."""
+    """Fit, predict val/holdout/test, save model.keras, probabilities and config.json; return metrics.
+
+    ``release``: free Keras's session afterwards (``False``: the caller does, e.g. after answering the search).
+    """
     try:
         model, info = cnn.fit_model(
             config,
@@ -59,7 +67,8 @@ def train_and_save(
         _save(folder, model, probas, {**config, "best_epoch": info["best_epoch"]})
         params = cnn.count_params(model)
     finally:
-        cnn.release()
+        if release:
+            cnn.release()
     y_val = arrays["y_val"]
     return {
         "val_accuracy": float(np.mean(probas["val"].argmax(1) == y_val)),
@@ -100,75 +109,6 @@ def _save(folder: Path, model: Any, probas: dict[str, np.ndarray], config: dict[
     write_json(tmp / "config.json", config)
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
-
-
-def _child(
-    conn: Any, arrays_path: str, config: dict[str, Any], folder: str, seed: int, env: dict[str, str], parent: int
-) -> None:
-    die_with_parent(parent)
-    os.environ.update(env)
-    try:
-        with np.load(arrays_path) as npz:
-            arrays = {k: npz[k] for k in ARRAYS}
-
-        def on_epoch(epoch: int, logs: dict[str, float]) -> None:
-            conn.send(("epoch", epoch, logs))
-            if conn.recv() == "prune":
-                raise PruneRequested(epoch)
-
-        conn.send(("done", train_and_save(config, arrays, Path(folder), seed=seed, on_epoch=on_epoch)))
-    except PruneRequested as p:
-        conn.send(("pruned", p.args[0]))
-    except BaseException as exc:
-        conn.send(("error", f"{type(exc).__name__}: {exc}".splitlines()[0][:300]))
-    finally:
-        conn.close()
-
-
-def train_in_subprocess(
-    config: dict[str, Any], arrays_path: Path, folder: Path, *, seed: int, on_epoch: OnEpoch
-) -> dict[str, Any]:
-    """Like :func:`train_and_save`, in a spawned process; ``on_epoch`` may raise to prune."""
-    ctx = mp.get_context("spawn")
-    parent, child = ctx.Pipe()
-    env = {k: v for k, v in os.environ.items() if k.startswith(("KERAS_", "TF_", "CUDA_", "XLA_"))}
-    args = (child, str(arrays_path), config, str(folder), seed, env, os.getpid())
-    proc = ctx.Process(target=_child, args=args, daemon=True)
-    proc.start()
-    child.close()
-    pending: BaseException | None = None
-    interrupted = False
-    try:
-        while True:
-            if not parent.poll(1.0):
-                if not proc.is_alive():
-                    raise WorkerError(f"trial worker died with exit code {proc.exitcode} (killed for memory?)")
-                continue
-            try:
-                msg = parent.recv()
-            except EOFError:
-                raise WorkerError(f"trial worker died with exit code {proc.join(5) or proc.exitcode}") from None
-            if msg[0] == "epoch":
-                try:
-                    on_epoch(msg[1], msg[2])
-                    parent.send("go")
-                except BaseException as exc:  # the parent decided to prune (or was interrupted)
-                    pending = exc
-                    parent.send("prune")
-            elif msg[0] == "done":
-                return msg[1]
-            elif msg[0] == "pruned":
-                raise pending if pending is not None else WorkerError("pruned without a request")
-            else:
-                raise WorkerError(msg[1])
-    except KeyboardInterrupt:
-        interrupted = True
-        raise
-    finally:
-        proc.join(timeout=0 if interrupted else 30)
-        if proc.is_alive():
-            proc.terminate()
-            proc.join()
 
 
 def _probe_child(conn: Any, arrays_path: str, config: dict[str, Any], env: dict[str, str], parent: int) -> None:

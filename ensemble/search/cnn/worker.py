@@ -46,8 +46,18 @@ def _reached(study: optuna.Study) -> bool:
     return done >= int(spec.get("target", 0))
 
 
-def join(run: Run, storage_url: str, *, timeout: float | None = None, say: Callable[[str], None] = print) -> int:
-    """Train trials of run ``run``'s CNN study until it reaches its target; returns the trials this worker ran."""
+def join(
+    run: Run,
+    storage_url: str,
+    *,
+    timeout: float | None = None,
+    say: Callable[[str], None] = print,
+    jobs: int | str = 1,
+) -> int:
+    """Train trials of run ``run``'s CNN study until it reaches its target; returns the trials this worker ran.
+
+    ``jobs``: trials at once on this machine (see :mod:`ensemble.search.cnn.parallel`).
+    """
     import optuna
 
     from ensemble.locks import worker_token
@@ -84,7 +94,9 @@ def join(run: Run, storage_url: str, *, timeout: float | None = None, say: Calla
 
     seed = worker_seed()
     say(f"worker: joining run '{run.name}' (target {spec['target']} {spec['count']} trial(s)), sampler seed {seed}")
-    settings = SearchSettings(trials=UNTIL_TARGET, timeout=timeout, pruner=spec["pruner"], seed=seed, epochs=epochs)
+    settings = SearchSettings(
+        trials=UNTIL_TARGET, timeout=timeout, pruner=spec["pruner"], seed=seed, epochs=epochs, jobs=jobs
+    )
     study = run_search(run, space, settings, storage_url=storage_url, callbacks=[stop_when_reached], say=say,
                        publish=None)  # fmt: skip
     mine = worker_token(run.root)

@@ -102,13 +102,13 @@ def test_a_failing_trial_is_recorded_and_the_study_goes_on(tiny, monkeypatch: py
 
 
 def test_a_trial_whose_worker_process_fails_is_recorded_and_the_study_goes_on(tiny, monkeypatch) -> None:
-    """In a worker process (the default) a trial's error arrives as a WorkerError: that trial fails, not the study."""
-    from ensemble.search.cnn import study as cnn_study
+    """In a trainer process (the default) a trial's error arrives as a WorkerError: that trial fails, not the study."""
+    from ensemble.search.cnn.pool import Trainer
     from ensemble.search.cnn.trainer import WorkerError
 
     run, space, _ = tiny
     oom = WorkerError("ResourceExhaustedError: OOM when allocating tensor (simulated)")
-    monkeypatch.setattr(cnn_study, "train_in_subprocess", fails_first(cnn_study.train_in_subprocess, oom))
+    monkeypatch.setattr(Trainer, "train", fails_first(Trainer.train, oom))
     study = run_search(run, space, SearchSettings(trials=2, pruner="none"), say=_quiet)
     assert [t.state.name for t in study.trials] == ["FAIL", "COMPLETE"]
     assert study.trials[0].user_attrs["fail_reason"].startswith("ResourceExhaustedError")
@@ -196,10 +196,10 @@ def test_batchnorm_momentum_follows_training_length() -> None:
 
 def test_search_arrays_are_one_file_per_process_written_atomically(tiny) -> None:
     from ensemble.locks import worker_token
-    from ensemble.search.cnn.study import _write_arrays, arrays_file
+    from ensemble.search.cnn.arrays import arrays_file, write_arrays
 
     run, _, _ = tiny
-    path = _write_arrays(run, SearchSettings(isolate=True))
+    path = write_arrays(run, max_train=None, seed=0)
     assert path == arrays_file(run, worker_token(run.root)) and worker_token(run.root) in path.name
     assert arrays_file(run, "otherhost-1-abcd") != path  # another process never shares (or deletes) this file
     with np.load(path) as npz:

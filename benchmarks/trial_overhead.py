@@ -1,0 +1,103 @@
+"""Benchmark: the overhead of a CNN trial, a fresh process per trial against a reused trainer process.
+
+    python benchmarks/trial_overhead.py [--trials 6] [--epochs 3] [--rounds 1] [--recycle-after 10]
+
+A tiny search (a small CNN, a few epochs on 1,000 demo digits) where the overhead dominates, as it
+does on a GPU where an epoch of 33,600 digits takes a fraction of a second. Each round runs the same
+search twice in a throwaway run, in the same process and on the same data:
+
+- reference: a fresh trainer process for every trial (``recycle_after=1``: start, import Keras,
+  load the data, train, exit), as the search trained before trainers were reused;
+- reused: trainer processes that train ``--recycle-after`` trials each (the default).
+
+A trial's overhead is its wall time (as the search sees it) less its steady training time (epochs
+x the median time between epoch ends): process start-up, imports, data loading, compiling,
+predicting validation/holdout/test, saving. Printed per trial, then the mean (start-ups and
+recycles included) and median per mode, and the ratio reference / reused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+SPACE = """\
+conv_blocks: 2
+filters: 8
+dense_units: 32
+batch_size: 64
+epochs: {epochs}
+rotation: 5.0
+learning_rate: {{type: float, low: 1.0e-3, high: 3.0e-3, log: true}}
+"""
+
+
+def cpu_model() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        name = next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
+    except (OSError, subprocess.CalledProcessError, StopIteration):
+        name = "unknown CPU"
+    return f"{name}, {len(os.sched_getaffinity(0))} cores, load average {os.getloadavg()[0]:.1f}"
+
+
+def search(name: str, space_file: Path, trials: int, recycle_after: int) -> list[dict[str, float]]:
+    """One search of ``trials`` trials; each trial's wall and overhead seconds."""
+    from ensemble.data.runs import open_run
+    from ensemble.search.cnn.study import SearchSettings, load_cnn_space, run_search
+
+    run = open_run(name, say=lambda s: None)
+    settings = SearchSettings(trials=trials, pruner="none", max_train=1000, recycle_after=recycle_after)
+    study = run_search(run, load_cnn_space(space_file), settings, say=lambda s: None)
+    return [
+        {"wall": t.user_attrs["trial_seconds"], "overhead": t.user_attrs["overhead_seconds"],
+         "train": t.user_attrs["train_seconds"]}
+        for t in study.trials if t.state.name == "COMPLETE"
+    ]  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--trials", type=int, default=6, help="trials per search")
+    ap.add_argument("--epochs", type=int, default=3, help="epochs per trial (at least 2: the steady epoch time)")
+    ap.add_argument("--rounds", type=int, default=1, help="reference + reused searches, alternated")
+    ap.add_argument("--recycle-after", type=int, default=10, help="trials per reused trainer process")
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="trial-overhead-"))
+    os.environ["ENSEMBLE_RUNS"] = str(tmp / "runs")
+    epochs = max(2, args.epochs)
+    (tmp / "cnn.yaml").write_text(SPACE.format(epochs=epochs))
+    print(f"CPU: {cpu_model()}", flush=True)
+    print(f"{args.trials} trials x {epochs} epochs on 1,000 demo digits per search, {args.rounds} round(s)")
+    found: dict[str, list[dict[str, float]]] = {"reference": [], "reused": []}
+    for r in range(args.rounds):
+        for mode, recycle in (("reference", 1), ("reused", args.recycle_after)):
+            t0 = time.perf_counter()
+            got = search(f"{mode}-{r}", tmp / "cnn.yaml", args.trials, recycle)
+            found[mode] += got
+            each = " ".join(f"{g['overhead']:.1f}" for g in got)
+            took = time.perf_counter() - t0
+            print(f"round {r + 1} {mode:9s}: {took:6.1f}s for {len(got)} trials; overhead per trial {each}", flush=True)
+    summary = {}
+    for mode, got in found.items():
+        over = [g["overhead"] for g in got]
+        wall = [g["wall"] for g in got]
+        summary[mode] = statistics.mean(over)
+        print(
+            f"{mode:9s}: overhead per trial mean {statistics.mean(over):.2f}s, median {statistics.median(over):.2f}s; "
+            f"trial wall mean {statistics.mean(wall):.2f}s; overhead share {sum(over) / sum(wall):.0%}"
+        )
+    ratio = summary["reference"] / max(summary["reused"], 1e-9)
+    print(f"overhead per trial, reference / reused (means): {ratio:.2f}x")
+    print(f"CPU after: {cpu_model()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

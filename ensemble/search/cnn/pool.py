@@ -1,0 +1,311 @@
+"""Long-lived trainer processes: each trains many trials, one at a time, and is recycled now and then.
+
+TensorFlow keeps ~22 MiB per trained model in process-wide caches that ``clear_session`` does not
+release (``benchmarks/search_memory.py``), so trials do not train in the search process. A trainer
+is a spawned process that imports Keras and loads the search arrays once, then trains the trials
+the search sends it: it streams each epoch's logs back (the search reports them to Optuna and
+answers whether to prune) and saves the trial's files. A trainer is replaced by a fresh one
+
+- after ``recycle_after`` trials, or when its memory (RSS) passes ``max_rss_mb`` after a trial;
+- after a trial that failed inside it (its state may be bad: a GPU out of memory, a NaN);
+- when it dies (killed, out of memory): only the trial it was training fails.
+
+A :class:`TrainerPool` holds one trainer per trial that runs at the same time (Optuna's ``n_jobs``).
+Each trainer caps its share of GPU memory (JAX: no preallocation, ``XLA_PYTHON_CLIENT_MEM_FRACTION``;
+TensorFlow: memory growth), and under JAX compiled programs are kept in a disk cache that trainers
+share, so a trainer that starts later, or a trial whose model has the same shapes, skips the compile.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ensemble.search.cnn.trainer import ARRAYS, OnEpoch, PruneRequested, WorkerError, die_with_parent, train_and_save
+
+RECYCLE_AFTER = 10  # trials per trainer process (TensorFlow: ~22 MiB kept per model)
+MAX_RSS_MB = 4096.0  # a trainer above this resident memory after a trial is replaced
+GPU_SHARE = 0.9  # of the GPU's memory, for all trainers together (JAX caps each at its part)
+ENV_PREFIXES = ("KERAS_", "TF_", "CUDA_", "XLA_", "JAX_")
+
+
+@dataclass(frozen=True)
+class TrainerLimits:
+    """When a trainer process is replaced, and what share of the GPU each one may take."""
+
+    recycle_after: int = RECYCLE_AFTER
+    max_rss_mb: float = MAX_RSS_MB
+    trainers: int = 1  # at most this many at once: each caps its GPU memory at GPU_SHARE / trainers
+    compile_cache: str | None = None  # a folder for JAX's persistent compilation cache (None: off)
+
+
+def trainer_env(limits: TrainerLimits) -> dict[str, str]:
+    """The environment of a trainer: the backend's variables, and its GPU memory cap unless already set."""
+    env = {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIXES)}
+    env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", f"{GPU_SHARE / max(1, limits.trainers):.3f}")
+    env.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
+    if limits.compile_cache:
+        env.setdefault("JAX_COMPILATION_CACHE_DIR", limits.compile_cache)
+        env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+        env.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
+    return env
+
+
+def rss_mb() -> float:
+    """This process's resident set size in MiB (0 where /proc is missing)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def _serve(conn: Any, arrays_path: str, env: dict[str, str], parent: int) -> None:
+    """The trainer process: import Keras, load the arrays, then train the trials it is sent until told to exit."""
+    die_with_parent(parent)
+    os.environ.update(env)
+    import numpy as np
+
+    try:
+        with np.load(arrays_path) as npz:
+            arrays = {k: npz[k] for k in ARRAYS}
+        import keras  # noqa: F401  (the backend loads once per trainer, before the first trial)
+
+        conn.send(("ready", os.getpid()))
+        while True:
+            msg = conn.recv()
+            if msg[0] != "trial":
+                return
+            _one_trial(conn, arrays, *msg[1:])
+    except (EOFError, BrokenPipeError, ConnectionResetError):  # the search went away
+        pass
+    except BaseException as exc:  # Ctrl-C, or the arrays could not be read: this trainer ends
+        try:
+            conn.send(("error", f"{type(exc).__name__}: {exc}".splitlines()[0][:300], rss_mb()))
+        except OSError:
+            pass
+    finally:
+        conn.close()
+
+
+def _one_trial(conn: Any, arrays: dict[str, Any], config: dict[str, Any], folder: str, seed: int) -> None:
+    def on_epoch(epoch: int, logs: dict[str, float]) -> None:
+        conn.send(("epoch", epoch, logs))
+        if conn.recv() == "prune":
+            raise PruneRequested(epoch)
+
+    from ensemble.search.cnn.model import release
+
+    try:
+        result = train_and_save(config, arrays, Path(folder), seed=seed, on_epoch=on_epoch, release=False)
+        conn.send(("done", {**result, "trainer_pid": os.getpid()}, rss_mb()))
+    except PruneRequested as p:
+        conn.send(("pruned", p.args[0], rss_mb()))
+    except Exception as exc:  # NaN loss, out of memory, a bad combination: this trial fails
+        conn.send(("error", f"{type(exc).__name__}: {exc}".splitlines()[0][:300], rss_mb()))
+    finally:
+        release()  # after the answer: the search records the trial while this trainer tidies up
+
+
+class Trainer:
+    """One trainer process at a time, started when needed and replaced as :class:`TrainerLimits` say."""
+
+    def __init__(self, arrays_path: Path, limits: TrainerLimits) -> None:
+        self.arrays_path, self.limits = arrays_path, limits
+        self.proc: Any = None
+        self.conn: Any = None
+        self.trials = 0  # trials the current process has trained
+        self.starts = 0  # processes started so far
+        self.ready = False
+        self.retiring: list[tuple[Any, threading.Thread]] = []  # retired processes that may still be exiting
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.is_alive()
+
+    def start(self) -> None:
+        """Spawn the process (when none is running); :meth:`wait_ready` waits for its imports and data."""
+        if self.proc is not None:
+            return
+        ctx = mp.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        args = (child, str(self.arrays_path), trainer_env(self.limits), os.getpid())
+        self.proc = ctx.Process(target=_serve, args=args, daemon=True)
+        self.proc.start()
+        child.close()
+        self.trials, self.ready = 0, False
+        self.starts += 1
+
+    def wait_ready(self) -> None:
+        self.start()
+        if not self.ready:
+            msg = self._recv()
+            if msg[0] != "ready":
+                self.close()
+                raise WorkerError(msg[1])
+            self.ready = True
+
+    def train(self, config: dict[str, Any], folder: Path, *, seed: int, on_epoch: OnEpoch) -> dict[str, Any]:
+        """Train one trial (see :func:`ensemble.search.cnn.trainer.train_and_save`); ``on_epoch`` may raise to prune."""
+        try:
+            self.wait_ready()
+            self._send(("trial", config, str(folder), seed))
+            kind, value, rss, pending = self._exchange(on_epoch)
+        except WorkerError:
+            self.close()
+            raise
+        except BaseException:  # Ctrl-C or an error of the search: the trainer may be mid-epoch
+            self.kill()
+            raise
+        if kind == "error":
+            self.close()  # a fresh process for the next trial
+            raise WorkerError(value)
+        self.trials += 1
+        if self.trials >= self.limits.recycle_after or rss > self.limits.max_rss_mb:
+            self.close()
+        if kind == "pruned":
+            raise pending if pending is not None else WorkerError("pruned without a request")
+        return value
+
+    def _exchange(self, on_epoch: OnEpoch) -> tuple[str, Any, float, BaseException | None]:
+        """Relay epochs until the trial ends: (kind, result or reason, trainer RSS, the exception that pruned)."""
+        pending: BaseException | None = None
+        while True:
+            msg = self._recv()
+            if msg[0] == "epoch":
+                answer = "go"
+                try:
+                    on_epoch(msg[1], msg[2])
+                except BaseException as exc:  # the search decided to prune (or was interrupted)
+                    pending, answer = exc, "prune"
+                self._send(answer)
+            elif msg[0] in ("done", "pruned", "error"):
+                return msg[0], msg[1], float(msg[2]), pending
+            else:
+                raise WorkerError(f"unexpected message from the trial worker: {msg[0]!r}")
+
+    def _send(self, msg: Any) -> None:
+        try:
+            self.conn.send(msg)
+        except OSError:  # a broken pipe: the process is gone
+            self.proc.join(5)
+            raise WorkerError(f"trial worker died with exit code {self.proc.exitcode}") from None
+
+    def _recv(self) -> Any:
+        while not self.conn.poll(1.0):
+            if not self.proc.is_alive():
+                raise WorkerError(f"trial worker died with exit code {self.proc.exitcode} (killed for memory?)")
+        try:
+            return self.conn.recv()
+        except (EOFError, OSError):
+            self.proc.join(5)
+            raise WorkerError(f"trial worker died with exit code {self.proc.exitcode}") from None
+
+    def close(self) -> None:
+        """Retire the process: ask it to exit and let a background thread wait for it (stopped if it lingers).
+
+        The trial that triggered a recycle does not wait for a process to tear down.
+        """
+        if self.proc is None:
+            return
+        proc, conn = self.proc, self.conn
+        self.proc, self.conn, self.ready = None, None, False
+        try:
+            conn.send(("exit",))
+        except OSError:
+            pass
+        reaper = threading.Thread(target=_reap, args=(proc, conn, 30.0), daemon=True, name="trainer-reaper")
+        reaper.start()
+        self.retiring = [(p, r) for p, r in self.retiring if r.is_alive()] + [(proc, reaper)]
+
+    def kill(self) -> None:
+        """Stop the process now (SIGTERM, then SIGKILL): it may be mid-trial, or the search is over.
+
+        Retired processes still exiting are waited for too, so none outlives the search.
+        """
+        if self.proc is not None:
+            _reap(self.proc, self.conn, 0.0)
+        self.proc, self.conn, self.ready = None, None, False
+        for proc, reaper in self.retiring:
+            if proc.is_alive():
+                proc.terminate()
+            reaper.join()
+        self.retiring = []
+
+
+def _reap(proc: Any, conn: Any, grace: float) -> None:
+    """Wait ``grace`` seconds for ``proc`` to exit, then terminate it (and kill it if it still lingers)."""
+    proc.join(grace)
+    if proc.is_alive():
+        proc.terminate()
+        proc.join(10)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+    conn.close()
+
+
+class TrainerPool:
+    """Trainers for the trials that run at the same time: a trial leases one for its whole training."""
+
+    def __init__(self, arrays_path: Path, size: int, limits: TrainerLimits) -> None:
+        self.arrays_path, self.limits = arrays_path, limits
+        self.trainers: list[Trainer] = []
+        self._free: queue.LifoQueue[Trainer] = queue.LifoQueue()  # the warmest trainer first
+        self._lock = threading.Lock()
+        self.resize(size)
+
+    @property
+    def size(self) -> int:
+        return len(self.trainers)
+
+    @property
+    def starts(self) -> int:
+        """Trainer processes started so far (a fresh one per recycle)."""
+        return sum(t.starts for t in self.trainers)
+
+    def resize(self, size: int) -> None:
+        """Grow to ``size`` trainers (a pool never shrinks: an idle trainer costs only its memory)."""
+        with self._lock:
+            while len(self.trainers) < size:
+                trainer = Trainer(self.arrays_path, self.limits)
+                self.trainers.append(trainer)
+                self._free.put(trainer)
+
+    def warm(self, n: int | None = None) -> float:
+        """Start ``n`` trainers (all by default) side by side and wait until each is ready; returns the seconds."""
+        t0 = time.perf_counter()
+        chosen = self.trainers[: n or self.size]
+        for trainer in chosen:
+            trainer.start()
+        for trainer in chosen:
+            try:
+                trainer.wait_ready()
+            except WorkerError:  # it starts again for its first trial, which fails if it cannot
+                pass
+        return time.perf_counter() - t0
+
+    @contextmanager
+    def lease(self) -> Iterator[Trainer]:
+        trainer = self._free.get()
+        try:
+            yield trainer
+        finally:
+            self._free.put(trainer)
+
+    def close(self) -> None:
+        """The search is over: stop every trainer now (they are between trials; nothing is lost)."""
+        for trainer in self.trainers:
+            trainer.kill()
