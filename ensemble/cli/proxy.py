@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 
-from ensemble.cli.common import add_storage_arg
-from ensemble.search.storage import DEFAULT_GRPC_PORT
+from ensemble.search.storage import DEFAULT_GRPC_PORT, STORAGE_ENV
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,7 +18,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "workers read. Worth it for dozens of workers or short trials (docs/distributed.md); Optuna's "
         "heartbeat does not pass through the proxy, so a killed worker's trial is not retried by the others.",
     )
-    add_storage_arg(p)
+    p.add_argument(
+        "--storage",
+        metavar="URL",
+        default=os.environ.get(STORAGE_ENV) or None,
+        help=f"the database, e.g. postgresql://user:PASSWORD@host/db (default: ${STORAGE_ENV})",
+    )
     p.add_argument("--host", default="0.0.0.0", help="address to listen on (default: 0.0.0.0, every interface)")
     p.add_argument("--port", type=int, default=DEFAULT_GRPC_PORT, help=f"port (default: {DEFAULT_GRPC_PORT})")
     p.set_defaults(func=cmd_proxy)
