@@ -18,6 +18,7 @@ share, so a trainer that starts later, or a trial whose model has the same shape
 
 from __future__ import annotations
 
+import logging
 import multiprocessing as mp
 import os
 import queue
@@ -82,6 +83,10 @@ def _serve(conn: Any, arrays_path: str, env: dict[str, str], parent: int) -> Non
         with np.load(arrays_path) as npz:
             arrays = {k: npz[k] for k in ARRAYS}
         import keras  # noqa: F401  (the backend loads once per trainer, before the first trial)
+
+        # TensorFlow warns that prediction functions are "retraced" when a process builds many models:
+        # a trainer does that on purpose (a new model per trial), so the warning is noise here
+        logging.getLogger("tensorflow").setLevel(logging.ERROR)
 
         conn.send(("ready", os.getpid()))
         while True:
