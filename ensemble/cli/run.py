@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 from ensemble.cli.common import add_artifacts_arg, add_storage_arg
+from ensemble.cli.search import BACKENDS
 from ensemble.durations import parse_duration
+from ensemble.errors import UsageError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -42,6 +45,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="delete the run folder runs/NAME (and, with --storage, the run's studies there) and start over",
     )
+    p.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        help="Keras backend of every stage (default: $KERAS_BACKEND or tensorflow)",
+    )
     add_storage_arg(p)
     add_artifacts_arg(p)
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help=argparse.SUPPRESS)  # preset overrides
@@ -53,7 +61,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from ensemble.pipeline.presets import parse_overrides
     from ensemble.pipeline.run import run_pipeline
 
-    set_backend(None)
+    loaded = sys.modules.get("keras")  # Keras picks its backend once, at import
+    if args.backend and loaded is not None and loaded.backend.backend() != args.backend:
+        raise UsageError(f"--backend {args.backend}: this process already runs Keras on {loaded.backend.backend()}")
+    set_backend(args.backend)
     t0 = time.time()
     got = run_pipeline(
         args.name,

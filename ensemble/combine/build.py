@@ -19,14 +19,14 @@ import numpy as np
 
 from ensemble.combine.candidates import BASELINE_MODEL_FILES, Candidate, find_candidates
 from ensemble.combine.manifest import new_manifest, write_manifest
-from ensemble.combine.members import load_keras_model, member_probas, progress_bar, save_npy
+from ensemble.combine.members import load_keras_model, member_probas, prediction_copy, progress_bar, save_npy
 from ensemble.combine.tta import CANDIDATES, IDENTITY, MIN_GAIN_SE, parse_views, select_views
 from ensemble.combine.voting import SoftVoter, soft_vote
 from ensemble.errors import ArtifactError, UsageError
 from ensemble.io import fsync_tree, read_json, swap_dir
 from ensemble.metrics import accuracy, log_loss
 from ensemble.search.artifacts import load_proba
-from ensemble.search.cnn.simplify import inference_model, model_cost, save_for_inference
+from ensemble.search.cnn.simplify import model_cost, save_for_inference
 
 if TYPE_CHECKING:
     from ensemble.data.runs import Run
@@ -119,7 +119,7 @@ def _build(
     say(f"weights ({weights}): " + ", ".join(f"{vote.members[i].name}={vote.weights[i]:.3f}" for i in vote.keep))
     say(f"TTA ({mode}): {','.join(views)}")
     kept_models, refit_info = _kept_models(run, pred, vote, refit=refit, seed=seed, say=say)
-    fast = [inference_model(m) for m in kept_models]
+    fast = [prediction_copy(m, vote.members[i].name) for m, i in zip(kept_models, vote.kept_cnn)]
     final_hold = vote.final_hold
     if refit:
         final_hold = _ensemble_proba(fast, vote, views, run.part("holdout")[0], "holdout", batch_size, progress)
@@ -180,7 +180,7 @@ def _predict_candidates(
 ) -> _Predicted:
     predicted = [IDENTITY] + [v for v in views_all if v != IDENTITY]
     originals = [load_keras_model(c.folder / "model.keras", c.name) for c in cnns]
-    models = [inference_model(m) for m in originals]  # BatchNorm folded: same outputs, faster
+    models = [prediction_copy(m, c.name) for m, c in zip(originals, cnns)]  # BatchNorm folded: same outputs, faster
     x_val, x_hold = run.part("val")[0], run.part("holdout")[0]
     names = [c.name for c in cnns]
     label = f"validate {len(models)} models x {len(predicted)} views"
@@ -278,7 +278,8 @@ def _ensemble_proba(
     parts: list[np.ndarray] = []
     if fast:
         with progress_bar(len(x), label or f"{part} (refit)", progress) as adv:
-            parts += list(member_probas(fast, x, views, batch_size=batch_size, advance=adv).mean(axis=1))
+            names = [vote.members[i].name for i in vote.kept_cnn]
+            parts += list(member_probas(fast, x, views, batch_size=batch_size, advance=adv, names=names).mean(axis=1))
     parts += [load_proba(vote.members[i].folder, part) for i in vote.kept_baselines]
     weights = [float(vote.weights[i]) for i in vote.kept_cnn + vote.kept_baselines]
     return soft_vote(parts, weights).astype(np.float32)

@@ -20,9 +20,9 @@ import numpy as np
 
 from ensemble.combine.manifest import N_CLASSES
 from ensemble.combine.tta import SIDE, stack_views
-from ensemble.errors import ArtifactError, DataError, UsageError
+from ensemble.errors import ArtifactError, DataError, EnsembleError, UsageError
 from ensemble.io import atomic_write
-from ensemble.search.cnn.simplify import PRECISIONS, bfloat16_model, native_bfloat16
+from ensemble.search.cnn.simplify import PRECISIONS, bfloat16_model, inference_model, native_bfloat16
 
 Advance = Callable[[int], None]
 log = logging.getLogger(__name__)
@@ -88,6 +88,18 @@ def load_keras_model(path: str | Path, name: str = "", *, data: bytes | None = N
     return model
 
 
+def prediction_copy(model: Any, name: str) -> Any:
+    """:func:`inference_model` of ``model`` (BatchNorm folded); a backend's error there is one ArtifactError line."""
+    try:
+        return inference_model(model)
+    except EnsembleError:
+        raise
+    except Exception as exc:  # the folding runs the model once, eagerly, under the backend
+        raise ArtifactError(
+            f"member {name}: cannot prepare it for prediction under the Keras {_backend()} backend: {one_line(exc)}"
+        ) from exc
+
+
 @contextmanager
 def _private_copy(data: bytes, suffix: str) -> Iterator[Path]:
     """``data`` in a file only this user can read (0600, in a fresh 0700 folder), removed afterwards."""
@@ -123,10 +135,12 @@ def member_probas(
 
     Each batch of ``batch_size`` images is expanded to all its views (view-major, one array of
     V x batch_size images) and given to each model in one ``predict_on_batch`` call, the last
-    batch padded so that every call has one shape. With ``workers`` > 1 the *models* are shared
-    out among that many threads, each predicting all batches for its own models: no model is
-    ever called from two threads at once (calls on one model from several threads crashed under
-    the JAX backend), while two calls can still run at once on a small CPU.
+    batch padded so that every call has one shape. With ``workers`` > 1 the batches are shared
+    out among that many threads, with one lock per model: two calls run at once on a small CPU,
+    always on two different models. No model is ever called from two threads at once, which
+    every backend needs (under JAX, ``predict_on_batch`` donates the model's state buffers to its
+    jitted step, so a second call at the same time fails with "Buffer has been deleted or
+    donated"). A backend's error while predicting is an ArtifactError naming the member and the backend.
 
     ``precision`` is float32 (default) or bfloat16 (opt-in, see :func:`ensemble.search.cnn.simplify.bfloat16_model`);
     None reads the ``ENSEMBLE_PREDICT_PRECISION`` environment variable.
@@ -170,7 +184,11 @@ class _Batches:
 
     def predict(self, m: int, start: int, b: int, xb: np.ndarray) -> None:
         v, full = len(self.views), self.full
-        p = np.asarray(self.models[m].predict_on_batch(xb), dtype=np.float32)
+        try:
+            p = np.asarray(self.models[m].predict_on_batch(xb), dtype=np.float32)
+        except Exception as exc:  # a backend's own error (XLA, torch, TensorFlow): one line, not a traceback
+            why = f"prediction failed under the Keras {_backend()} backend: {one_line(exc)}"
+            raise ArtifactError(f"member {_name(self.names, m)}: {why}") from exc
         if p.shape != (v * full, N_CLASSES):
             raise ArtifactError(f"member {_name(self.names, m)}: output shape {p.shape}, expected ({v * full}, 10)")
         p = p.reshape(v, full, N_CLASSES)[:, :b]
@@ -189,27 +207,47 @@ class _Batches:
 
 
 def _in_threads(job: _Batches, starts: list[int], workers: int, advance: Advance | None) -> None:
-    """The models shared out among ``workers`` threads, each predicting every batch for its own models."""
+    """The batches shared out among ``workers`` threads; each thread predicts every model on its batch.
+
+    One lock per model: a thread takes the models of its batch in whatever order they are free
+    (another thread may be predicting one of them on its own batch), so no model is ever called
+    from two threads at once and neither thread waits while a model is free. Each batch's views
+    are computed once.
+    """
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
-    done = [0] * len(starts)  # per batch: how many threads have predicted it; the last one advances
-    lock = threading.Lock()
+    locks = [threading.Lock() for _ in job.models]
+    failed = threading.Event()  # one thread's error stops the others at their next batch
 
-    def run(own: list[int]) -> None:
-        for i, start in enumerate(starts):
-            b, xb = job.views_of(start)
-            for m in own:
-                job.predict(m, start, b, xb)
-            with lock:
-                done[i] += 1
-                last = done[i] == workers
-            if last and advance is not None:
-                advance(b)
+    def next_model(left: list[int]) -> int:
+        for m in left:
+            if locks[m].acquire(blocking=False):
+                return m
+        locks[left[0]].acquire()  # every model left is busy in another thread: wait for one
+        return left[0]
 
-    ids = list(range(len(job.models)))
+    def run(start: int) -> None:
+        if failed.is_set():
+            return
+        b, xb = job.views_of(start)
+        left = list(range(len(job.models)))
+        try:
+            while left:
+                m = next_model(left)
+                try:
+                    job.predict(m, start, b, xb)
+                finally:
+                    locks[m].release()
+                left.remove(m)
+        except BaseException:
+            failed.set()
+            raise
+        if advance is not None:
+            advance(b)
+
     with ThreadPoolExecutor(workers) as pool:
-        for fut in [pool.submit(run, ids[k::workers]) for k in range(workers)]:
+        for fut in [pool.submit(run, start) for start in starts]:
             fut.result()
 
 
@@ -234,10 +272,16 @@ def _in_precision(models: Sequence[Any], precision: str) -> list[Any]:
 
 
 def default_workers() -> int:
-    """Threads predicting at once, each with its own members (see :func:`member_probas`). Under
-    TensorFlow, whose ops already use every core, one and two measured the same on 2 cores; two
-    let a backend whose ops use one core (torch was measured up to 1.5x faster) use both."""
+    """Threads predicting at once, never two on one model (see :func:`member_probas`). On 2 cores,
+    two threads measured up to 1.2x faster than one under TensorFlow and torch, and the same as
+    one under JAX (docs/benchmarks.md, "Keras backends")."""
     return 2
+
+
+def _backend() -> str:
+    import keras
+
+    return keras.backend.backend()
 
 
 def _name(names: Sequence[str], i: int) -> str:

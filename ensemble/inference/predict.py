@@ -24,11 +24,17 @@ from ensemble.combine.manifest import (
     read_verified,
     verify_artifacts,
 )
-from ensemble.combine.members import as_images, load_keras_model, member_probas, one_line, progress_bar
+from ensemble.combine.members import (
+    as_images,
+    load_keras_model,
+    member_probas,
+    one_line,
+    prediction_copy,
+    progress_bar,
+)
 from ensemble.combine.tta import IDENTITY
 from ensemble.combine.voting import soft_vote
 from ensemble.errors import ArtifactError, DataError
-from ensemble.search.cnn.simplify import inference_model
 
 # ------------------------------------------------------------------------------ ensemble
 
@@ -104,7 +110,7 @@ def load_ensemble(folder: str | Path, *, load_models: bool = True) -> Ensemble:
         for m in members:
             if m.file:
                 data = read_verified(folder, manifest, m.file)
-                m.model = inference_model(load_keras_model(folder / m.file, m.name, data=data))
+                m.model = prediction_copy(load_keras_model(folder / m.file, m.name, data=data), m.name)
     return Ensemble(folder, manifest, members)
 
 

@@ -179,13 +179,12 @@ def _speed(run: Run, entry: dict[str, Any], storage_url: str | None) -> float:
 
 
 def _test_proba(run: Run, src: RefitSource, cnns: list, models: list, tmp: Path, batch_size: int) -> np.ndarray:
-    from ensemble.combine.members import member_probas
-    from ensemble.search.cnn.simplify import inference_model
-
-    fast = [inference_model(m) for m in models]
+    from ensemble.combine.members import member_probas, prediction_copy
     from ensemble.combine.voting import soft_vote
 
-    p = member_probas(fast, run.x_test, src.views, batch_size=batch_size).mean(axis=1)  # (M, N, 10)
+    names = [e["name"] for e in cnns]
+    fast = [prediction_copy(m, name) for m, name in zip(models, names)]
+    p = member_probas(fast, run.x_test, src.views, batch_size=batch_size, names=names).mean(axis=1)  # (M, N, 10)
     baselines = [e for e in src.manifest["members"] if e["kind"] != "cnn"]
     parts = list(p) + [np.load(tmp / e["probas"]["test"]) for e in baselines]
     return soft_vote(parts, [float(e["weight"]) for e in cnns + baselines]).astype(np.float32)
