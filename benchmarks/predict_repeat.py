@@ -27,7 +27,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from predict_throughput import cpu_model, make_cnn, write_ensemble
+from machine import cpu_model
+from predict_throughput import make_cnn, write_ensemble
 
 from ensemble.combine.tta import CANDIDATES
 from ensemble.errors import EnsembleError

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
 import threading
@@ -36,6 +35,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from machine import cpu_model  # benchmarks/machine.py
 
 from ensemble.combine.manifest import FORMAT, INPUT_SPEC, write_manifest
 from ensemble.combine.tta import CANDIDATES, stack_views
@@ -80,22 +80,6 @@ def parse_cnn(text: str) -> dict:
     return out
 
 
-def cpu_model() -> str:
-    """The CPU's model name as lscpu prints it (else /proc/cpuinfo, else 'unknown')."""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 def reference_proba(ens, images: np.ndarray, batch_size: int, workers: int = 2) -> np.ndarray:

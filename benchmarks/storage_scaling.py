@@ -26,7 +26,6 @@ import argparse
 import multiprocessing as mp
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -40,13 +39,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))  # tests/postgres.py: the throwaway server the tests use
 
-
-def _cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        return next(ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name"))
-    except (OSError, StopIteration):
-        return "unknown CPU"
+from machine import cpu_model  # noqa: E402  (benchmarks/machine.py)
 
 
 def _open(kind: str, where: str) -> Any:
@@ -95,15 +88,13 @@ def _storage(kind: str, stack: ExitStack, tmp: Path) -> Iterator[str]:
     if kind == "journal":
         yield str(tmp / "bench.journal")
         return
-    from postgres import postgres_server
+    from postgres import free_port, postgres_server
 
     url = stack.enter_context(postgres_server())
     if kind == "postgres":
         yield url
         return
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = {**os.environ, "ENSEMBLE_STORAGE": url}
     cmd = [sys.executable, "-c", "import sys; from ensemble.cli import main; sys.exit(main())"]
     proxy = subprocess.Popen([*cmd, "storage-proxy", "--host", "127.0.0.1", "--port", str(port)], env=env,
@@ -244,7 +235,7 @@ def main() -> int:
     ap.add_argument("--artifact-repeats", type=int, default=5, help="uploads/downloads timed (0: skip)")
     args = ap.parse_args()
     fleet = [int(n) for n in args.workers.split(",")]
-    print(f"CPU: {_cpu_model()}, {os.cpu_count()} cores; {args.seconds:g} s per fleet size")
+    print(f"CPU: {cpu_model()}, {os.cpu_count()} cores; {args.seconds:g} s per fleet size")
     print("| storage  | workers | trials | trials/s | ask+tell median ms | p95 ms |")
     print("| -------- | ------: | -----: | -------: | -----------------: | -----: |")
     rows = [r for kind in args.storages.split(",") for r in measure(kind, fleet, args.seconds)]

@@ -22,10 +22,11 @@ import argparse
 import os
 import shutil
 import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
+
+from machine import cpu_model
 
 SPACE = """\
 conv_blocks: 2
@@ -38,13 +39,8 @@ learning_rate: {{type: float, low: 1.0e-3, high: 3.0e-3, log: true}}
 """
 
 
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        name = next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, subprocess.CalledProcessError, StopIteration):
-        name = "unknown CPU"
-    return f"{name}, {len(os.sched_getaffinity(0))} cores, load average {os.getloadavg()[0]:.1f}"
+def machine() -> str:
+    return f"{cpu_model()}, {len(os.sched_getaffinity(0))} cores, load average {os.getloadavg()[0]:.1f}"
 
 
 def search(name: str, space_file: Path, trials: int, recycle_after: int) -> list[dict[str, float]]:
@@ -73,7 +69,7 @@ def main() -> None:
     os.environ["ENSEMBLE_RUNS"] = str(tmp / "runs")
     epochs = max(2, args.epochs)
     (tmp / "cnn.yaml").write_text(SPACE.format(epochs=epochs))
-    print(f"CPU: {cpu_model()}", flush=True)
+    print(f"CPU: {machine()}", flush=True)
     print(f"{args.trials} trials x {epochs} epochs on 1,000 demo digits per search, {args.rounds} round(s)")
     found: dict[str, list[dict[str, float]]] = {"reference": [], "reused": []}
     for r in range(args.rounds):
@@ -95,7 +91,7 @@ def main() -> None:
         )
     ratio = summary["reference"] / max(summary["reused"], 1e-9)
     print(f"overhead per trial, reference / reused (means): {ratio:.2f}x")
-    print(f"CPU after: {cpu_model()}")
+    print(f"CPU after: {machine()}")
     shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -27,7 +27,8 @@ def find_bin(name: str) -> str | None:
     return candidates[-1] if candidates else None
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -51,7 +52,7 @@ def postgres_server() -> Iterator[str]:
         shutil.chown(root, "postgres")
         for p in (sock, root / "pw"):
             shutil.chown(p, "postgres")
-    port = _free_port()
+    port = free_port()
     run = lambda cmd: subprocess.run(_as_owner(cmd), check=True, capture_output=True, text=True, timeout=120)  # noqa: E731
     try:
         run([initdb, "-D", str(data), "-U", USER, "--pwfile", str(root / "pw"), "-A", "scram-sha-256", "-E", "UTF8"])

@@ -12,6 +12,7 @@ from pathlib import Path
 import optuna
 import pytest
 from conftest import TINY_CNN_SPACE, write_dataset
+from postgres import free_port
 
 from ensemble.cli import main
 from ensemble.data.runs import open_run
@@ -199,18 +200,10 @@ def test_restart_also_removes_the_runs_files_from_the_artifact_store(
     assert not any(p.is_file() for p in store.rglob("*")) and "gone.cnn" not in optuna.get_all_study_names(postgres_url)
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_a_search_through_the_grpc_proxy_lands_in_the_database(
     postgres_url: str, runs_env: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, STORAGE_ENV: postgres_url}  # the password reaches the proxy by the environment
     cmd = [sys.executable, "-c", "import sys; from ensemble.cli import main; sys.exit(main())"]
     proxy = subprocess.Popen(
@@ -233,7 +226,7 @@ def test_a_search_through_the_grpc_proxy_lands_in_the_database(
 def test_a_grpc_url_with_no_proxy_is_a_one_line_error(runs_env: Path, dataset: Path, monkeypatch) -> None:
     monkeypatch.setattr(storage, "GRPC_READY_S", 1.0)
     with pytest.raises(UsageError, match="no Optuna storage proxy answers"):
-        open_storage(open_run("np", data=dataset, say=lambda s: None), f"grpc://127.0.0.1:{_free_port()}")
+        open_storage(open_run("np", data=dataset, say=lambda s: None), f"grpc://127.0.0.1:{free_port()}")
 
 
 def _open_fresh(url: str) -> None:
