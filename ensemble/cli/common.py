@@ -32,6 +32,16 @@ def add_storage_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_jobs_arg(p: argparse.ArgumentParser) -> None:
+    """``--jobs N|auto``: CNN trials at once (``ensemble search``, ``ensemble worker``)."""
+    p.add_argument(
+        "--jobs",
+        default="1",
+        metavar="N",
+        help="trials at once, each in its own trainer process (default 1); auto: ramp up while it trains faster",
+    )
+
+
 class _ToEnvironment(argparse.Action):
     """Store the value, and put it in the environment too, so child processes (trials, baselines) use it."""
 

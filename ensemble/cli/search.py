@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from ensemble.cli.common import add_artifacts_arg, add_run_args, add_storage_arg
+from ensemble.cli.common import add_artifacts_arg, add_jobs_arg, add_run_args, add_storage_arg
 from ensemble.durations import parse_duration
 
 DEFAULT_SPACE = "cnn.yaml"  # a shipped space (ensemble.search.spaces.space_file)
@@ -31,12 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backend", choices=BACKENDS, help="Keras backend (default: $KERAS_BACKEND or tensorflow)")
     p.add_argument("--mixed-precision", action="store_true", help="train in mixed float16 (for GPUs)")
     p.add_argument("--max-train", type=int, metavar="N", help="train each trial on at most N rows of the train part")
-    p.add_argument(
-        "--jobs",
-        default="1",
-        metavar="N",
-        help="trials at once, each in its own trainer process (default 1); auto: ramp up while it trains faster",
-    )
+    add_jobs_arg(p)
     p.set_defaults(func=cmd_search)
 
 

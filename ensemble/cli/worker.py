@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ensemble.cli.common import add_artifacts_arg, add_run_args, add_storage_arg
+from ensemble.cli.common import add_artifacts_arg, add_jobs_arg, add_run_args, add_storage_arg
 from ensemble.cli.search import BACKENDS, set_backend
 from ensemble.durations import parse_duration
 
@@ -24,12 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_artifacts_arg(p)
     p.add_argument("--backend", choices=BACKENDS, help="Keras backend (default: $KERAS_BACKEND or tensorflow)")
     p.add_argument("--timeout", metavar="DURATION", help="stop starting trials after e.g. 2h")
-    p.add_argument(
-        "--jobs",
-        default="1",
-        metavar="N",
-        help="trials at once, each in its own trainer process (default 1); auto: ramp up while it trains faster",
-    )
+    add_jobs_arg(p)
     p.set_defaults(func=cmd_worker)
 
 
