@@ -90,6 +90,7 @@ PRESETS: dict[str, Preset] = {
             overhead_s=20.0,
             speed_margin=0.7,
             refit_margin=0.8,
+            refit_members=5,  # the refit retrains the ensemble's CNNs only (at most top_k)
         ),
         refit_full=True,
         max_train=None,
