@@ -37,6 +37,8 @@ import threading
 import time
 from pathlib import Path
 
+from machine import cpu_model  # benchmarks/machine.py
+
 TARGETS = ("baselines", "cnn", "build", "report", "refit")
 STAGE_OF = {"baselines": "baselines", "cnn": "cnn_search", "build": "build", "report": "report", "refit": "refit"}
 MARKERS = {  # a log line that shows the stage is at work
@@ -326,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
         sets.update(space=str(work / "tiny.yaml"), baselines="logreg,knn")
     env = {**os.environ, "ENSEMBLE_RUNS": str(work / "runs"), "ENSEMBLE_CACHE": str(work / "cache")}
     env.update(PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="2")
-    cpu = _cpu_model()
+    cpu = f"{cpu_model()}, {os.cpu_count()} cores"
     print(f"chaos: K={args.kills}, seed {args.seed}, {rows:,} + {test_rows:,} rows, {cpu}; logs in {work}", flush=True)
     ref_s, win = None, dict(FIXED_WINDOWS)
     if not args.no_reference:
@@ -351,15 +353,6 @@ def main(argv: list[str] | None = None) -> int:
     if not args.workdir and not failed:
         shutil.rmtree(work, ignore_errors=True)
     return 1 if failed or delivered < args.kills else 0
-
-
-def _cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        model = next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, subprocess.CalledProcessError, StopIteration):
-        model = "unknown CPU"
-    return f"{model}, {os.cpu_count()} cores"
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from machine import cpu_model  # benchmarks/machine.py
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "digit-recognizer"
 REAL = Path(os.environ.get("ENSEMBLE_DATA") or SHARED)
@@ -207,6 +208,7 @@ def _timed_fit(fit, n_images: int, epochs: int, target: float | None, params: in
 def throughput_all(args: argparse.Namespace) -> None:
     """One subprocess per backend: images/s for ref and ours on N images, 2 epochs (second timed)."""
     rows = []
+    print(f"CPU {cpu_model()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}")
     for backend in ("tensorflow", "torch", "jax"):
         env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
         cmd = [sys.executable, __file__, "--child", "--n", str(args.n)]
@@ -241,9 +243,7 @@ def options_all(args: argparse.Namespace) -> None:
     """Images/s of ours under each CPU option, in one run (reference: the default, measured first)."""
     flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     has = [f for f in ("avx512f", "avx512_bf16", "amx_bf16") if f" {f}" in flags]
-    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    model = next((ln.split(":", 1)[1].strip() for ln in lscpu.splitlines() if ln.startswith("Model name")), "?")
-    print(f"CPU {model}, {os.cpu_count()} cores; flags: {', '.join(has) or 'no AVX-512'}")
+    print(f"CPU {cpu_model()}, {os.cpu_count()} cores; flags: {', '.join(has) or 'no AVX-512'}")
     print(f"ours (quick CNN config), {args.n} images/epoch, median of epochs 2-3; ratio vs the first row")
     base = None
     for opt in OPTIONS:
@@ -315,6 +315,7 @@ def main() -> None:
     import keras
 
     x, y, xv, yv = load_split()
+    print(f"CPU {cpu_model()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}")
     print(f"backend {keras.backend.backend()}, train {len(x):,} images, val {len(xv):,}, target {TARGET}")
     print("  reference (Kaggle kernel):")
     ref = fit_reference(x, y, xv, yv, args.ref_epochs, TARGET)

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -42,6 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from machine import cpu_model  # benchmarks/machine.py
 
 if TYPE_CHECKING:
     from ensemble.data.runs import Run
@@ -54,17 +54,8 @@ BATCH = 86
 
 def cpu_info() -> tuple[str, int, int]:
     """CPU model name (lscpu, else /proc/cpuinfo), logical cores, and cores this process may use."""
-    name = ""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, env={**os.environ, "LC_ALL": "C"}).stdout
-        name = next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")), "")
-    except OSError:
-        pass
-    if not name and Path("/proc/cpuinfo").is_file():
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        name = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), "")
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return name or "unknown CPU", os.cpu_count() or 1, usable
+    return cpu_model(), os.cpu_count() or 1, usable
 
 
 def run_wall_seconds(root: Path) -> float | None:
@@ -240,7 +231,7 @@ def load_reused(run: Run) -> tuple[np.ndarray, dict[str, Any]]:
 def compare(y: np.ndarray, product: np.ndarray, kernel: np.ndarray, names: tuple[str, str]) -> dict[str, Any]:
     """Holdout accuracy and errors of both, and the McNemar test (a = product, b = kernel)."""
     from ensemble.errors import UsageError
-    from ensemble.report.summary import mcnemar, mcnemar_words
+    from ensemble.report.stats import mcnemar, mcnemar_words
 
     for what, p in (("product", product), ("seed kernel", kernel)):
         if p.shape != (len(y), 10):

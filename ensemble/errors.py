@@ -38,3 +38,14 @@ class TrialError(EnsembleError):
 
     As KerasTuner's FailedTrialError; any other exception escaping a trial stops the search.
     """
+
+
+def one_line(exc: BaseException | str, limit: int = 300, *, typed: bool = False) -> str:
+    """An exception's message (or a text) as one short line: library messages can span many lines.
+
+    ``typed`` puts the exception's class name first ("ValueError: ...").
+    """
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if typed and isinstance(exc, BaseException):
+        text = f"{type(exc).__name__}: {text}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."

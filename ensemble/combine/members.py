@@ -20,7 +20,7 @@ import numpy as np
 
 from ensemble.combine.manifest import N_CLASSES
 from ensemble.combine.tta import SIDE, stack_views
-from ensemble.errors import ArtifactError, DataError, EnsembleError, UsageError
+from ensemble.errors import ArtifactError, DataError, EnsembleError, UsageError, one_line
 from ensemble.io import atomic_write
 from ensemble.search.cnn.simplify import PRECISIONS, bfloat16_model, inference_model, native_bfloat16
 
@@ -112,12 +112,6 @@ def _private_copy(data: bytes, suffix: str) -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-
-
-def one_line(exc: BaseException, limit: int = 300) -> str:
-    """An exception as one short line (library messages can span many)."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def member_probas(

@@ -28,13 +28,12 @@ from ensemble.combine.members import (
     as_images,
     load_keras_model,
     member_probas,
-    one_line,
     prediction_copy,
     progress_bar,
 )
 from ensemble.combine.tta import IDENTITY
 from ensemble.combine.voting import soft_vote
-from ensemble.errors import ArtifactError, DataError
+from ensemble.errors import ArtifactError, DataError, one_line
 
 # ------------------------------------------------------------------------------ ensemble
 

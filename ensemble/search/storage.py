@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ensemble.errors import UsageError
+from ensemble.errors import UsageError, one_line
 
 if TYPE_CHECKING:
     import optuna
@@ -43,10 +43,9 @@ def redact(url: str) -> str:
     return re.sub(r"(://[^:/@\s]*:)[^@/\s]*@", r"\1***@", url)
 
 
-def one_line(exc: BaseException) -> str:
-    """A driver's error as one line, password hidden (SQLAlchemy appends a "Background on this error" line)."""
-    text = str(exc).split("\n(Background on this error")[0]
-    return redact(" ".join(text.split()))
+def driver_error(exc: BaseException) -> str:
+    """A database driver's error as one line, password hidden (SQLAlchemy appends a "Background on this error" line)."""
+    return redact(one_line(str(exc).split("\n(Background on this error")[0], limit=1000))
 
 
 def storage_location(run: Run, url: str | None = None) -> str:
@@ -80,7 +79,7 @@ def open_storage(run: Run, url: str | None = None, *, heartbeat: bool = False) -
         Path(loc).parent.mkdir(parents=True, exist_ok=True)
         return optuna.storages.JournalStorage(JournalFileBackend(loc))
     except Exception as exc:
-        raise UsageError(f"cannot open Optuna storage '{loc}': {one_line(exc)}") from exc
+        raise UsageError(f"cannot open Optuna storage '{loc}': {driver_error(exc)}") from exc
 
 
 def connect(url: str, *, heartbeat: bool = False) -> optuna.storages.BaseStorage:
@@ -98,7 +97,7 @@ def connect(url: str, *, heartbeat: bool = False) -> optuna.storages.BaseStorage
                 # machines that open an empty database at once race to create Optuna's tables: the loser retries
                 time.sleep(0.5 * (attempt + 1))
                 continue
-            raise UsageError(f"cannot open Optuna storage '{redact(url)}': {one_line(exc)}") from exc
+            raise UsageError(f"cannot open Optuna storage '{redact(url)}': {driver_error(exc)}") from exc
     raise AssertionError("unreachable")
 
 
@@ -295,4 +294,4 @@ def serve_proxy(url: str, *, host: str, port: int, say: Callable[[str], None] = 
     try:
         optuna.storages.run_grpc_proxy_server(storage, host=host, port=port)
     except RuntimeError as exc:  # grpc: the port is taken
-        raise UsageError(f"cannot serve on {host}:{port}: {one_line(exc)}") from exc
+        raise UsageError(f"cannot serve on {host}:{port}: {driver_error(exc)}") from exc

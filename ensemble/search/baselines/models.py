@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ensemble.errors import ArtifactError, InvalidValueError
+from ensemble.errors import ArtifactError, InvalidValueError, one_line
 from ensemble.search.artifacts import BASELINE_PREFIX, baseline_study
 
 N_CLASSES = 10
@@ -270,18 +270,13 @@ def model_files(listed: Iterable[str], kind: str | None = None, *, where: str | 
     return MODEL_FILES[kinds[0]]
 
 
-def _brief(exc: BaseException) -> str:
-    """An exception as one short line."""
-    return f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
-
-
 def _unpickle(data: bytes, where: Path) -> Any:
     import joblib
 
     try:
         return joblib.load(io.BytesIO(data))
     except Exception as exc:  # pickle, zlib and attribute errors of every kind
-        raise ArtifactError(f"{where}: cannot load it ({_brief(exc)})") from exc
+        raise ArtifactError(f"{where}: cannot load it ({one_line(exc, 200, typed=True)})") from exc
 
 
 def load_saved(blobs: Mapping[str, bytes], folder: str | Path = "") -> Any:
@@ -300,7 +295,7 @@ def load_saved(blobs: Mapping[str, bytes], folder: str | Path = "") -> Any:
     try:
         model.load_model(bytearray(blobs["model.ubj"]))
     except Exception as exc:  # xgboost.core.XGBoostError, ValueError, TypeError
-        raise ArtifactError(f"{folder / 'model.ubj'}: cannot load it ({_brief(exc)})") from exc
+        raise ArtifactError(f"{folder / 'model.ubj'}: cannot load it ({one_line(exc, 200, typed=True)})") from exc
     return _XGBPipeline(_unpickle(blobs["preprocess.joblib"], folder / "preprocess.joblib"), model)
 
 
