@@ -80,8 +80,6 @@ def parse_cnn(text: str) -> dict:
     return out
 
 
-
-
 def reference_proba(ens, images: np.ndarray, batch_size: int, workers: int = 2) -> np.ndarray:
     """The previous product path, kept as the reference: batches of all views shared out among
     ``workers`` threads, each thread calling every model; weighted mean over members of their

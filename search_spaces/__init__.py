@@ -1,1 +1,4 @@
-"""The shipped search spaces (YAML), installed as ``ensemble.search_spaces``; see ``ensemble.search.spaces.spaces_dir``."""
+"""The shipped search spaces (YAML), installed as ``ensemble.search_spaces``.
+
+See ``ensemble.search.spaces.spaces_dir``.
+"""

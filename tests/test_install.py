@@ -17,7 +17,7 @@ from setuptools import find_packages
 from ensemble.errors import SpaceError
 from ensemble.pipeline.presets import PRESETS
 from ensemble.search.baselines.models import FAMILIES
-from ensemble.search.baselines.study import space_path
+from ensemble.search.baselines.spaces import space_path
 from ensemble.search.cnn.study import load_cnn_space
 from ensemble.search.spaces import shipped_spaces, space_file, spaces_dir
 
@@ -106,7 +106,7 @@ def test_wheel_install_finds_shipped_spaces_from_another_folder(tmp_path):
     check = (
         "import ensemble, sys\n"
         "from pathlib import Path\n"
-        "from ensemble.search.baselines.study import space_path\n"
+        "from ensemble.search.baselines.spaces import space_path\n"
         "from ensemble.pipeline.presets import PRESETS\n"
         "from ensemble.search.cnn.study import load_cnn_space\n"
         "from ensemble.search.spaces import shipped_spaces, space_file, spaces_dir\n"

@@ -13,7 +13,7 @@ from conftest import write_dataset
 from ensemble.cli import main as cli
 from ensemble.data.runs import open_run
 from ensemble.io import write_json
-from ensemble.report.summary import mcnemar
+from ensemble.report.stats import mcnemar
 
 pytest.importorskip("keras")
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "vs_seed_kernel.py"

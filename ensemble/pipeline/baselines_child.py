@@ -32,7 +32,7 @@ def baseline_plan(run: Run, s: Preset, storage_url: str | None) -> dict[int, lis
     """Families grouped by how many search trials each still needs (0: only its refit may be missing)."""
     import optuna
 
-    from ensemble.search.baselines.study import parse_models
+    from ensemble.search.baselines.spaces import parse_models
     from ensemble.search.storage import open_storage, was_killed
 
     families = parse_models(s.baselines) if s.baselines else []

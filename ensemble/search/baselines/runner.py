@@ -40,6 +40,7 @@ def run_baselines(
 ) -> int:
     """Run ``trials`` search trials per family (and one refit of each family's best); 0, or EnsembleError."""
     from ensemble.search.baselines import study as bl
+    from ensemble.search.baselines.spaces import load_family_space, parse_models, space_path
     from ensemble.search.storage import dashboard_command
 
     if trials < 0:
@@ -47,9 +48,9 @@ def run_baselines(
     jobs = jobs if jobs is not None else _cpu_count()
     if jobs < 1:
         raise UsageError(f"--jobs must be >= 1, got {jobs}")
-    names = bl.parse_models(models)
+    names = parse_models(models)
     fams = [FAMILIES[n] for n in names]
-    spaces = {f.name: bl.load_family_space(f, bl.space_path(f.name, spaces_dir)) for f in fams}
+    spaces = {f.name: load_family_space(f, space_path(f.name, spaces_dir)) for f in fams}
     parts = bl.Parts.from_run(run)
     threads = max(1, _cpu_count() // jobs)
     print(f"Optuna dashboard: {dashboard_command(run, storage_url)}")
@@ -67,7 +68,7 @@ def run_baselines(
     def make(name: str, i: int = 0, **kw: Any) -> Task:
         base = len(studies[name].trials) + zlib.crc32(name.encode()) % 10_000  # families draw differently
         return bl.Task(
-            name, bl.space_path(name, spaces_dir).resolve(), storage_url, seed=seed * 100_003 + base + i,
+            name, space_path(name, spaces_dir).resolve(), storage_url, seed=seed * 100_003 + base + i,
             threads=threads, data_seed=seed, deadline=deadline, **kw,
         )  # fmt: skip
 

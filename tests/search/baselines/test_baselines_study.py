@@ -11,11 +11,9 @@ from conftest import REPO, write_dataset
 from ensemble.cli import main
 from ensemble.data.runs import open_run
 from ensemble.durations import parse_duration
-from ensemble.errors import UsageError
 from ensemble.search.artifacts import load_proba
 from ensemble.search.baselines.models import FAMILIES, load_model
-from ensemble.search.baselines.study import first_params, load_family_space, parse_models, space_path, subsample
-from ensemble.search.spaces import load_space
+from ensemble.search.baselines.study import subsample
 from ensemble.search.storage import open_storage
 
 REPO_SPACES = REPO / "search_spaces"
@@ -172,27 +170,6 @@ def test_bad_arguments_are_one_line_errors(setup, capsys, extra, message):
 @pytest.mark.parametrize(("text", "seconds"), [("90", 90), ("90s", 90), ("10m", 600), ("1h", 3600), ("1h30m", 5400)])
 def test_parse_duration(text, seconds):
     assert parse_duration(text) == seconds
-
-
-def test_parse_models():
-    assert parse_models(None) == list(FAMILIES)
-    assert parse_models("svm, knn,svm") == ["svm", "knn"]
-    with pytest.raises(UsageError, match="valid: logreg"):
-        parse_models(",")
-
-
-def test_shipped_search_spaces_are_valid():
-    for family in FAMILIES.values():
-        space = load_family_space(family, space_path(family.name, REPO_SPACES))
-        assert space.params["search_rows"] >= 0
-
-
-def test_first_trial_uses_midpoints_snapped_to_the_step(tmp_path):
-    f = tmp_path / "rf.yaml"
-    f.write_text(
-        "n_estimators: {type: int, low: 150, high: 300, step: 50}\ncriterion: {type: categorical, choices: [x, y]}\n"
-    )
-    assert first_params(load_space(f)) == {"n_estimators": 250, "criterion": "x"}
 
 
 def test_subsample_is_stratified_and_deterministic():
