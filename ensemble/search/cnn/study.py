@@ -1,33 +1,27 @@
-"""The ``cnn`` Optuna study: objective, pruning, per-trial artifacts, resume.
+"""The ``cnn`` Optuna study: open or resume it, its sampler and pruner, and the search loop.
 
-Each trial samples a config from the search space (``search_spaces/cnn.yaml``), trains
-on the run's train part, reports validation accuracy every epoch (so optuna-dashboard
+Each trial (:mod:`.objective`) samples a config from the search space (``search_spaces/cnn.yaml``),
+trains on the run's train part, reports validation accuracy every epoch (so optuna-dashboard
 draws learning curves and the pruner can stop bad trials), then saves ``model.keras``,
 ``config.json`` and validation/holdout/test probabilities in its trial folder.
 """
 
 from __future__ import annotations
 
-import shutil
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from ensemble.errors import EnsembleError, TrialError, UsageError
-from ensemble.search.artifacts import CNN_STUDY, trial_path, upload_trial
+from ensemble.errors import UsageError
+from ensemble.search.artifacts import CNN_STUDY, trial_path
 from ensemble.search.cnn import model as cnn
 from ensemble.search.cnn import spec as worker_spec
-from ensemble.search.cnn.arrays import search_arrays, write_arrays
-from ensemble.search.cnn.measure import curve_png, overhead, recent_speed
+from ensemble.search.cnn.arrays import write_arrays
+from ensemble.search.cnn.objective import SearchSettings, TrialFailed, discard, make_objective
 from ensemble.search.cnn.parallel import AUTO_MAX, Meter, optimize, parse_jobs
-from ensemble.search.cnn.pool import RECYCLE_AFTER, TrainerLimits, TrainerPool
-from ensemble.search.cnn.trainer import partial_dir, train_and_save
+from ensemble.search.cnn.pool import TrainerLimits, TrainerPool
 from ensemble.search.spaces import Space, load_space
-from ensemble.search.storage import check_run_identity, fail_stale_trials, mark_owner, open_storage, was_killed
+from ensemble.search.storage import check_run_identity, fail_stale_trials, open_storage, was_killed
 
 if TYPE_CHECKING:
     import optuna
@@ -36,27 +30,6 @@ if TYPE_CHECKING:
 
 STUDY = CNN_STUDY
 PRUNERS = ("median", "hyperband", "none")
-
-
-class TrialFailed(TrialError):
-    """A trial that failed on its own (NaN loss, out of memory, a bad combination)."""
-
-
-@dataclass(frozen=True)
-class SearchSettings:
-    """What ``ensemble search`` was asked to do."""
-
-    trials: int = 10
-    timeout: float | None = None
-    pruner: str = "median"
-    seed: int = 0
-    max_train: int | None = None  # subsample the train part during search (None: all rows)
-    mixed_precision: bool = False  # float16 compute (useful on GPUs), float32 output layer
-    isolate: bool = True  # train trials in trainer processes, recycled every recycle_after trials (bounded memory)
-    recycle_after: int = RECYCLE_AFTER
-    jobs: int | str = 1  # trials at once, each in its own trainer process; "auto": ramped up over the first trials
-    # every trial trains this many epochs (the budget's plan, read as each trial starts), whatever the space says
-    epochs: int | Callable[[], int] | None = None
 
 
 def make_pruner(name: str, max_epochs: int) -> optuna.pruners.BasePruner:
@@ -105,119 +78,6 @@ def finished_trials(study: optuna.Study) -> int:
     return sum(t.state in states and not was_killed(t) and t.number not in retried for t in trials)
 
 
-def make_objective(
-    run: Run,
-    space: Space,
-    settings: SearchSettings,
-    say: Callable[[str], None],
-    pool: TrainerPool | None = None,
-    meter: Meter | None = None,
-) -> Callable[[optuna.Trial], float]:
-    """The function Optuna calls once per trial (training in one of ``pool``'s trainer processes when given)."""
-    import optuna
-
-    arrays = search_arrays(run, max_train=settings.max_train, seed=settings.seed)
-    n_train = len(arrays["y_train"])
-    backend, device = cnn.backend_name(), cnn.device_name()
-
-    def objective(trial: optuna.Trial) -> float:
-        mark_owner(trial, run.root)
-        config = cnn.validate_config(space.suggest(trial), where=str(space.path))
-        config["mixed_precision"] = config["mixed_precision"] or settings.mixed_precision
-        planned = settings.epochs() if callable(settings.epochs) else settings.epochs
-        if planned:
-            config["epochs"] = int(planned)
-        trial.set_user_attr("epochs", config["epochs"])  # what the deadline pruner projects with
-        say(f"trial {trial.number}: {backend}/{device}, {_short(config)}")
-        started = time.perf_counter()
-        ends: list[float] = []  # when each epoch ended: the trial's speed at its end, for the budget's plan
-        curve: list[float] = []  # validation accuracy per epoch: the trial's learning-curve picture
-
-        def on_epoch(epoch: int, logs: dict[str, float]) -> None:
-            ends.append(time.perf_counter())
-            if meter is not None:
-                meter.add(n_train)
-            curve.append(float(logs["val_accuracy"]))
-            trial.report(logs["val_accuracy"], epoch)
-            say(f"  trial {trial.number} epoch {epoch}: val_accuracy {logs['val_accuracy']:.4f}")
-            if trial.should_prune():
-                raise optuna.TrialPruned(f"pruned at epoch {epoch}")
-
-        folder = trial_path(run, STUDY, trial.number)
-        seed = settings.seed + trial.number
-        metrics = _train(trial, config, folder, seed, on_epoch, arrays if pool is None else pool, say)
-        curve_png(folder / "learning_curve.png", curve, trial.number)
-        attrs = {
-            **metrics,
-            "backend": backend,
-            "device": device,
-            "n_train": n_train,
-            **recent_speed(ends, n_train),
-            **overhead(started, ends, metrics),
-            "artifact_dir": str(folder),
-            "data_fingerprint": run.dataset.fingerprint,
-        }
-        for k, v in attrs.items():
-            trial.set_user_attr(k, v)
-        upload_trial(trial, folder)  # to the artifact store, when the run has one (the dashboard previews the PNG)
-        say(
-            f"  trial {trial.number} done: val_accuracy {metrics['val_accuracy']:.4f}, "
-            f"{metrics['train_seconds']:.0f}s, {metrics['params']:,} params"
-        )
-        return metrics["val_accuracy"]
-
-    return objective
-
-
-def _train(
-    trial: optuna.Trial,
-    config: dict[str, Any],
-    folder: Path,
-    seed: int,
-    on_epoch: Callable[[int, dict[str, float]], None],
-    where: TrainerPool | dict[str, np.ndarray],
-    say: Callable[[str], None],
-) -> dict[str, Any]:
-    """Train the trial in a trainer of the pool (or here, on ``where``'s arrays); a failure fails only this trial."""
-    import optuna
-
-    try:
-        if isinstance(where, TrainerPool):
-            with where.lease() as trainer:
-                return trainer.train(config, folder, seed=seed, on_epoch=on_epoch)
-        return train_and_save(config, where, folder, seed=seed, on_epoch=on_epoch)
-    except optuna.TrialPruned as exc:
-        _discard(folder)
-        say(f"  trial {trial.number} {exc or 'pruned'}")
-        raise
-    except (EnsembleError, KeyboardInterrupt) as exc:
-        if not isinstance(exc, TrialError):  # a usage or data error, or Ctrl-C: stop the search
-            _discard(folder)
-            raise
-        _fail(trial, folder, exc, say)
-    except Exception as exc:  # NaN loss, OOM, a bad combination: this trial fails, the study goes on
-        _fail(trial, folder, exc, say)
-
-
-def _fail(trial: optuna.Trial, folder: Path, exc: BaseException, say: Callable[[str], None]) -> NoReturn:
-    """This trial failed on its own (its worker's error, NaN loss, OOM, ...): record why; the study goes on."""
-    _discard(folder)
-    reason = str(exc) if isinstance(exc, TrialError) else f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
-    trial.set_user_attr("fail_reason", reason)
-    say(f"  trial {trial.number} FAILED: {reason}")
-    raise TrialFailed(reason) from exc
-
-
-def _discard(folder: Path) -> None:
-    shutil.rmtree(partial_dir(folder), ignore_errors=True)
-    shutil.rmtree(folder, ignore_errors=True)
-
-
-def _short(config: dict[str, Any]) -> str:
-    keys = ("conv_blocks", "filters", "kernel_size", "optimizer", "learning_rate", "batch_size", "epochs")
-    return ", ".join(f"{k}={config[k]:.3g}" if isinstance(config[k], float) else f"{k}={config[k]}" for k in keys)
-
-
 def open_study(run: Run, storage_url: str | None, *, seed: int, pruner: optuna.pruners.BasePruner) -> optuna.Study:
     """Create or load the ``cnn`` study (maximize validation accuracy)."""
     import optuna
@@ -262,20 +122,7 @@ def run_search(
         raise UsageError("several trials at once need trainer processes (isolate=True): Keras state is per process")
     epochs = space.defaults().get("epochs", cnn.DEFAULTS["epochs"])
     study = open_study(run, storage_url, seed=settings.seed, pruner=pruner or make_pruner(settings.pruner, epochs))
-    if not study.trials:
-        first = known_good_params(space)
-        if first:
-            study.enqueue_trial(first)
-            say("First trial: the known-good defaults of ensemble/search/cnn/model.py (inside the space), then TPE")
-    if publish is not None:
-        epochs = settings.epochs() if callable(settings.epochs) else settings.epochs
-        spec = {"target": settings.trials, "count": "finished", "epochs": epochs, "pruner": settings.pruner, **publish}
-        worker_spec.publish(study, space, **spec)
-    stale = fail_stale_trials(study, run.root, local_storage=storage_url is None)
-    for number in stale:  # killed mid-trial: drop whatever it wrote
-        _discard(trial_path(run, STUDY, number))
-    if stale:
-        say(f"Marked {len(stale)} trial(s) left RUNNING by a stopped process as FAIL: {stale}")
+    _prepare(study, run, space, settings, local_storage=storage_url is None, say=say, publish=publish)
     done = finished_trials(study)
     todo = settings.trials - done
     if todo <= 0:
@@ -307,6 +154,34 @@ def run_search(
         if arrays_path is not None:
             arrays_path.unlink(missing_ok=True)
     return study
+
+
+def _prepare(
+    study: optuna.Study,
+    run: Run,
+    space: Space,
+    settings: SearchSettings,
+    *,
+    local_storage: bool,
+    say: Callable[[str], None],
+    publish: dict[str, Any] | None,
+) -> None:
+    """Before the trials: queue the known-good first trial of a new study, publish what ``ensemble worker``
+    needs, and fail (and clean up) trials left RUNNING by a stopped process."""
+    if not study.trials:
+        first = known_good_params(space)
+        if first:
+            study.enqueue_trial(first)
+            say("First trial: the known-good defaults of ensemble/search/cnn/model.py (inside the space), then TPE")
+    if publish is not None:
+        epochs = settings.epochs() if callable(settings.epochs) else settings.epochs
+        spec = {"target": settings.trials, "count": "finished", "epochs": epochs, "pruner": settings.pruner, **publish}
+        worker_spec.publish(study, space, **spec)
+    stale = fail_stale_trials(study, run.root, local_storage=local_storage)
+    for number in stale:  # killed mid-trial: drop whatever it wrote
+        discard(trial_path(run, STUDY, number))
+    if stale:
+        say(f"Marked {len(stale)} trial(s) left RUNNING by a stopped process as FAIL: {stale}")
 
 
 def _pool(run: Run, settings: SearchSettings, arrays_path: Path, jobs: int | str) -> TrainerPool:

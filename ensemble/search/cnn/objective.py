@@ -1,0 +1,175 @@
+"""One CNN trial, as Optuna calls it: sample a config, train it (in a trainer process), record its figures.
+
+A failure inside the trial (NaN loss, out of memory, a trainer that died) fails only that trial
+(``TrialFailed``); a usage or data error, or Ctrl-C, stops the search.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import numpy as np
+
+from ensemble.errors import EnsembleError, TrialError
+from ensemble.search.artifacts import CNN_STUDY, trial_path, upload_trial
+from ensemble.search.cnn import model as cnn
+from ensemble.search.cnn.arrays import search_arrays
+from ensemble.search.cnn.measure import curve_png, overhead, recent_speed
+from ensemble.search.cnn.parallel import Meter
+from ensemble.search.cnn.pool import RECYCLE_AFTER, TrainerPool
+from ensemble.search.cnn.trainer import partial_dir, train_and_save
+from ensemble.search.spaces import Space
+from ensemble.search.storage import mark_owner
+
+if TYPE_CHECKING:
+    import optuna
+
+    from ensemble.data.runs import Run
+
+STUDY = CNN_STUDY
+
+
+class TrialFailed(TrialError):
+    """A trial that failed on its own (NaN loss, out of memory, a bad combination)."""
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """What ``ensemble search`` was asked to do."""
+
+    trials: int = 10
+    timeout: float | None = None
+    pruner: str = "median"
+    seed: int = 0
+    max_train: int | None = None  # subsample the train part during search (None: all rows)
+    mixed_precision: bool = False  # float16 compute (useful on GPUs), float32 output layer
+    isolate: bool = True  # train trials in trainer processes, recycled every recycle_after trials (bounded memory)
+    recycle_after: int = RECYCLE_AFTER
+    jobs: int | str = 1  # trials at once, each in its own trainer process; "auto": ramped up over the first trials
+    # every trial trains this many epochs (the budget's plan, read as each trial starts), whatever the space says
+    epochs: int | Callable[[], int] | None = None
+
+
+def make_objective(
+    run: Run,
+    space: Space,
+    settings: SearchSettings,
+    say: Callable[[str], None],
+    pool: TrainerPool | None = None,
+    meter: Meter | None = None,
+) -> Callable[[optuna.Trial], float]:
+    """The function Optuna calls once per trial (training in one of ``pool``'s trainer processes when given)."""
+    import optuna
+
+    arrays = search_arrays(run, max_train=settings.max_train, seed=settings.seed)
+    n_train = len(arrays["y_train"])
+    backend, device = cnn.backend_name(), cnn.device_name()
+
+    def objective(trial: optuna.Trial) -> float:
+        mark_owner(trial, run.root)
+        config = _trial_config(trial, space, settings)
+        say(f"trial {trial.number}: {backend}/{device}, {_short(config)}")
+        started = time.perf_counter()
+        ends: list[float] = []  # when each epoch ended: the trial's speed at its end, for the budget's plan
+        curve: list[float] = []  # validation accuracy per epoch: the trial's learning-curve picture
+
+        def on_epoch(epoch: int, logs: dict[str, float]) -> None:
+            ends.append(time.perf_counter())
+            if meter is not None:
+                meter.add(n_train)
+            curve.append(float(logs["val_accuracy"]))
+            trial.report(logs["val_accuracy"], epoch)
+            say(f"  trial {trial.number} epoch {epoch}: val_accuracy {logs['val_accuracy']:.4f}")
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at epoch {epoch}")
+
+        folder = trial_path(run, STUDY, trial.number)
+        seed = settings.seed + trial.number
+        metrics = _train(trial, config, folder, seed, on_epoch, arrays if pool is None else pool, say)
+        curve_png(folder / "learning_curve.png", curve, trial.number)
+        attrs = {
+            **metrics,
+            "backend": backend,
+            "device": device,
+            "n_train": n_train,
+            **recent_speed(ends, n_train),
+            **overhead(started, ends, metrics),
+            "artifact_dir": str(folder),
+            "data_fingerprint": run.dataset.fingerprint,
+        }
+        for k, v in attrs.items():
+            trial.set_user_attr(k, v)
+        upload_trial(trial, folder)  # to the artifact store, when the run has one (the dashboard previews the PNG)
+        say(
+            f"  trial {trial.number} done: val_accuracy {metrics['val_accuracy']:.4f}, "
+            f"{metrics['train_seconds']:.0f}s, {metrics['params']:,} params"
+        )
+        return metrics["val_accuracy"]
+
+    return objective
+
+
+def _trial_config(trial: optuna.Trial, space: Space, settings: SearchSettings) -> dict[str, Any]:
+    """The trial's CNN config: sampled from the space, with the settings' precision and planned epochs."""
+    config = cnn.validate_config(space.suggest(trial), where=str(space.path))
+    config["mixed_precision"] = config["mixed_precision"] or settings.mixed_precision
+    planned = settings.epochs() if callable(settings.epochs) else settings.epochs
+    if planned:
+        config["epochs"] = int(planned)
+    trial.set_user_attr("epochs", config["epochs"])  # what the deadline pruner projects with
+    return config
+
+
+def _train(
+    trial: optuna.Trial,
+    config: dict[str, Any],
+    folder: Path,
+    seed: int,
+    on_epoch: Callable[[int, dict[str, float]], None],
+    where: TrainerPool | dict[str, np.ndarray],
+    say: Callable[[str], None],
+) -> dict[str, Any]:
+    """Train the trial in a trainer of the pool (or here, on ``where``'s arrays); a failure fails only this trial."""
+    import optuna
+
+    try:
+        if isinstance(where, TrainerPool):
+            with where.lease() as trainer:
+                return trainer.train(config, folder, seed=seed, on_epoch=on_epoch)
+        return train_and_save(config, where, folder, seed=seed, on_epoch=on_epoch)
+    except optuna.TrialPruned as exc:
+        discard(folder)
+        say(f"  trial {trial.number} {exc or 'pruned'}")
+        raise
+    except (EnsembleError, KeyboardInterrupt) as exc:
+        if not isinstance(exc, TrialError):  # a usage or data error, or Ctrl-C: stop the search
+            discard(folder)
+            raise
+        _fail(trial, folder, exc, say)
+    except Exception as exc:  # NaN loss, OOM, a bad combination: this trial fails, the study goes on
+        _fail(trial, folder, exc, say)
+
+
+def _fail(trial: optuna.Trial, folder: Path, exc: BaseException, say: Callable[[str], None]) -> NoReturn:
+    """This trial failed on its own (its worker's error, NaN loss, OOM, ...): record why; the study goes on."""
+    discard(folder)
+    reason = str(exc) if isinstance(exc, TrialError) else f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+    trial.set_user_attr("fail_reason", reason)
+    say(f"  trial {trial.number} FAILED: {reason}")
+    raise TrialFailed(reason) from exc
+
+
+def discard(folder: Path) -> None:
+    """Remove a trial's folder and its partial (in-progress) copy."""
+    shutil.rmtree(partial_dir(folder), ignore_errors=True)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _short(config: dict[str, Any]) -> str:
+    keys = ("conv_blocks", "filters", "kernel_size", "optimizer", "learning_rate", "batch_size", "epochs")
+    return ", ".join(f"{k}={config[k]:.3g}" if isinstance(config[k], float) else f"{k}={config[k]}" for k in keys)
