@@ -13,7 +13,8 @@ import pytest
 from conftest import REAL_DATA, write_dataset
 
 from ensemble.cli import main
-from ensemble.data.load import BLOCK_BYTES, TRAIN_COLUMNS, file_member, load_dataset, parse_csv, summarize
+from ensemble.data.csvparse import BLOCK_BYTES
+from ensemble.data.load import TRAIN_COLUMNS, file_member, load_dataset, parse_csv, summarize
 from ensemble.errors import DataError
 
 
@@ -180,7 +181,7 @@ def test_crlf_and_no_final_newline(dataset: Path) -> None:
 
 
 def test_gzip_stream_larger_than_one_block(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("ensemble.data.load.BLOCK_BYTES", 4096)
+    monkeypatch.setattr("ensemble.data.csvparse.BLOCK_BYTES", 4096)
     folder = write_dataset(tmp_path / "d", n_train=200, n_test=30, gz=True)
     ds = load_dataset(folder)
     assert ds.x_train.shape == (200, 28, 28)
@@ -189,7 +190,7 @@ def test_gzip_stream_larger_than_one_block(tmp_path: Path, monkeypatch: pytest.M
 
 
 def test_error_line_numbers_across_blocks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("ensemble.data.load.BLOCK_BYTES", 4096)
+    monkeypatch.setattr("ensemble.data.csvparse.BLOCK_BYTES", 4096)
     folder = write_dataset(tmp_path / "d", n_train=200)
     _cell("train.csv", 150, 20, "x")(folder)
     with pytest.raises(DataError, match=r"line 150, column 20 'pixel18'"):
@@ -282,7 +283,7 @@ CR_CASES = {
 
 @pytest.mark.parametrize("case", list(CR_CASES))
 def test_cr_only_line_endings_are_a_data_error(case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("ensemble.data.load.BLOCK_BYTES", 16 << 10)
+    monkeypatch.setattr("ensemble.data.csvparse.BLOCK_BYTES", 16 << 10)
     make, pattern = CR_CASES[case]
     path = tmp_path / "train.csv"
     path.write_bytes(make(_rows(12)))
@@ -296,7 +297,7 @@ def test_cr_only_line_endings_are_a_data_error(case: str, tmp_path: Path, monkey
 def test_crlf_still_parses_across_block_boundaries(
     block: int, gz: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("ensemble.data.load.BLOCK_BYTES", block)
+    monkeypatch.setattr("ensemble.data.csvparse.BLOCK_BYTES", block)
     lines = _rows(40)
     lf, crlf = b"\n".join(lines) + b"\n", b"\r\n".join(lines) + b"\r\n"
     paths = []
@@ -310,7 +311,7 @@ def test_crlf_still_parses_across_block_boundaries(
 
 
 def test_long_line_after_good_rows_names_its_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("ensemble.data.load.BLOCK_BYTES", 16 << 10)
+    monkeypatch.setattr("ensemble.data.csvparse.BLOCK_BYTES", 16 << 10)
     path = tmp_path / "train.csv"
     path.write_bytes(b"\n".join(_rows(5)) + b"\n" + b"1," * (200 << 10))
     with pytest.raises(DataError, match=r"train\.csv: line 7: no line break within 64 KiB"):
