@@ -8,25 +8,22 @@ probabilities then come from the pre-refit model (the refit one has seen those r
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ensemble.combine.candidates import BASELINE_MODEL_FILES, Candidate, find_candidates
-from ensemble.combine.manifest import new_manifest, write_manifest
-from ensemble.combine.members import load_keras_model, member_probas, prediction_copy, progress_bar, save_npy
+from ensemble.combine.candidates import Candidate, find_candidates
+from ensemble.combine.folder import write_folder
+from ensemble.combine.members import load_keras_model, member_probas, prediction_copy, progress_bar
 from ensemble.combine.tta import CANDIDATES, IDENTITY, MIN_GAIN_SE, parse_views, select_views
 from ensemble.combine.voting import SoftVoter, soft_vote
 from ensemble.errors import ArtifactError, UsageError
-from ensemble.io import fsync_tree, read_json, swap_dir
+from ensemble.io import read_json
 from ensemble.metrics import accuracy, log_loss
 from ensemble.search.artifacts import load_proba
-from ensemble.search.cnn.simplify import model_cost, save_for_inference
 
 if TYPE_CHECKING:
     from ensemble.data.runs import Run
@@ -140,9 +137,14 @@ def _build(
     weights_record = {"mode": weights, "seed": seed, "n_iter": n_iter}
     if weights == "greedy":
         weights_record.update(_greedy_record(vote.voter.greedy_, vote.members, greedy_metric))
-    manifest = _write_folder(
-        run, vote, kept_models, refit_info, probas={"val": vote.final_val, "holdout": final_hold, "test": proba_test},
-        extra={"weights": weights_record, "tta": tta_record}, refit=refit,
+    cnns = [
+        (vote.members[i], float(vote.weights[i]), kept_models[j], refit_info.get(vote.members[i].name))
+        for j, i in enumerate(vote.kept_cnn)
+    ]
+    manifest = write_folder(
+        run, cnns, [(vote.members[i], float(vote.weights[i])) for i in vote.kept_baselines],
+        probas={"val": vote.final_val, "holdout": final_hold, "test": proba_test},
+        extra={"weights": weights_record, "tta": tta_record}, comparison=vote.comparison, refit=refit,
     )  # fmt: skip
     manifest["seconds"] = round(time.perf_counter() - t0, 1)
     return manifest
@@ -283,65 +285,3 @@ def _ensemble_proba(
     parts += [load_proba(vote.members[i].folder, part) for i in vote.kept_baselines]
     weights = [float(vote.weights[i]) for i in vote.kept_cnn + vote.kept_baselines]
     return soft_vote(parts, weights).astype(np.float32)
-
-
-def _write_folder(
-    run: Run, vote: _Vote, kept_models: list[Any], refit_info: dict[str, Any], *, probas: dict[str, np.ndarray],
-    extra: dict[str, Any], refit: bool,
-) -> dict[str, Any]:  # fmt: skip
-    """Write the ensemble folder next to the final one, then swap it in."""
-    tmp = run.path(f".ensemble-tmp-{time.time_ns()}")
-    (tmp / "members").mkdir(parents=True)
-    try:
-        entries = []
-        for j, i in enumerate(vote.kept_cnn):
-            c = vote.members[i]
-            entries.append(_copy_cnn(tmp, c, float(vote.weights[i]), kept_models[j], refit_info.get(c.name), refit))
-        entries += [_copy_baseline(tmp, vote.members[i], float(vote.weights[i])) for i in vote.kept_baselines]
-        for part, p in probas.items():
-            save_npy(tmp / f"proba_{part}.npy", np.asarray(p, np.float32))
-        manifest = write_manifest(tmp, new_manifest(run, entries, extra, vote.comparison))
-        fsync_tree(tmp)
-        swap_dir(tmp, run.path("ensemble"), old=run.path(f".ensemble-old-{time.time_ns()}"))
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return manifest
-
-
-def _copy_cnn(tmp: Path, c: Candidate, weight: float, model: Any, refit: dict | None, refitted: bool) -> dict[str, Any]:
-    rel = f"members/{c.name}.keras"
-    if refitted:
-        save_for_inference(model, tmp / rel)
-    else:
-        shutil.copy2(c.folder / "model.keras", tmp / rel)
-    has_config = (c.folder / "config.json").is_file()
-    if has_config:
-        shutil.copy2(c.folder / "config.json", tmp / f"members/{c.name}.config.json")
-    return {
-        "name": c.name,
-        "kind": "cnn",
-        "weight": weight,
-        "file": rel,
-        "config": f"members/{c.name}.config.json" if has_config else None,
-        "study": c.study,
-        "trial": c.number,
-        "val_accuracy": c.val_accuracy,
-        "val_logloss": c.val_logloss,
-        "refit": refit,
-        **model_cost(model),
-    }
-
-
-def _copy_baseline(tmp: Path, b: Candidate, weight: float) -> dict[str, Any]:
-    (tmp / "members" / b.name).mkdir()
-    probas = {}
-    for part in ("val", "holdout", "test"):
-        probas[part] = f"members/{b.name}/proba_{part}.npy"
-        shutil.copy2(b.folder / f"proba_{part}.npy", tmp / probas[part])
-    model_files = [f.name for f in b.folder.iterdir() if f.is_file() and f.name in BASELINE_MODEL_FILES]
-    for f in model_files + ["config.json"] * (b.folder / "config.json").is_file():
-        shutil.copy2(b.folder / f, tmp / "members" / b.name / f)
-    entry = {"name": b.name, "kind": "baseline", "weight": weight, "probas": probas, "study": b.study}
-    if model_files:
-        entry["model_dir"] = f"members/{b.name}"
-    return {**entry, "trial": b.number, "val_accuracy": b.val_accuracy, "val_logloss": b.val_logloss}

@@ -1,0 +1,89 @@
+"""The ensemble folder ``runs/NAME/ensemble/``: members copied (or saved, when refitted), probabilities,
+manifest, written beside the current folder and swapped in whole."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ensemble.combine.candidates import BASELINE_MODEL_FILES, Candidate
+from ensemble.combine.manifest import new_manifest, write_manifest
+from ensemble.combine.members import save_npy
+from ensemble.io import fsync_tree, swap_dir
+from ensemble.search.cnn.simplify import model_cost, save_for_inference
+
+if TYPE_CHECKING:
+    from ensemble.data.runs import Run
+
+
+def write_folder(
+    run: Run,
+    cnns: list[tuple[Candidate, float, Any, dict[str, Any] | None]],
+    baselines: list[tuple[Candidate, float]],
+    *,
+    probas: dict[str, np.ndarray],
+    extra: dict[str, Any],
+    comparison: dict[str, Any],
+    refit: bool,
+) -> dict[str, Any]:
+    """Write ``runs/NAME/ensemble/`` beside the current one, then swap it in; return its manifest.
+
+    ``cnns``: (candidate, weight, its Keras model, its refit record) for each kept CNN; ``baselines``:
+    (candidate, weight). ``probas``: the ensemble's val/holdout/test probabilities.
+    """
+    tmp = run.path(f".ensemble-tmp-{time.time_ns()}")
+    (tmp / "members").mkdir(parents=True)
+    try:
+        entries = [_copy_cnn(tmp, c, weight, model, record, refit) for c, weight, model, record in cnns]
+        entries += [_copy_baseline(tmp, b, weight) for b, weight in baselines]
+        for part, p in probas.items():
+            save_npy(tmp / f"proba_{part}.npy", np.asarray(p, np.float32))
+        manifest = write_manifest(tmp, new_manifest(run, entries, extra, comparison))
+        fsync_tree(tmp)
+        swap_dir(tmp, run.path("ensemble"), old=run.path(f".ensemble-old-{time.time_ns()}"))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return manifest
+
+
+def _copy_cnn(tmp: Path, c: Candidate, weight: float, model: Any, refit: dict | None, refitted: bool) -> dict[str, Any]:
+    rel = f"members/{c.name}.keras"
+    if refitted:
+        save_for_inference(model, tmp / rel)
+    else:
+        shutil.copy2(c.folder / "model.keras", tmp / rel)
+    has_config = (c.folder / "config.json").is_file()
+    if has_config:
+        shutil.copy2(c.folder / "config.json", tmp / f"members/{c.name}.config.json")
+    return {
+        "name": c.name,
+        "kind": "cnn",
+        "weight": weight,
+        "file": rel,
+        "config": f"members/{c.name}.config.json" if has_config else None,
+        "study": c.study,
+        "trial": c.number,
+        "val_accuracy": c.val_accuracy,
+        "val_logloss": c.val_logloss,
+        "refit": refit,
+        **model_cost(model),
+    }
+
+
+def _copy_baseline(tmp: Path, b: Candidate, weight: float) -> dict[str, Any]:
+    (tmp / "members" / b.name).mkdir()
+    probas = {}
+    for part in ("val", "holdout", "test"):
+        probas[part] = f"members/{b.name}/proba_{part}.npy"
+        shutil.copy2(b.folder / f"proba_{part}.npy", tmp / probas[part])
+    model_files = [f.name for f in b.folder.iterdir() if f.is_file() and f.name in BASELINE_MODEL_FILES]
+    for f in model_files + ["config.json"] * (b.folder / "config.json").is_file():
+        shutil.copy2(b.folder / f, tmp / "members" / b.name / f)
+    entry = {"name": b.name, "kind": "baseline", "weight": weight, "probas": probas, "study": b.study}
+    if model_files:
+        entry["model_dir"] = f"members/{b.name}"
+    return {**entry, "trial": b.number, "val_accuracy": b.val_accuracy, "val_logloss": b.val_logloss}
