@@ -137,12 +137,8 @@ def _build(
     weights_record = {"mode": weights, "seed": seed, "n_iter": n_iter}
     if weights == "greedy":
         weights_record.update(_greedy_record(vote.voter.greedy_, vote.members, greedy_metric))
-    cnns = [
-        (vote.members[i], float(vote.weights[i]), kept_models[j], refit_info.get(vote.members[i].name))
-        for j, i in enumerate(vote.kept_cnn)
-    ]
     manifest = write_folder(
-        run, cnns, [(vote.members[i], float(vote.weights[i])) for i in vote.kept_baselines],
+        run, vote.cnn_members(kept_models, refit_info), vote.baseline_members(),
         probas={"val": vote.final_val, "holdout": final_hold, "test": proba_test},
         extra={"weights": weights_record, "tta": tta_record}, comparison=vote.comparison, refit=refit,
     )  # fmt: skip
@@ -226,6 +222,20 @@ class _Vote:
     @property
     def kept_baselines(self) -> list[int]:
         return [i for i in self.keep if i >= self.n_cnn]
+
+    def cnn_members(
+        self, models: list[Any], refit_info: dict[str, Any]
+    ) -> list[tuple[Candidate, float, Any, dict[str, Any] | None]]:
+        """(candidate, weight, Keras model, refit record) of each kept CNN, ``models`` in ``kept_cnn`` order."""
+        out = []
+        for i, model in zip(self.kept_cnn, models):
+            c = self.members[i]
+            out.append((c, float(self.weights[i]), model, refit_info.get(c.name)))
+        return out
+
+    def baseline_members(self) -> list[tuple[Candidate, float]]:
+        """(candidate, weight) of each kept baseline."""
+        return [(self.members[i], float(self.weights[i])) for i in self.kept_baselines]
 
 
 def _vote(

@@ -190,27 +190,7 @@ def sections(run: Run, result: ReportResult, figs: dict[str, Any]) -> list[tuple
     out.append(
         ("Is the ensemble really better?", mc["words"] if mc else "No ensemble was built in this run.", [], None)
     )
-    gains = result.gains
-    g_rows = [
-        [
-            g["step"],
-            "–" if g["val_accuracy"] is None else f"{g['val_accuracy']:.4f}",
-            f"{g['holdout_accuracy']:.4f}",
-            "–" if g["gain"] is None else f"{g['gain'] * 100:+.2f} pts",
-            f"{g['holdout_logloss']:.4f}",
-        ]
-        for g in gains
-    ]
-    out.append(
-        (
-            "What ensembling and TTA added",
-            "Each step adds one thing to the previous one (choices made on validation, measured on the holdout)."
-            if gains
-            else "No ensemble was built in this run.",
-            (["step", "val acc", "holdout acc", "holdout change", "holdout log loss"], g_rows) if gains else [],
-            None,
-        )
-    )
+    out.append(_gains_section(result.gains))
     pc = figs["per_class"]
     pc_rows = [[str(r["digit"]), f"{r['n']:,}", f"{r['correct']:,}", f"{r['acc']:.4f}"] for r in pc]
     out.append(
@@ -233,6 +213,28 @@ def sections(run: Run, result: ReportResult, figs: dict[str, Any]) -> list[tuple
     out.append(("CNN study: parameter importances", no_study or figs["importance_note"], [], "importance"))
     out.append(("CNN study: learning curves (per-epoch validation accuracy)", no_study, [], "curves"))
     return out
+
+
+def _gains_section(gains: list[dict[str, Any]]) -> tuple[str, str, list, str | None]:
+    """What each step (ensembling, TTA, weights) added on the holdout."""
+    if not gains:
+        return "What ensembling and TTA added", "No ensemble was built in this run.", [], None
+    rows = [
+        [
+            g["step"],
+            "–" if g["val_accuracy"] is None else f"{g['val_accuracy']:.4f}",
+            f"{g['holdout_accuracy']:.4f}",
+            "–" if g["gain"] is None else f"{g['gain'] * 100:+.2f} pts",
+            f"{g['holdout_logloss']:.4f}",
+        ]
+        for g in gains
+    ]
+    return (
+        "What ensembling and TTA added",
+        "Each step adds one thing to the previous one (choices made on validation, measured on the holdout).",
+        (["step", "val acc", "holdout acc", "holdout change", "holdout log loss"], rows),
+        None,
+    )
 
 
 def write_outputs(run: Run, result: ReportResult, *, storage_url: str | None, gallery: int) -> list[Path]:
