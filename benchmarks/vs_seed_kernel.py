@@ -41,7 +41,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from machine import cpu_model  # benchmarks/machine.py
 
 if TYPE_CHECKING:
     from ensemble.data.runs import Run
@@ -54,6 +53,9 @@ BATCH = 86
 
 def cpu_info() -> tuple[str, int, int]:
     """CPU model name (lscpu, else /proc/cpuinfo), logical cores, and cores this process may use."""
+    sys.path.insert(0, str(BENCH))
+    from machine import cpu_model  # benchmarks/machine.py (this file may be imported, not run)
+
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return cpu_model(), os.cpu_count() or 1, usable
 
