@@ -335,4 +335,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    from ensemble.quiet import filter_native_logs
+
+    filter_native_logs()  # no TensorFlow start-up lines, here or in the per-backend children
     main()

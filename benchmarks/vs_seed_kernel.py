@@ -353,4 +353,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.path.insert(1, str(BENCH.parent))  # this checkout's package when it is not installed
+    from ensemble.quiet import filter_native_logs
+
+    filter_native_logs()  # no TensorFlow start-up lines from the kernel's training
     sys.exit(main())
