@@ -40,12 +40,13 @@ class TrialError(EnsembleError):
     """
 
 
-def one_line(exc: BaseException | str, limit: int = 300, *, typed: bool = False) -> str:
+def one_line(exc: BaseException | str, limit: int | None = 300, *, typed: bool = False) -> str:
     """An exception's message (or a text) as one short line: library messages can span many lines.
 
-    ``typed`` puts the exception's class name first ("ValueError: ...").
+    ``typed`` puts the exception's class name first ("ValueError: ..."); ``limit=None`` never cuts.
     """
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    if typed and isinstance(exc, BaseException):
+    is_exc = isinstance(exc, BaseException)
+    text = " ".join(str(exc).split()) or (type(exc).__name__ if is_exc else "")
+    if typed and is_exc:
         text = f"{type(exc).__name__}: {text}"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    return text if limit is None or len(text) <= limit else text[: limit - 3] + "..."

@@ -45,7 +45,7 @@ def redact(url: str) -> str:
 
 def driver_error(exc: BaseException) -> str:
     """A database driver's error as one line, password hidden (SQLAlchemy appends a "Background on this error" line)."""
-    return redact(one_line(str(exc).split("\n(Background on this error")[0], limit=1000))
+    return one_line(redact(str(exc).split("\n(Background on this error")[0]), limit=None)
 
 
 def storage_location(run: Run, url: str | None = None) -> str:

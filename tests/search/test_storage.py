@@ -10,7 +10,7 @@ import optuna
 import pytest
 
 from ensemble.locks import worker_token
-from ensemble.search.storage import fail_stale_trials, mark_owner, redact, was_killed
+from ensemble.search.storage import driver_error, fail_stale_trials, mark_owner, redact, was_killed
 
 LIVE_WORKER = """
 import sys, time
@@ -120,3 +120,12 @@ def test_in_a_shared_storage_each_trial_is_judged_by_the_token_in_its_own_run_fo
     finally:
         live.kill()
         live.wait()
+
+
+def test_a_driver_error_is_one_line_with_the_password_hidden() -> None:
+    url = "postgresql://ensemble:s3cret@db.example:5432/ensemble"
+    exc = RuntimeError(f"could not connect to {url}\n  timeout " + "x" * 2000 + "\n(Background on this error at: ...)")
+    text = driver_error(exc)
+    assert "s3cret" not in text and "ensemble:***@db.example" in text
+    assert "\n" not in text and "Background" not in text
+    assert text.endswith("x" * 2000)  # nothing is cut
