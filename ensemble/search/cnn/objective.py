@@ -31,8 +31,6 @@ if TYPE_CHECKING:
 
     from ensemble.data.runs import Run
 
-STUDY = CNN_STUDY
-
 
 class TrialFailed(TrialError):
     """A trial that failed on its own (NaN loss, out of memory, a bad combination)."""
@@ -88,7 +86,7 @@ def make_objective(
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at epoch {epoch}")
 
-        folder = trial_path(run, STUDY, trial.number)
+        folder = trial_path(run, CNN_STUDY, trial.number)
         seed = settings.seed + trial.number
         metrics = _train(trial, config, folder, seed, on_epoch, arrays if pool is None else pool, say)
         curve_png(folder / "learning_curve.png", curve, trial.number)
