@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -22,3 +23,8 @@ def cpu_model() -> str:
     except OSError:
         pass
     return "unknown"
+
+
+def machine_line() -> str:
+    """The CPU model, the cores this process may use, and the load average now."""
+    return f"{cpu_model()}, {len(os.sched_getaffinity(0))} cores, load average {os.getloadavg()[0]:.1f}"

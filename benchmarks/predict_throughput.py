@@ -39,6 +39,7 @@ from machine import cpu_model  # benchmarks/machine.py
 
 from ensemble.combine.manifest import FORMAT, INPUT_SPEC, write_manifest
 from ensemble.combine.tta import CANDIDATES, stack_views
+from ensemble.errors import one_line
 from ensemble.inference.predict import load_ensemble, predict_proba
 from ensemble.search.cnn.simplify import model_cost
 
@@ -179,7 +180,7 @@ def bench(
                 extra["reference_maxdiff"] = float(np.abs(ref - p).max())
                 extra["reference_label_diffs"] = int(np.sum(ref.argmax(1) != p.argmax(1)))
             except Exception as exc:  # under JAX: a model called from two threads at once
-                extra["reference_error"] = " ".join(str(exc).split())[:200]
+                extra["reference_error"] = one_line(exc, 200)
         if one_thread:
             t4 = time.perf_counter()
             p1 = predict_proba(ens, images, batch_size=batch_size, workers=1)

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from machine import cpu_model  # benchmarks/machine.py
+from machine import cpu_model, machine_line  # benchmarks/machine.py
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "digit-recognizer"
 REAL = Path(os.environ.get("ENSEMBLE_DATA") or SHARED)
@@ -208,7 +208,7 @@ def _timed_fit(fit, n_images: int, epochs: int, target: float | None, params: in
 def throughput_all(args: argparse.Namespace) -> None:
     """One subprocess per backend: images/s for ref and ours on N images, 2 epochs (second timed)."""
     rows = []
-    print(f"CPU {cpu_model()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}")
+    print(f"CPU {machine_line()}")
     for backend in ("tensorflow", "torch", "jax"):
         env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
         cmd = [sys.executable, __file__, "--child", "--n", str(args.n)]
@@ -315,7 +315,7 @@ def main() -> None:
     import keras
 
     x, y, xv, yv = load_split()
-    print(f"CPU {cpu_model()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}")
+    print(f"CPU {machine_line()}")
     print(f"backend {keras.backend.backend()}, train {len(x):,} images, val {len(xv):,}, target {TARGET}")
     print("  reference (Kaggle kernel):")
     ref = fit_reference(x, y, xv, yv, args.ref_epochs, TARGET)

@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from machine import cpu_model
+from machine import machine_line
 
 SPACE = """\
 conv_blocks: 2
@@ -37,10 +37,6 @@ epochs: {epochs}
 rotation: 5.0
 learning_rate: {{type: float, low: 1.0e-3, high: 3.0e-3, log: true}}
 """
-
-
-def machine() -> str:
-    return f"{cpu_model()}, {len(os.sched_getaffinity(0))} cores, load average {os.getloadavg()[0]:.1f}"
 
 
 def search(name: str, space_file: Path, trials: int, recycle_after: int) -> list[dict[str, float]]:
@@ -69,7 +65,7 @@ def main() -> None:
     os.environ["ENSEMBLE_RUNS"] = str(tmp / "runs")
     epochs = max(2, args.epochs)
     (tmp / "cnn.yaml").write_text(SPACE.format(epochs=epochs))
-    print(f"CPU: {machine()}", flush=True)
+    print(f"CPU: {machine_line()}", flush=True)
     print(f"{args.trials} trials x {epochs} epochs on 1,000 demo digits per search, {args.rounds} round(s)")
     found: dict[str, list[dict[str, float]]] = {"reference": [], "reused": []}
     for r in range(args.rounds):
@@ -91,7 +87,7 @@ def main() -> None:
         )
     ratio = summary["reference"] / max(summary["reused"], 1e-9)
     print(f"overhead per trial, reference / reused (means): {ratio:.2f}x")
-    print(f"CPU after: {machine()}")
+    print(f"CPU after: {machine_line()}")
     shutil.rmtree(tmp, ignore_errors=True)
 
 
