@@ -37,7 +37,7 @@ import threading
 import time
 from pathlib import Path
 
-from machine import cpu_model  # benchmarks/machine.py
+from machine import machine_line  # benchmarks/machine.py
 
 TARGETS = ("baselines", "cnn", "build", "report", "refit")
 STAGE_OF = {"baselines": "baselines", "cnn": "cnn_search", "build": "build", "report": "report", "refit": "refit"}
@@ -328,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
         sets.update(space=str(work / "tiny.yaml"), baselines="logreg,knn")
     env = {**os.environ, "ENSEMBLE_RUNS": str(work / "runs"), "ENSEMBLE_CACHE": str(work / "cache")}
     env.update(PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="2")
-    cpu = f"{cpu_model()}, {os.cpu_count()} cores"
+    cpu = machine_line()
     print(f"chaos: K={args.kills}, seed {args.seed}, {rows:,} + {test_rows:,} rows, {cpu}; logs in {work}", flush=True)
     ref_s, win = None, dict(FIXED_WINDOWS)
     if not args.no_reference:

@@ -41,6 +41,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from machine import cpu_model  # benchmarks/machine.py
+from train_throughput import numpy_augment, reference_model  # the kernel, as train_throughput trains it
 
 if TYPE_CHECKING:
     from ensemble.data.runs import Run
@@ -53,9 +55,6 @@ BATCH = 86
 
 def cpu_info() -> tuple[str, int, int]:
     """CPU model name (lscpu, else /proc/cpuinfo), logical cores, and cores this process may use."""
-    sys.path.insert(0, str(BENCH))
-    from machine import cpu_model  # benchmarks/machine.py (this file may be imported, not run)
-
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return cpu_model(), os.cpu_count() or 1, usable
 
@@ -118,9 +117,6 @@ def kernel_batches(x: np.ndarray, y: np.ndarray, seed: int) -> Any:
 
     from ensemble.search.cnn.model import one_hot
 
-    sys.path.insert(0, str(BENCH))
-    from train_throughput import numpy_augment
-
     class Batches(keras.utils.PyDataset):
         def __init__(self) -> None:
             super().__init__()
@@ -178,9 +174,6 @@ def train_kernel(run: Run, args: argparse.Namespace, seconds: float) -> tuple[np
     import keras
 
     from ensemble.search.cnn.model import one_hot
-
-    sys.path.insert(0, str(BENCH))
-    from train_throughput import reference_model
 
     x, y = subsample(*run.part("train"), args.rows, args.seed)
     xv, yv = run.part("val")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,8 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "vs_seed_kernel.py
 
 
 def _bench():
+    if str(SCRIPT.parent) not in sys.path:  # as when run: the script's folder is on sys.path (machine.py, ...)
+        sys.path.insert(0, str(SCRIPT.parent))
     spec = importlib.util.spec_from_file_location("vs_seed_kernel", SCRIPT)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
