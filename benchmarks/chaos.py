@@ -171,7 +171,7 @@ def _trial_loads(trial: object, study: str, sizes: dict[str, int]) -> str | None
     import numpy as np
 
     from ensemble.combine.members import load_keras_model
-    from ensemble.search.baselines.models import load_model
+    from ensemble.search.baselines.saved import load_model
 
     folder = Path(trial.user_attrs.get("artifact_dir", ""))  # type: ignore[attr-defined]
     try:

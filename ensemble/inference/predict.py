@@ -84,7 +84,7 @@ def _member(folder: Path, entry: Any, hashed: Mapping[str, str]) -> Member:
         if not isinstance(rel, str) or rel not in hashed:
             raise ArtifactError(f"{folder / str(rel)}: member {m.name}'s file has no sha256 in {MANIFEST}")
     if m.model_dir:
-        from ensemble.search.baselines.models import family_kind, model_files
+        from ensemble.search.baselines.saved import family_kind, model_files
 
         prefix = f"{m.model_dir}/"
         listed = [r[len(prefix) :] for r in hashed if r.startswith(prefix) and "/" not in r[len(prefix) :]]
@@ -130,7 +130,8 @@ def _baseline(ens: Ensemble, m: Member, images: np.ndarray) -> np.ndarray:
             raise ArtifactError(f"{ens.folder / rel}: not a .npy array ({one_line(exc)})") from exc
     if m.model_files:
         try:
-            from ensemble.search.baselines.models import full_proba, load_saved
+            from ensemble.search.baselines.models import full_proba
+            from ensemble.search.baselines.saved import load_saved
         except ImportError as exc:
             raise ArtifactError(f"member {m.name}: cannot load baseline models here ({exc})") from exc
         blobs = {name: read_verified(ens.folder, ens.manifest, rel) for name, rel in m.model_files.items()}

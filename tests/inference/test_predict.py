@@ -264,8 +264,9 @@ def with_baselines(tmp_path_factory) -> dict[str, Path]:
     """Per family: an ensemble of one CNN and one baseline whose saved model predicts (no stored test probas)."""
     from conftest import synthetic_digits
 
-    from ensemble.search.baselines.models import FAMILIES, FitContext, save_model
+    from ensemble.search.baselines.models import FAMILIES, FitContext
     from ensemble.search.baselines.preprocess import fit_preprocessor
+    from ensemble.search.baselines.saved import save_model
 
     x, y = synthetic_digits(200, seed=3)
     ctx = FitContext(threads=1, seed=0, device="cpu", n_features=784, x_var=0.1)

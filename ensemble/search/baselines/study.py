@@ -29,10 +29,10 @@ from ensemble.search.baselines.models import (
     Family,
     FitContext,
     full_proba,
-    save_model,
     space_keys,
     xgboost_device,
 )
+from ensemble.search.baselines.saved import save_model
 from ensemble.search.baselines.spaces import first_params
 from ensemble.search.spaces import Space, load_space
 from ensemble.search.storage import fail_stale_trials, mark_owner, open_storage

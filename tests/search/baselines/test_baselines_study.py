@@ -12,7 +12,8 @@ from ensemble.cli import main
 from ensemble.data.runs import open_run
 from ensemble.durations import parse_duration
 from ensemble.search.artifacts import load_proba
-from ensemble.search.baselines.models import FAMILIES, load_model
+from ensemble.search.baselines.models import FAMILIES
+from ensemble.search.baselines.saved import load_model
 from ensemble.search.baselines.study import subsample
 from ensemble.search.storage import open_storage
 
