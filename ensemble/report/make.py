@@ -9,14 +9,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ensemble.io import write_json
-from ensemble.report.summary import (
-    ReportResult,
-    collect,
-    leaderboard_rows,
-    refit_entry,
-    significance,
-    write_final_submission,
-)
+from ensemble.report.final import refit_entry, write_final_submission
+from ensemble.report.summary import ReportResult, collect, leaderboard_rows, significance
 
 if TYPE_CHECKING:
     from ensemble.data.runs import Run

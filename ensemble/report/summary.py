@@ -1,4 +1,4 @@
-"""``ensemble report``: every model of a run compared on the holdout split, and the final submission.
+"""``ensemble report``: every model of a run compared on the holdout split (the submission: ``final``).
 
 The holdout was never used to train or select anything before this point. The leaderboard holds
 the best trial of each baseline family, the top CNN trials, and the built ensemble with and
@@ -61,7 +61,8 @@ def _ms_per_1000(attrs: dict[str, Any], n_images: int) -> float | None:
     return None if s is None or n_images == 0 else 1e6 * float(s) / n_images  # ms per 1,000 images
 
 
-def _loader(folder: Path, part: str) -> Callable[[], np.ndarray]:
+def proba_loader(folder: Path, part: str) -> Callable[[], np.ndarray]:
+    """Loads the stored ``proba_{part}.npy`` of a trial or ensemble folder when called."""
     return lambda: load_proba(folder, part)
 
 
@@ -85,8 +86,8 @@ def trial_entries(run: Run, storage: Any, *, top_cnn: int) -> tuple[list[Entry],
                 name=c.name,
                 kind=c.kind,
                 family="cnn" if c.kind == "cnn" else a.get("family", study[len(BASELINE_PREFIX) :]),
-                holdout=_loader(c.folder, "holdout"),
-                test=_loader(c.folder, "test"),
+                holdout=proba_loader(c.folder, "holdout"),
+                test=proba_loader(c.folder, "test"),
                 val_accuracy=c.val_accuracy,
                 fit_seconds=a.get("train_seconds", a.get("fit_seconds")),
                 predict_ms=_ms_per_1000(a, n_pred),
@@ -146,14 +147,14 @@ def ensemble_entries(run: Run, by_trial: dict[tuple[str, int], Entry]) -> tuple[
             trial = folder / e["name"] if "probas" not in e else folder / Path(e["probas"]["val"]).parent
         plain.append((float(e["weight"]), trial))
     if all((t / "proba_holdout.npy").is_file() for _, t in plain):
-        val_plain = _weighted([(w, _loader(t, "val")) for w, t in plain])()
+        val_plain = _weighted([(w, proba_loader(t, "val")) for w, t in plain])()
         acc_plain = float((val_plain.argmax(axis=1) == run.part("val")[1]).mean())
         out.append(
             Entry(
                 name="ensemble (no TTA)",
                 val_accuracy=acc_plain,
-                holdout=_weighted([(w, _loader(t, "holdout")) for w, t in plain]),
-                test=_weighted([(w, _loader(t, "test")) for w, t in plain]),
+                holdout=_weighted([(w, proba_loader(t, "holdout")) for w, t in plain]),
+                test=_weighted([(w, proba_loader(t, "test")) for w, t in plain]),
                 predict_ms=(cnn_ms + base_ms) or None,
                 note=f"{label}, identity view only",
                 **common,
@@ -163,8 +164,8 @@ def ensemble_entries(run: Run, by_trial: dict[tuple[str, int], Entry]) -> tuple[
         out.append(
             Entry(
                 name="ensemble (TTA)" if views != ["identity"] else "ensemble",
-                holdout=_loader(folder, "holdout"),
-                test=_loader(folder, "test"),
+                holdout=proba_loader(folder, "holdout"),
+                test=proba_loader(folder, "test"),
                 val_accuracy=val,
                 predict_ms=(cnn_ms * len(views) + base_ms) or None,
                 note=f"{label}, {len(views)} TTA views: {','.join(views)}",
@@ -286,41 +287,3 @@ def leaderboard_rows(entries: list[Entry]) -> list[dict[str, Any]]:
             }
         )  # fmt: skip
     return out
-
-
-def write_final_submission(run: Run, entry: Entry) -> tuple[Path, np.ndarray]:
-    """Write runs/NAME/submission.csv from ``entry``'s test probabilities; return it and its labels.
-
-    The new file is written to a temporary file beside the old one, checked (``check_submission`` with
-    the run's test-set size, and read back equal to the argmax) and only then renamed over it; if the
-    check fails the temporary file is removed and the previous submission.csv is left as it was.
-    """
-    from ensemble.report.submission import write_submission
-
-    p = entry.test()
-    if p.shape != (len(run.x_test), 10):
-        raise UsageError(f"{entry.name}: test probabilities have shape {p.shape}, the test set has {len(run.x_test)}")
-    labels = p.argmax(axis=1)
-    path = write_submission(run.path("submission.csv"), labels, n_rows=len(run.x_test))
-    return path, labels
-
-
-def refit_entry(run: Run, final: Entry) -> Entry | None:
-    """The final model refitted on every labeled digit (``runs/NAME/ensemble-full``), if it was."""
-    from ensemble.inference.refit import FOLDER, current_refit
-
-    m = current_refit(run, final.name)
-    if m is None:
-        return None
-    done = [e["name"] for e in m["members"] if (e.get("refit_full") or {}).get("refit")]
-    kept = [e["name"] for e in m["members"] if e["kind"] == "cnn" and e["name"] not in done]
-    note = (
-        f"the submission comes from {final.name} refitted on all {m['refit_full']['rows']:,} labeled digits "
-        f"(train + validation + holdout): {len(done)} CNN member(s) refitted"
-        + (f", {len(kept)} kept as trained (no time): {', '.join(kept)}" if kept else "")
-        + ". The refitted models have no holdout score of their own; the holdout figures above are those "
-        "of the same configurations before the refit."
-    )
-    folder = run.path(FOLDER)
-    return Entry(name=f"{final.name} refit on all labels", kind="refit", family=final.family,
-                 holdout=final.holdout, test=_loader(folder, "test"), note=note)  # fmt: skip

@@ -80,7 +80,8 @@ def test_budget_splits_over_the_stages_left() -> None:
 def final_labels(name: str) -> np.ndarray:
     """The test labels of the model the report chose (its refit when there is one), from its stored probabilities."""
     from ensemble.data.runs import open_run
-    from ensemble.report.summary import collect, refit_entry
+    from ensemble.report.final import refit_entry
+    from ensemble.report.summary import collect
 
     run = open_run(name, say=lambda s: None)
     summary = json.loads(run.path("report", "summary.json").read_text())

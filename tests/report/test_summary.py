@@ -143,7 +143,7 @@ def _probas(n: int, seed: int) -> np.ndarray:
 def test_final_submission_is_checked_before_it_replaces_the_old_one(run, monkeypatch: pytest.MonkeyPatch) -> None:
     from ensemble.errors import DataError
     from ensemble.report import submission
-    from ensemble.report.summary import write_final_submission
+    from ensemble.report.final import write_final_submission
 
     n = len(run.x_test)
     first = _probas(n, 1)

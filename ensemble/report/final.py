@@ -1,0 +1,52 @@
+"""The final model's submission: runs/NAME/submission.csv, from the model itself or its refit on every label."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ensemble.errors import UsageError
+from ensemble.report.summary import Entry, proba_loader
+
+if TYPE_CHECKING:
+    from ensemble.data.runs import Run
+
+
+def write_final_submission(run: Run, entry: Entry) -> tuple[Path, np.ndarray]:
+    """Write runs/NAME/submission.csv from ``entry``'s test probabilities; return it and its labels.
+
+    The new file is written to a temporary file beside the old one, checked (``check_submission`` with
+    the run's test-set size, and read back equal to the argmax) and only then renamed over it; if the
+    check fails the temporary file is removed and the previous submission.csv is left as it was.
+    """
+    from ensemble.report.submission import write_submission
+
+    p = entry.test()
+    if p.shape != (len(run.x_test), 10):
+        raise UsageError(f"{entry.name}: test probabilities have shape {p.shape}, the test set has {len(run.x_test)}")
+    labels = p.argmax(axis=1)
+    path = write_submission(run.path("submission.csv"), labels, n_rows=len(run.x_test))
+    return path, labels
+
+
+def refit_entry(run: Run, final: Entry) -> Entry | None:
+    """The final model refitted on every labeled digit (``runs/NAME/ensemble-full``), if it was."""
+    from ensemble.inference.refit import FOLDER, current_refit
+
+    m = current_refit(run, final.name)
+    if m is None:
+        return None
+    done = [e["name"] for e in m["members"] if (e.get("refit_full") or {}).get("refit")]
+    kept = [e["name"] for e in m["members"] if e["kind"] == "cnn" and e["name"] not in done]
+    note = (
+        f"the submission comes from {final.name} refitted on all {m['refit_full']['rows']:,} labeled digits "
+        f"(train + validation + holdout): {len(done)} CNN member(s) refitted"
+        + (f", {len(kept)} kept as trained (no time): {', '.join(kept)}" if kept else "")
+        + ". The refitted models have no holdout score of their own; the holdout figures above are those "
+        "of the same configurations before the refit."
+    )
+    folder = run.path(FOLDER)
+    return Entry(name=f"{final.name} refit on all labels", kind="refit", family=final.family,
+                 holdout=final.holdout, test=proba_loader(folder, "test"), note=note)  # fmt: skip
