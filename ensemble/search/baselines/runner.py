@@ -41,6 +41,7 @@ def run_baselines(
     """Run ``trials`` search trials per family (and one refit of each family's best); 0, or EnsembleError."""
     from ensemble.search.baselines import study as bl
     from ensemble.search.baselines.spaces import load_family_space, parse_models, space_path
+    from ensemble.search.baselines.studies import ensure_studies, refit_tasks
     from ensemble.search.storage import dashboard_command
 
     if trials < 0:
@@ -62,7 +63,7 @@ def run_baselines(
         device, why = bl.xgboost_device()
         print(f"XGBoost device: {device} ({why})")
     t_start = time.time()
-    studies = bl.ensure_studies(parts, fams, spaces, storage_url)
+    studies = ensure_studies(parts, fams, spaces, storage_url)
     deadline = t_start + timeout if timeout else None
 
     def make(name: str, i: int = 0, **kw: Any) -> Task:
@@ -78,11 +79,11 @@ def run_baselines(
         for r in bl.run_parallel(parts, search, jobs):
             results.append(prog.update(r))
         if refit:
-            refits = bl.refit_tasks(studies, spaces, parts, make)
+            refits = refit_tasks(studies, spaces, parts, make)
             prog.skip_refit(set(names) - {t.family for t in refits})
             for r in bl.run_parallel(parts, refits, jobs):
                 results.append(prog.update(r))
-    return _summarize(bl, fams, studies, results, time.time() - t_start, run, storage_url)
+    return _summarize(fams, studies, results, time.time() - t_start, run, storage_url)
 
 
 class _Progress:
@@ -124,14 +125,15 @@ class _Progress:
             self.progress.update(self.ids[n], advance=1)
 
 
-def _summarize(bl: Any, fams: list, studies: dict, results: list, wall: float, run: Any, storage: str | None) -> int:
+def _summarize(fams: list, studies: dict, results: list, wall: float, run: Any, storage: str | None) -> int:
     from ensemble.errors import EnsembleError
+    from ensemble.search.baselines.studies import family_summary
     from ensemble.search.storage import optuna_cli_args, stored_study
 
     print(f"{'family':<11} {'trials':>6} {'failed':>6} {'best val_acc':>12} {'trial':>5} {'n_train':>8} {'time':>7}")
     no_result = []
     for fam in fams:
-        s = bl.family_summary(studies[fam.name])
+        s = family_summary(studies[fam.name])
         mine = [r for r in results if r.family == fam.name]
         spent = sum(r.seconds for r in mine)
         best = s["best"]

@@ -15,7 +15,7 @@ import json
 import shutil
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ensemble.locks import worker_token
-from ensemble.search.artifacts import partial_trial_path, save_probas, trial_dir, trial_path, upload_trial
+from ensemble.search.artifacts import partial_trial_path, save_probas, trial_dir, upload_trial
 from ensemble.search.baselines.models import (
     FAMILIES,
     Family,
@@ -33,9 +33,8 @@ from ensemble.search.baselines.models import (
     xgboost_device,
 )
 from ensemble.search.baselines.saved import save_model
-from ensemble.search.baselines.spaces import first_params
 from ensemble.search.spaces import Space, load_space
-from ensemble.search.storage import fail_stale_trials, mark_owner, open_storage
+from ensemble.search.storage import mark_owner, open_storage
 
 if TYPE_CHECKING:
     import optuna
@@ -267,60 +266,3 @@ def run_parallel(parts: Parts, tasks: list[Task], jobs: int) -> Iterator[TaskRes
 
     par = Parallel(n_jobs=min(jobs, len(tasks)), backend="loky", return_as="generator_unordered")
     yield from par(delayed(run_task)(parts, t) for t in tasks)
-
-
-def ensure_studies(parts: Parts, families: Iterable[Family], spaces: dict[str, Space], storage: str | None) -> dict:
-    """Create (or load) one maximize study per family; a fresh study first tries the space's defaults."""
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    st = open_storage(parts, storage)
-    studies = {}
-    for fam in families:
-        study = optuna.create_study(study_name=fam.study_name, storage=st, direction="maximize", load_if_exists=True)
-        if not study.trials:
-            study.enqueue_trial(first_params(spaces[fam.name]), user_attrs={"stage": "search"})
-        for number in fail_stale_trials(study, parts.root, local_storage=storage is None):  # killed mid-fit
-            shutil.rmtree(partial_trial_path(parts, fam.study_name, number), ignore_errors=True)
-            shutil.rmtree(trial_path(parts, fam.study_name, number), ignore_errors=True)
-        studies[fam.name] = study
-    return studies
-
-
-def refit_tasks(studies: dict, spaces: dict[str, Space], parts: Parts, make: Callable[..., Task]) -> list[Task]:
-    """One refit per family whose best search trial used a subsample and has no completed refit yet.
-
-    Sorted by estimated cost (the best trial's seconds scaled by the row ratio), longest first.
-    """
-    import optuna
-
-    tasks, cost = [], {}
-    for name, study in studies.items():
-        done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-        search = [t for t in done if t.user_attrs.get("stage", "search") == "search"]
-        if not search:
-            continue
-        best = max(search, key=lambda t: t.value)
-        if best.user_attrs.get("n_train", 0) >= len(parts.y_train):
-            continue
-        if any(t.user_attrs.get("refit_of") == best.number for t in done):
-            continue
-        tasks.append(make(name, refit_of=best.number, refit_params=dict(best.params)))
-        seconds = best.user_attrs.get("fit_seconds", 0) + best.user_attrs.get("predict_seconds", 0)
-        cost[name] = seconds * len(parts.y_train) / max(1, best.user_attrs.get("n_train", 1))
-    return sorted(tasks, key=lambda t: -cost[t.family])  # longest first, so the slowest refit starts at once
-
-
-def family_summary(study: optuna.Study) -> dict[str, Any]:
-    """Counts and best trial of one study."""
-    import optuna
-
-    trials = study.get_trials(deepcopy=False)
-    done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
-    best = max(done, key=lambda t: t.value) if done else None
-    return {
-        "complete": len(done),
-        "failed": sum(t.state == optuna.trial.TrialState.FAIL for t in trials),
-        "best": best,
-        "compute_s": sum(t.user_attrs.get("fit_seconds", 0) + t.user_attrs.get("predict_seconds", 0) for t in done),
-    }
