@@ -111,3 +111,14 @@ def swap_dir(new: Path, final: Path, *, old: Path) -> None:
         new.rename(final)
         shutil.rmtree(old, ignore_errors=True)
     fsync_dir(final.parent)
+
+
+def save_npy(path: str | Path, array: Any) -> Path:
+    """Atomically save a NumPy array as .npy."""
+    import io
+
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.save(buf, array)
+    return atomic_write(path, buf.getvalue())

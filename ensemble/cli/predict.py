@@ -67,9 +67,9 @@ def run_predict(
 ) -> dict[str, Any]:
     """The ``ensemble predict`` pipeline: verify, load, predict, write the submission atomically."""
     from ensemble.combine.manifest import N_CLASSES
-    from ensemble.combine.members import save_npy
     from ensemble.combine.tta import IDENTITY
     from ensemble.inference.predict import load_ensemble, predict_proba
+    from ensemble.io import save_npy
     from ensemble.report.submission import write_submission
 
     t0 = time.perf_counter()

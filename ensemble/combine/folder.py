@@ -12,8 +12,7 @@ import numpy as np
 
 from ensemble.combine.candidates import BASELINE_MODEL_FILES, Candidate
 from ensemble.combine.manifest import new_manifest, write_manifest
-from ensemble.combine.members import save_npy
-from ensemble.io import fsync_tree, swap_dir
+from ensemble.io import fsync_tree, save_npy, swap_dir
 from ensemble.search.cnn.simplify import model_cost, save_for_inference
 
 if TYPE_CHECKING:

@@ -5,7 +5,6 @@ Shared by the build (validation probabilities of candidate views), the refit and
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import shutil
@@ -21,8 +20,7 @@ import numpy as np
 from ensemble.combine.manifest import N_CLASSES
 from ensemble.combine.tta import SIDE, stack_views
 from ensemble.errors import ArtifactError, DataError, EnsembleError, UsageError, one_line
-from ensemble.io import atomic_write
-from ensemble.search.cnn.simplify import PRECISIONS, bfloat16_model, inference_model, native_bfloat16
+from ensemble.search.cnn.simplify import bfloat16_model, inference_model, native_bfloat16, resolve_precision
 
 Advance = Callable[[int], None]
 log = logging.getLogger(__name__)
@@ -245,17 +243,6 @@ def _in_threads(job: _Batches, starts: list[int], workers: int, advance: Advance
             fut.result()
 
 
-PRECISION_ENV = "ENSEMBLE_PREDICT_PRECISION"
-
-
-def resolve_precision(precision: str | None = None) -> str:
-    """``precision``, else ``$ENSEMBLE_PREDICT_PRECISION``, else float32; checked against PRECISIONS."""
-    value = (precision or os.environ.get(PRECISION_ENV) or "float32").strip().lower()
-    if value not in PRECISIONS:
-        raise UsageError(f"precision must be one of {', '.join(PRECISIONS)}, got '{value}' (${PRECISION_ENV})")
-    return value
-
-
 def _in_precision(models: Sequence[Any], precision: str) -> list[Any]:
     """The models as they predict in ``precision`` (bfloat16 copies; float32 models as given)."""
     if precision == "float32":
@@ -310,10 +297,3 @@ def progress_bar(total: int, description: str, enabled: bool = True) -> Iterator
     with Progress(*columns, console=Console(stderr=True)) as bar:
         task = bar.add_task(description, total=total)
         yield lambda n: bar.advance(task, n)
-
-
-def save_npy(path: str | Path, array: np.ndarray) -> Path:
-    """Atomically save an array as .npy."""
-    buf = io.BytesIO()
-    np.save(buf, array)
-    return atomic_write(path, buf.getvalue())

@@ -196,7 +196,7 @@ def _manifest(
     import keras
 
     from ensemble.combine.manifest import FORMAT, INPUT_SPEC, images_fingerprint, write_manifest
-    from ensemble.combine.members import save_npy
+    from ensemble.io import save_npy
 
     save_npy(tmp / "proba_test.npy", proba_test)
     m = {k: v for k, v in src.manifest.items() if k not in ("trial_folder", "artifacts", "metrics")}

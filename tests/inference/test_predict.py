@@ -495,7 +495,7 @@ def test_no_model_is_called_from_two_threads() -> None:
 
 
 def test_bfloat16_is_opt_in_and_changes_only_near_ties(monkeypatch) -> None:
-    from ensemble.combine.members import PRECISION_ENV, resolve_precision
+    from ensemble.search.cnn.simplify import PRECISION_ENV, resolve_precision
 
     monkeypatch.delenv(PRECISION_ENV, raising=False)
     assert resolve_precision() == "float32"

@@ -7,7 +7,6 @@ in the training graph and the saved ``.keras`` model takes raw pixels on any bac
 
 from __future__ import annotations
 
-import gc
 import math
 import os
 import time
@@ -301,24 +300,3 @@ def predict_proba(model: keras.Model, x: np.ndarray, batch_size: int = 1024) -> 
 
 def count_params(model: keras.Model) -> int:
     return int(model.count_params())
-
-
-def release() -> None:
-    """Free the Keras graph/session and Python garbage between trials."""
-    import keras
-
-    keras.backend.clear_session(free_memory=True)
-    gc.collect()
-    _malloc_trim()
-
-
-def _malloc_trim() -> None:
-    """Hand freed heap pages back to the OS (glibc keeps them otherwise, so RSS only grows)."""
-    import ctypes
-    import sys
-
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        except OSError:
-            pass

@@ -111,7 +111,7 @@ def _one_trial(conn: Any, arrays: dict[str, Any], config: dict[str, Any], folder
         if conn.recv() == "prune":
             raise PruneRequested(epoch)
 
-    from ensemble.search.cnn.model import release
+    from ensemble.search.cnn.memory import release
 
     try:
         result = train_and_save(config, arrays, Path(folder), seed=seed, on_epoch=on_epoch, release=False)

@@ -6,13 +6,14 @@ Also counts a model's parameters and multiply-add FLOPs for the manifest and ben
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ensemble.errors import ArtifactError
+from ensemble.errors import ArtifactError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +188,15 @@ def _layers(model: Any) -> Iterator[Any]:
 
 #: Precisions ``member_probas`` computes in: float32 (the default) or bfloat16 (opt-in, see :func:`bfloat16_model`).
 PRECISIONS = ("float32", "bfloat16")
+PRECISION_ENV = "ENSEMBLE_PREDICT_PRECISION"
+
+
+def resolve_precision(precision: str | None = None) -> str:
+    """``precision``, else ``$ENSEMBLE_PREDICT_PRECISION``, else float32; checked against PRECISIONS."""
+    value = (precision or os.environ.get(PRECISION_ENV) or "float32").strip().lower()
+    if value not in PRECISIONS:
+        raise UsageError(f"precision must be one of {', '.join(PRECISIONS)}, got '{value}' (${PRECISION_ENV})")
+    return value
 
 
 def native_bfloat16() -> bool:

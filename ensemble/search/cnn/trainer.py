@@ -24,6 +24,7 @@ from ensemble.io import write_json
 from ensemble.metrics import log_loss
 from ensemble.search.artifacts import save_probas
 from ensemble.search.cnn import model as cnn
+from ensemble.search.cnn.memory import release as release_memory
 from ensemble.search.cnn.simplify import save_for_inference
 
 OnEpoch = Callable[[int, dict[str, float]], None]
@@ -68,7 +69,7 @@ def train_and_save(
         params = cnn.count_params(model)
     finally:
         if release:
-            cnn.release()
+            release_memory()
     y_val = arrays["y_val"]
     return {
         "val_accuracy": float(np.mean(probas["val"].argmax(1) == y_val)),
