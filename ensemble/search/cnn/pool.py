@@ -18,7 +18,6 @@ share, so a trainer that starts later, or a trial whose model has the same shape
 
 from __future__ import annotations
 
-import logging
 import multiprocessing as mp
 import os
 import queue
@@ -30,7 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ensemble.search.cnn.trainer import ARRAYS, OnEpoch, PruneRequested, WorkerError, die_with_parent, train_and_save
+from ensemble.search.cnn.serve import serve
+from ensemble.search.cnn.trainer import OnEpoch, WorkerError
 
 RECYCLE_AFTER = 10  # trials per trainer process (TensorFlow: ~22 MiB kept per model)
 MAX_RSS_MB = 4096.0  # a trainer above this resident memory after a trial is replaced
@@ -61,69 +61,6 @@ def trainer_env(limits: TrainerLimits) -> dict[str, str]:
     return env
 
 
-def rss_mb() -> float:
-    """This process's resident set size in MiB (0 where /proc is missing)."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
-
-
-def _serve(conn: Any, arrays_path: str, env: dict[str, str], parent: int) -> None:
-    """The trainer process: import Keras, load the arrays, then train the trials it is sent until told to exit."""
-    die_with_parent(parent)
-    os.environ.update(env)
-    import numpy as np
-
-    try:
-        with np.load(arrays_path) as npz:
-            arrays = {k: npz[k] for k in ARRAYS}
-        import keras  # noqa: F401  (the backend loads once per trainer, before the first trial)
-
-        # TensorFlow warns that prediction functions are "retraced" when a process builds many models:
-        # a trainer does that on purpose (a new model per trial), so the warning is noise here
-        logging.getLogger("tensorflow").setLevel(logging.ERROR)
-
-        conn.send(("ready", os.getpid()))
-        while True:
-            msg = conn.recv()
-            if msg[0] != "trial":
-                return
-            _one_trial(conn, arrays, *msg[1:])
-    except (EOFError, BrokenPipeError, ConnectionResetError):  # the search went away
-        pass
-    except BaseException as exc:  # Ctrl-C, or the arrays could not be read: this trainer ends
-        try:
-            conn.send(("error", f"{type(exc).__name__}: {exc}".splitlines()[0][:300], rss_mb()))
-        except OSError:
-            pass
-    finally:
-        conn.close()
-
-
-def _one_trial(conn: Any, arrays: dict[str, Any], config: dict[str, Any], folder: str, seed: int) -> None:
-    def on_epoch(epoch: int, logs: dict[str, float]) -> None:
-        conn.send(("epoch", epoch, logs))
-        if conn.recv() == "prune":
-            raise PruneRequested(epoch)
-
-    from ensemble.search.cnn.memory import release
-
-    try:
-        result = train_and_save(config, arrays, Path(folder), seed=seed, on_epoch=on_epoch, release=False)
-        conn.send(("done", {**result, "trainer_pid": os.getpid()}, rss_mb()))
-    except PruneRequested as p:
-        conn.send(("pruned", p.args[0], rss_mb()))
-    except Exception as exc:  # NaN loss, out of memory, a bad combination: this trial fails
-        conn.send(("error", f"{type(exc).__name__}: {exc}".splitlines()[0][:300], rss_mb()))
-    finally:
-        release()  # after the answer: the search records the trial while this trainer tidies up
-
-
 class Trainer:
     """One trainer process at a time, started when needed and replaced as :class:`TrainerLimits` say."""
 
@@ -147,7 +84,7 @@ class Trainer:
         ctx = mp.get_context("spawn")
         self.conn, child = ctx.Pipe()
         args = (child, str(self.arrays_path), trainer_env(self.limits), os.getpid())
-        self.proc = ctx.Process(target=_serve, args=args, daemon=True)
+        self.proc = ctx.Process(target=serve, args=args, daemon=True)
         self.proc.start()
         child.close()
         self.trials, self.ready = 0, False
