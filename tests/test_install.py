@@ -21,7 +21,7 @@ from ensemble.search.baselines.spaces import space_path
 from ensemble.search.cnn.study import load_cnn_space
 from ensemble.search.spaces import shipped_spaces, space_file, spaces_dir
 
-CNN_SPACES = ("cnn.yaml", "cnn_quick.yaml", "cnn_standard.yaml", "cnn_best.yaml")
+CNN_SPACES = ("cnn.yaml", "cnn_quick.yaml", "cnn_best.yaml")
 # what a source copy needs to build; build outputs and local state stay behind
 _IGNORED = shutil.ignore_patterns(".git", ".venv", "*.egg-info", "__pycache__", ".pytest_cache", ".ruff_cache")
 

@@ -24,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=DEFAULT_SPACE,
         metavar="FILE",
         help="search-space YAML: a path, or the name of a space shipped with the package "
-        "(cnn.yaml, cnn_quick.yaml, cnn_standard.yaml, cnn_best.yaml; default %(default)s)",
+        "(cnn.yaml, cnn_quick.yaml, cnn_best.yaml; default %(default)s)",
     )
     p.add_argument("--pruner", choices=("median", "hyperband", "none"), default="median", help="default: median")
     p.add_argument("--seed", type=int, default=0, help="sampler and training seed (default 0)")

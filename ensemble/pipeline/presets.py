@@ -80,16 +80,12 @@ PRESETS: dict[str, Preset] = {
     ),
     "standard": Preset(  # CPU, a couple of hours
         budget="2h",
-        # the quick preset's fast 24-filter family, longer and more varied: on 2 cores 32-filter or 5x5
-        # networks (cnn.yaml) train at half the speed, and a measured run (s4) then held only 3 members
-        space="cnn_standard.yaml",
+        space="cnn.yaml",
         cnn_trials=30,
-        # 14-20 epochs: single members gained little past ~14 epochs on Kaggle's data (q5: 0.9960-0.9964 at
-        # 14; s4: 0.9955-0.9967 at 30), while each added member of an ensemble did
         plan=PlanSettings(
-            min_epochs=14,
-            max_epochs=20,
-            min_members=4,
+            min_epochs=20,
+            max_epochs=30,
+            min_members=3,
             max_members=12,
             overhead_s=20.0,
             speed_margin=0.7,
