@@ -80,6 +80,8 @@ PRESETS: dict[str, Preset] = {
     ),
     "standard": Preset(  # CPU, a couple of hours
         budget="2h",
+        # cnn.yaml's different widths and kernels, not one fast network many times: on Kaggle's data 3 such
+        # members voted to 11 holdout errors (s4), 12 of the 24-filter 3x3 network for 20 epochs to 15 (s5)
         space="cnn.yaml",
         cnn_trials=30,
         plan=PlanSettings(
