@@ -20,10 +20,6 @@ if TYPE_CHECKING:
     from ensemble.data.runs import Run
 
 
-#: Files of a saved baseline model (ensemble.search.baselines.saved.save_model), copied so predict can run it.
-BASELINE_MODEL_FILES = ("model.joblib", "model.ubj", "preprocess.joblib")
-
-
 @dataclass
 class Candidate:
     """A completed trial that may join the ensemble."""

@@ -10,9 +10,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ensemble.combine.candidates import BASELINE_MODEL_FILES, Candidate
+from ensemble.combine.candidates import Candidate
 from ensemble.combine.manifest import new_manifest, write_manifest
 from ensemble.io import fsync_tree, save_npy, swap_dir
+from ensemble.search.baselines.saved import SAVED_FILES
 from ensemble.search.cnn.simplify import model_cost, save_for_inference
 
 if TYPE_CHECKING:
@@ -79,7 +80,7 @@ def _copy_baseline(tmp: Path, b: Candidate, weight: float) -> dict[str, Any]:
     for part in ("val", "holdout", "test"):
         probas[part] = f"members/{b.name}/proba_{part}.npy"
         shutil.copy2(b.folder / f"proba_{part}.npy", tmp / probas[part])
-    model_files = [f.name for f in b.folder.iterdir() if f.is_file() and f.name in BASELINE_MODEL_FILES]
+    model_files = [f.name for f in b.folder.iterdir() if f.is_file() and f.name in SAVED_FILES]
     for f in model_files + ["config.json"] * (b.folder / "config.json").is_file():
         shutil.copy2(b.folder / f, tmp / "members" / b.name / f)
     entry = {"name": b.name, "kind": "baseline", "weight": weight, "probas": probas, "study": b.study}

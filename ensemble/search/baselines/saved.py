@@ -48,6 +48,8 @@ class _XGBPipeline:
 
 #: The files each kind of saved baseline is loaded from (see ``save_model``).
 MODEL_FILES: dict[str, tuple[str, ...]] = {"sklearn": ("model.joblib",), "xgboost": ("model.ubj", "preprocess.joblib")}
+#: Every file a saved baseline may consist of, whatever its kind.
+SAVED_FILES = frozenset(name for files in MODEL_FILES.values() for name in files)
 
 
 def family_kind(study: object) -> str | None:
