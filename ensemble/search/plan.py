@@ -46,6 +46,16 @@ class PlanSettings:
 
 
 @dataclass(frozen=True)
+class Workload:
+    """What a plan is made for: the rows a member trains on and the refit's, the preset's knobs, trainings at once."""
+
+    n_train: int
+    n_all: int  # rows of the refit (every labeled digit)
+    settings: PlanSettings
+    parallel: int = 1  # search trainings that run at once, each at the speed given
+
+
+@dataclass(frozen=True)
 class Plan:
     """``members`` trainings of ``epochs`` epochs each at ``images_per_second``, and their refits."""
 
@@ -110,30 +120,19 @@ class _Costs:
         return math.floor((seconds - more * self.search_fixed - r * self.refit_fixed) / per_epoch)
 
 
-def _costs(ips: float, refit_ips: float, n_train: int, n_all: int, s: PlanSettings, parallel: int) -> _Costs:
-    p = max(1, parallel)
+def _costs(ips: float, refit_ips: float, work: Workload) -> _Costs:
+    s, p = work.settings, max(1, work.parallel)
     cap = (s.refit_members if s.refit_members is not None else s.max_members) if s.refit else 0
-    return _Costs(n_train / ips / p, s.overhead_s / p, n_all / refit_ips, s.overhead_s, cap)
+    return _Costs(work.n_train / ips / p, s.overhead_s / p, work.n_all / refit_ips, s.overhead_s, cap)
 
 
-def make_plan(
-    seconds: float,
-    *,
-    images_per_second: float,
-    n_train: int,
-    n_all: int,
-    settings: PlanSettings,
-    parallel: int = 1,
-) -> Plan:
-    """The plan for ``seconds`` of training time at ``images_per_second`` (``n_all``: rows of the refit).
-
-    ``parallel``: search trainings that run at once, each at ``images_per_second``.
-    """
-    if images_per_second <= 0 or n_train <= 0:
+def make_plan(seconds: float, *, images_per_second: float, work: Workload) -> Plan:
+    """The plan for ``seconds`` of training at ``images_per_second`` (each training's; ``work.parallel`` at once)."""
+    if images_per_second <= 0 or work.n_train <= 0:
         raise InvalidValueError("images_per_second and n_train must be positive")
-    s = settings
+    s = work.settings
     ips, refit_ips = images_per_second * s.speed_margin, images_per_second * s.refit_margin
-    c = _costs(ips, refit_ips, n_train, n_all, s, parallel)
+    c = _costs(ips, refit_ips, work)
     members = c.most(0, s.max_epochs, seconds, s.max_members)
     if members >= s.min_members:
         epochs = s.max_epochs
@@ -143,24 +142,14 @@ def make_plan(
         members, epochs = 1, max(1, min(s.max_epochs, c.epochs(0, 1, seconds)))
     search = c.seconds(0, members, epochs) - c.refits(0, members) * (epochs * c.refit_epoch + c.refit_fixed)
     refit = c.refits(0, members) * (epochs * c.refit_epoch + c.refit_fixed)
-    return Plan(members, epochs, ips, refit_ips, search, refit, max(1, parallel))
+    return Plan(members, epochs, ips, refit_ips, search, refit, max(1, work.parallel))
 
 
-def revise(
-    plan: Plan,
-    *,
-    done: int,
-    seconds_left: float,
-    images_per_second: float,
-    n_train: int,
-    n_all: int,
-    settings: PlanSettings,
-    parallel: int = 1,
-) -> Plan:
+def revise(plan: Plan, *, done: int, seconds_left: float, images_per_second: float, work: Workload) -> Plan:
     """The plan after ``done`` members finished; ``seconds_left`` must also pay for their refits.
 
     ``images_per_second``: the speed the last trial measured (the next searches' speed, each of the
-    ``parallel`` trainings that run at once). The refits' speed is re-estimated from it, since the
+    ``work.parallel`` trainings that run at once). The refits' speed is re-estimated from it, since the
     probe (a few seconds) can be far off either way: the trial's speed scaled from "beside the
     baselines" to "alone" (``refit_margin / speed_margin``) caps the plan's; and as the refits run
     alone, ``REFIT_FROM_TRIAL`` x the trial's speed is a floor.
@@ -169,10 +158,10 @@ def revise(
     ones fit; when the time left holds no whole member but one of at least ``min_epochs`` fits, one
     more member trains that many. ``search_seconds`` and ``refit_seconds`` count only what is still to do.
     """
-    s, ips = settings, images_per_second
+    s, ips = work.settings, images_per_second
     alone = images_per_second * s.refit_margin / s.speed_margin
     refit_ips = max(min(plan.refit_images_per_second, alone), REFIT_FROM_TRIAL * images_per_second)
-    c = _costs(ips, refit_ips, n_train, n_all, s, parallel)
+    c = _costs(ips, refit_ips, work)
     owed = min(done, c.refit_cap) * (plan.epochs * c.refit_epoch + c.refit_fixed)
     left = seconds_left - owed
     room = s.max_members - done
@@ -183,4 +172,4 @@ def revise(
             epochs, more = min(fit, s.max_epochs), 1
     refit = c.refits(done, more) * (epochs * c.refit_epoch + c.refit_fixed)
     search = c.seconds(done, more, epochs) - refit
-    return Plan(max(1, done + more), epochs, ips, refit_ips, search, owed + refit, max(1, parallel))
+    return Plan(max(1, done + more), epochs, ips, refit_ips, search, owed + refit, max(1, work.parallel))

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from ensemble.search.artifacts import CNN_STUDY
 from ensemble.search.cnn import spec as worker_spec
-from ensemble.search.plan import Plan, PlanSettings, make_plan, revise
+from ensemble.search.plan import Plan, PlanSettings, Workload, make_plan, revise
 
 if TYPE_CHECKING:
     import optuna
@@ -31,13 +31,10 @@ class PlannedSearch:
     """The plan of one invocation and the deadline it implies for the search (moves as the plan changes)."""
 
     plan: Plan
-    settings: PlanSettings
+    work: Workload  # its ``parallel``: trials that run at once (the search tells: see set_jobs)
     end: float  # searches and refits must be done by then
-    n_train: int
-    n_all: int
     log: Callable[[str], None]
     history: list[dict[str, Any]] = field(default_factory=list)
-    jobs: int = 1  # trials that run at once (the search tells: see set_jobs)
 
     @property
     def deadline(self) -> float:
@@ -55,7 +52,7 @@ class PlannedSearch:
 
     def set_jobs(self, jobs: int) -> None:
         """From now on ``jobs`` trials run at once: the next revisions plan for it."""
-        self.jobs = jobs
+        self.work = dataclasses.replace(self.work, parallel=jobs)
 
     def callback(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         """After each trial: revise with the measured speed; stop when the planned members are trained."""
@@ -67,8 +64,7 @@ class PlannedSearch:
         )
         done = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
         left = self.end - time.time()
-        self.plan = revise(self.plan, done=done, seconds_left=left, images_per_second=ips, n_train=self.n_train,
-                           n_all=self.n_all, settings=self.settings, parallel=self.jobs)  # fmt: skip
+        self.plan = revise(self.plan, done=done, seconds_left=left, images_per_second=ips, work=self.work)
         self.record(f"after trial {trial.number}")
         worker_spec.update(study, target=self.plan.members, epochs=self.plan.epochs)  # what ensemble worker reads
         if done >= self.plan.members:  # members are completed trainings: a pruned trial is not one
@@ -100,15 +96,14 @@ def plan_search(
     t0 = time.time()
     ips = probe_speed(config, x, y, images=min(4096, len(y)))
     log(f"measured {ips:,.0f} training images/s ({time.time() - t0:.0f}s probe)")
-    n_all = len(run.dataset.y_train)
+    work = Workload(n_train=len(y), n_all=len(run.dataset.y_train), settings=settings)
     left = max(0.0, end - time.time())
-    plan = make_plan(left, images_per_second=ips, n_train=len(y), n_all=n_all, settings=settings)
+    plan = make_plan(left, images_per_second=ips, work=work)
     done = _completed(run, storage_url)
     if previous and done:
         plan = dataclasses.replace(plan, epochs=int(previous["epochs"]))
-        plan = revise(plan, done=done, seconds_left=left, images_per_second=ips, n_train=len(y), n_all=n_all,
-                      settings=settings)  # fmt: skip
-    planned = PlannedSearch(plan, settings, end, len(y), n_all, log)
+        plan = revise(plan, done=done, seconds_left=left, images_per_second=ips, work=work)
+    planned = PlannedSearch(plan, work, end, log)
     planned.record("start" if not done else f"resumed with {done} member(s) trained")
     return planned
 

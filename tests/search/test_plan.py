@@ -6,14 +6,18 @@ import dataclasses
 
 import pytest
 
-from ensemble.search.plan import Plan, PlanSettings, make_plan, revise
+from ensemble.search.plan import Plan, PlanSettings, Workload, make_plan, revise
 
 QUICK = PlanSettings(min_epochs=12, max_epochs=24, min_members=2, max_members=8, overhead_s=20.0)
 N_TRAIN, N_ALL = 33_600, 42_000
 
 
+def work(settings: PlanSettings = QUICK, parallel: int = 1) -> Workload:
+    return Workload(n_train=N_TRAIN, n_all=N_ALL, settings=settings, parallel=parallel)
+
+
 def plan_for(seconds: float, ips: float, settings: PlanSettings = QUICK) -> Plan:
-    return make_plan(seconds, images_per_second=ips, n_train=N_TRAIN, n_all=N_ALL, settings=settings)
+    return make_plan(seconds, images_per_second=ips, work=work(settings))
 
 
 def test_slow_and_fast_machines_get_different_plans_in_the_same_budget() -> None:
@@ -46,8 +50,7 @@ def test_revision_follows_the_measured_speed() -> None:
     assert start.members >= 2
 
     def again(done: int, left: float, ips: float) -> Plan:
-        return revise(start, done=done, seconds_left=left, images_per_second=ips, n_train=N_TRAIN, n_all=N_ALL,
-                      settings=QUICK)  # fmt: skip
+        return revise(start, done=done, seconds_left=left, images_per_second=ips, work=work(QUICK))
 
     slower, faster = again(1, 1_400, 2_400), again(1, 1_400, 6_000)
     assert faster.epochs == start.epochs and faster.members > slower.members >= 1
@@ -67,7 +70,7 @@ def test_planned_search_stops_the_study_with_a_fake_clock(monkeypatch: pytest.Mo
     now = [1_000.0]
     monkeypatch.setattr(search_plan.time, "time", lambda: now[0])
     said: list[str] = []
-    planned = search_plan.PlannedSearch(plan_for(1_800, 3_000), QUICK, 1_000.0 + 1_800, N_TRAIN, N_ALL, said.append)
+    planned = search_plan.PlannedSearch(plan_for(1_800, 3_000), work(), 1_000.0 + 1_800, said.append)
     first_deadline = planned.deadline
     study = optuna.create_study(direction="maximize")
 
@@ -96,28 +99,30 @@ def test_refits_are_planned_at_their_own_speed() -> None:
     assert start.members == 2 and start.refit_images_per_second == pytest.approx(0.8 * 2_467)
     assert start.images_per_second == pytest.approx(0.7 * 2_467) and start.seconds <= 1_500
     trial_s = start.epochs * N_TRAIN / 1_665 + 20
-    after = revise(start, done=1, seconds_left=1_500 - trial_s, images_per_second=1_665, n_train=N_TRAIN,
-                   n_all=N_ALL, settings=settings)  # fmt: skip
+    after = revise(start, done=1, seconds_left=1_500 - trial_s, images_per_second=1_665, work=work(settings))
     assert after.members == 2 and after.epochs >= QUICK.min_epochs  # the second member still fits
     # refits run alone: the trial's speed scaled from "beside the baselines" to "alone", not the trial's own
     assert after.refit_images_per_second == pytest.approx(1_665 * 0.8 / 0.7)
     assert after.search_seconds + after.refit_seconds <= 1_500 - trial_s
     # planning the refits at the trial's slow speed would shorten (or drop) the second member for nothing
     slow = dataclasses.replace(start, refit_images_per_second=1_665)
-    assert revise(slow, done=1, seconds_left=1_500 - trial_s, images_per_second=1_665, n_train=N_TRAIN,
-                  n_all=N_ALL, settings=settings).epochs < after.epochs  # fmt: skip
+    assert (
+        revise(slow, done=1, seconds_left=1_500 - trial_s, images_per_second=1_665, work=work(settings)).epochs
+        < after.epochs
+    )
 
 
 def test_a_trial_faster_than_the_probe_speeds_up_the_refits_plan() -> None:
     # a measured quick run: probe 1,617 images/s, the first trial ended at 2,074 (the baselines were done)
     settings = PlanSettings(**{**QUICK.__dict__, "speed_margin": 0.7, "refit_margin": 0.8})
     start = plan_for(1_460, 1_617, settings)
-    after = revise(start, done=1, seconds_left=1_005, images_per_second=2_074, n_train=N_TRAIN, n_all=N_ALL,
-                   settings=settings)  # fmt: skip
+    after = revise(start, done=1, seconds_left=1_005, images_per_second=2_074, work=work(settings))
     assert after.refit_images_per_second == pytest.approx(0.9 * 2_074)
     assert after.refit_images_per_second > start.refit_images_per_second
-    assert after.refit_seconds < revise(start, done=1, seconds_left=1_005, images_per_second=1_000, n_train=N_TRAIN,
-                                        n_all=N_ALL, settings=settings).refit_seconds  # fmt: skip
+    assert (
+        after.refit_seconds
+        < revise(start, done=1, seconds_left=1_005, images_per_second=1_000, work=work(settings)).refit_seconds
+    )
 
 
 def test_a_probe_that_overrates_the_machine_is_corrected_by_the_first_trial() -> None:
@@ -125,8 +130,7 @@ def test_a_probe_that_overrates_the_machine_is_corrected_by_the_first_trial() ->
     settings = PlanSettings(min_epochs=20, max_epochs=30, min_members=3, max_members=12, overhead_s=20.0,
                             speed_margin=0.7, refit_margin=0.8)  # fmt: skip
     start = plan_for(6_000, 4_601, settings)
-    after = revise(start, done=1, seconds_left=4_970, images_per_second=1_582, n_train=N_TRAIN, n_all=N_ALL,
-                   settings=settings)  # fmt: skip
+    after = revise(start, done=1, seconds_left=4_970, images_per_second=1_582, work=work(settings))
     assert after.refit_images_per_second == pytest.approx(1_582 * 0.8 / 0.7)  # not the probe's 3,681
     assert after.members < start.members and after.search_seconds + after.refit_seconds <= 4_970
 
@@ -140,8 +144,7 @@ def test_pruned_trials_are_not_members(monkeypatch: pytest.MonkeyPatch) -> None:
     now = [1_000.0]
     monkeypatch.setattr(search_plan.time, "time", lambda: now[0])
     two = PlanSettings(**{**QUICK.__dict__, "max_members": 2})
-    planned = search_plan.PlannedSearch(plan_for(100_000, 3_000, two), two, 1_000.0 + 100_000, N_TRAIN, N_ALL,
-                                        lambda s: None)  # fmt: skip
+    planned = search_plan.PlannedSearch(plan_for(100_000, 3_000, two), work(two), 1_000.0 + 100_000, lambda s: None)
     study = optuna.create_study(direction="maximize")
 
     def objective(trial: optuna.Trial) -> float:
@@ -157,13 +160,11 @@ def test_pruned_trials_are_not_members(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_trainings_at_once_share_the_search_time() -> None:
     one = plan_for(1_800, 3_000)
-    four = make_plan(1_800, images_per_second=3_000, n_train=N_TRAIN, n_all=N_ALL, settings=QUICK, parallel=4)
+    four = make_plan(1_800, images_per_second=3_000, work=work(QUICK, 4))
     assert four.members > one.members and four.parallel == 4 and "(4 at once)" in four.describe()
     assert four.seconds <= 1_800
-    again = revise(one, done=1, seconds_left=1_400, images_per_second=3_000, n_train=N_TRAIN, n_all=N_ALL,
-                   settings=QUICK, parallel=4)  # fmt: skip
-    alone = revise(one, done=1, seconds_left=1_400, images_per_second=3_000, n_train=N_TRAIN, n_all=N_ALL,
-                   settings=QUICK)  # fmt: skip
+    again = revise(one, done=1, seconds_left=1_400, images_per_second=3_000, work=work(QUICK, 4))
+    alone = revise(one, done=1, seconds_left=1_400, images_per_second=3_000, work=work(QUICK))
     assert again.members > alone.members and again.seconds <= 1_400
 
 
@@ -174,8 +175,7 @@ def test_only_the_members_the_refit_takes_are_planned_a_refit() -> None:
     assert a.members > b.members > 2 and a.seconds <= 2_400
     per_refit = QUICK.max_epochs * N_ALL / 20_000 + QUICK.overhead_s
     assert a.refit_seconds == pytest.approx(2 * per_refit)  # two refits, however many members
-    after = revise(a, done=5, seconds_left=1_000, images_per_second=20_000, n_train=N_TRAIN, n_all=N_ALL,
-                   settings=capped)  # fmt: skip
+    after = revise(a, done=5, seconds_left=1_000, images_per_second=20_000, work=work(capped))
     assert after.refit_seconds == pytest.approx(2 * per_refit)  # owed for the two the refit will take
 
 
@@ -188,5 +188,5 @@ def test_the_best_preset_plans_many_long_members_at_gpu_speed() -> None:
     alone = plan_for(360, 150_000, best.plan)
     assert (alone.epochs, alone.members) >= (40, 10) and alone.seconds <= 360
     assert 20 <= best.plan.min_epochs and best.plan.max_epochs <= 40
-    four = make_plan(360, images_per_second=150_000, n_train=N_TRAIN, n_all=N_ALL, settings=best.plan, parallel=4)
+    four = make_plan(360, images_per_second=150_000, work=work(best.plan, 4))
     assert four.members > alone.members
