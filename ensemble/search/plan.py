@@ -9,7 +9,7 @@ member on all labeled digits, end within the seconds given:
 - otherwise one member with what fits (at least one epoch);
 - more members (up to ``max_members``, a safety cap) only with time to spare.
 
-Trainings may run several at once (``parallel``, each at the speed a trial measures): the
+Trainings may run several at once (``Workload.parallel``, each at the speed a trial measures): the
 search then takes that fraction of the time. The final refit retrains only the members the
 ensemble can hold (``refit_members``), one at a time, after the build.
 
