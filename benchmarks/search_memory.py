@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import tempfile
 from pathlib import Path
 
@@ -25,14 +24,6 @@ learning_rate: {type: float, low: 1.0e-3, high: 3.0e-3, log: true}
 """
 
 
-def rss_mb() -> float:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--trials", type=int, default=20)
@@ -43,6 +34,7 @@ def main() -> None:
     (tmp / "cnn.yaml").write_text(SPACE)
 
     from ensemble.data.runs import open_run
+    from ensemble.search.cnn.serve import rss_mb  # what a trainer reports after each trial
     from ensemble.search.cnn.study import SearchSettings, load_cnn_space, run_search
 
     run = open_run("mem", say=lambda s: None)
