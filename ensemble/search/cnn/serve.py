@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ensemble.errors import one_line
+from ensemble.search.cnn.memory import release
 from ensemble.search.cnn.trainer import ARRAYS, PruneRequested, die_with_parent, train_and_save
 
 
@@ -63,8 +64,6 @@ def _one_trial(conn: Any, arrays: dict[str, Any], config: dict[str, Any], folder
         conn.send(("epoch", epoch, logs))
         if conn.recv() == "prune":
             raise PruneRequested(epoch)
-
-    from ensemble.search.cnn.memory import release
 
     try:
         result = train_and_save(config, arrays, Path(folder), seed=seed, on_epoch=on_epoch, release=False)
