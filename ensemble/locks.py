@@ -82,8 +82,12 @@ def worker_token(run_root: Path) -> str:
     folder = run_root / WORKERS_DIR
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{token}.lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    # Locked under a private name, then renamed into place: a liveness check that opens TOKEN.lock
+    # always finds it locked (created unlocked under its own name, a check could unlink a live token).
+    fresh = folder / f".{token}.new"
+    fd = os.open(fresh, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
     fcntl.flock(fd, fcntl.LOCK_EX)
+    os.rename(fresh, path)
     _tokens[str(run_root.resolve())] = (token, fd)
     atexit.register(_drop_token, path, os.getpid())  # a killed process's token is removed by the next check
     return token

@@ -15,7 +15,7 @@ import pytest
 
 from ensemble.cli import main
 from ensemble.errors import UsageError
-from ensemble.locks import live_tokens, run_lock, token_alive, worker_token
+from ensemble.locks import live_tokens, own_token, run_lock, token_alive, worker_token
 from ensemble.pipeline.state import Stages
 
 HOLD = """
@@ -72,6 +72,29 @@ def test_a_reused_pid_does_not_keep_a_dead_token_alive(runs_env: Path) -> None:
     (root / ".workers" / f"{dead}.lock").touch()
     assert token_alive(root, mine) and not token_alive(root, dead)
     assert token_alive(root, "some-other-host-1-abcd")  # other machines' workers are left alone
+
+
+def test_a_liveness_check_between_creating_and_locking_a_token_keeps_it(
+    runs_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another worker's liveness check runs between worker_token's open and its flock: the token survives."""
+    import fcntl
+
+    root = runs_env / "r"
+    real_flock, checked = fcntl.flock, []
+
+    def flock_after_a_check(fd: int, op: int) -> None:
+        if not checked:  # the first lock worker_token takes: a concurrent check gets in just before it
+            checked.append(sorted(p.name for p in (root / ".workers").iterdir()))
+            live_tokens(root)  # opens every TOKEN.lock it sees; one it can lock is a dead worker's, unlinked
+        real_flock(fd, op)
+
+    monkeypatch.setattr(fcntl, "flock", flock_after_a_check)
+    token = worker_token(root)
+    assert len(checked) == 1 and len(checked[0]) == 1  # the check ran, the token's file already created
+    assert [p.name for p in (root / ".workers").iterdir()] == [f"{token}.lock"]
+    assert token_alive(root, token) and live_tokens(root) == [token]
+    assert own_token(root) == token
 
 
 STAGES_WRITER = """
