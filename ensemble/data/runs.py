@@ -14,7 +14,7 @@ import numpy as np
 
 from ensemble.data.demo import ensure_demo
 from ensemble.data.load import Dataset, load_dataset
-from ensemble.data.split import Split, load_split, save_split, stratified_split
+from ensemble.data.split import Split, check_fractions, load_split, save_split, stratified_split
 from ensemble.errors import DataError, UsageError
 from ensemble.io import read_json, write_json
 from ensemble.locks import LOCKS_DIR, locked
@@ -117,6 +117,11 @@ def open_run(
     """Open ``runs/NAME``, creating it (data check + split) if it does not exist yet."""
     root = run_root(name)
     asked = {"seed": seed, "val_frac": val_frac, "holdout_frac": holdout_frac}
+    if val_frac is not None or holdout_frac is not None:  # refused before any data is read
+        check_fractions(
+            DEFAULTS["val_frac"] if val_frac is None else val_frac,
+            DEFAULTS["holdout_frac"] if holdout_frac is None else holdout_frac,
+        )
     meta_path = root / "run.json"
     if meta_path.exists():
         meta = read_json(meta_path)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ensemble.errors import DataError
+from ensemble.errors import DataError, InvalidValueError
 from ensemble.io import read_json, write_json
 
 
@@ -36,12 +36,23 @@ class Split:
         }
 
 
+def check_fractions(val_frac: float, holdout_frac: float) -> None:
+    """InvalidValueError unless both fractions are above 0 and their sum is below 1.
+
+    The search and the model selection need a validation part, the report a holdout part.
+    """
+    if not (0 < val_frac < 1 and 0 < holdout_frac < 1 and val_frac + holdout_frac < 1):
+        raise InvalidValueError(
+            f"split fractions val_frac={val_frac}, holdout_frac={holdout_frac}: each must be above 0 and "
+            f"their sum below 1 (validation selects the models, the holdout is for the report)"
+        )
+
+
 def stratified_split(
     labels: np.ndarray, *, seed: int = 0, val_frac: float = 0.1, holdout_frac: float = 0.1, fingerprint: str = ""
 ) -> Split:
-    """Split indices per class so each part keeps the label proportions."""
-    if not (0 <= val_frac < 1 and 0 <= holdout_frac < 1 and val_frac + holdout_frac < 1):
-        raise DataError(f"split fractions must be in [0, 1) and sum below 1 (val={val_frac}, holdout={holdout_frac})")
+    """Split indices per class so each part keeps the label proportions; no part may be empty."""
+    check_fractions(val_frac, holdout_frac)
     rng = np.random.default_rng(seed)
     parts: dict[str, list[np.ndarray]] = {"train": [], "val": [], "holdout": []}
     for c in np.unique(labels):
@@ -52,6 +63,12 @@ def stratified_split(
         parts["val"].append(idx[n_hold : n_hold + n_val])
         parts["train"].append(idx[n_hold + n_val :])
     out = {k: np.sort(np.concatenate(v)).astype(np.int64) for k, v in parts.items()}
+    empty = [k for k, v in out.items() if v.size == 0]
+    if empty:
+        raise DataError(
+            f"{len(labels):,} labeled rows are too few to split with val_frac={val_frac}, "
+            f"holdout_frac={holdout_frac}: the {empty[0]} part would be empty"
+        )
     return Split(out["train"], out["val"], out["holdout"], seed, val_frac, holdout_frac, fingerprint)
 
 

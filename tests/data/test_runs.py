@@ -69,6 +69,39 @@ def test_bad_data_leaves_no_run_folder(runs_env: Path, dataset: Path, capsys: py
     assert not (runs_env / "bad").exists()
 
 
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--val-frac", "0"],
+        ["--holdout-frac", "0"],
+        ["--val-frac", "0", "--holdout-frac", "0"],
+        ["--val-frac", "-0.1"],
+        ["--val-frac", "0.5", "--holdout-frac", "0.5"],
+        ["--holdout-frac", "1"],
+    ],
+)
+def test_split_fractions_outside_the_range_are_a_usage_error(
+    runs_env: Path, dataset: Path, flags: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["data", "split", "--run", "z", "--data", str(dataset), *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("error: split fractions val_frac=")
+    assert "each must be above 0 and their sum below 1" in err
+    assert not (runs_env / "z").exists()
+
+
+def test_fractions_that_leave_a_part_empty_are_refused(
+    runs_env: Path, dataset: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["data", "split", "--run", "z", "--data", str(dataset), "--val-frac", "0.01"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "error: 60 labeled rows are too few to split with val_frac=0.01, holdout_frac=0.1: the val part would be empty"
+    )
+    assert not (runs_env / "z").exists()
+
+
 # ---------------------------------------------------------------- --restart deletes only a real run folder
 def _sentinel(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from ensemble.data.split import load_split, save_split, stratified_split
-from ensemble.errors import DataError
+from ensemble.errors import DataError, InvalidValueError
 
 
 def _labels() -> np.ndarray:
@@ -39,7 +39,12 @@ def test_json_round_trip(tmp_path) -> None:
     np.testing.assert_array_equal(s.holdout, t.holdout)
 
 
-@pytest.mark.parametrize("val,hold", [(-0.1, 0.1), (0.5, 0.5), (1.0, 0.0)])
+@pytest.mark.parametrize("val,hold", [(-0.1, 0.1), (0.5, 0.5), (1.0, 0.0), (0.0, 0.1), (0.1, 0.0), (0.0, 0.0)])
 def test_bad_fractions(val: float, hold: float) -> None:
-    with pytest.raises(DataError, match="split fractions"):
+    with pytest.raises(InvalidValueError, match=r"split fractions .*each must be above 0 and their sum below 1"):
         stratified_split(_labels(), val_frac=val, holdout_frac=hold)
+
+
+def test_a_part_left_empty_is_refused() -> None:
+    with pytest.raises(DataError, match=r"30 labeled rows are too few .*the holdout part would be empty"):
+        stratified_split(np.arange(30) % 10, val_frac=0.4, holdout_frac=0.1)
