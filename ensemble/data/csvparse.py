@@ -1,12 +1,14 @@
 """The competition CSV reader: a vectorised NumPy pass over blocks of bytes, exact errors.
 
 When a block does not parse cleanly, a slow, exact pass over that block finds the first bad line
-and column for the error message (file, line, column, value).
+and column for the error message (file, line, column, value). Memory stays near the size of the
+parsed arrays, and a file (a small ``.gz`` can expand a thousandfold) may hold at most ``MAX_ROWS`` rows.
 """
 
 from __future__ import annotations
 
 import gzip
+import re
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
@@ -21,8 +23,12 @@ N_PIXELS = 784
 PIXEL_COLUMNS = tuple(f"pixel{i}" for i in range(N_PIXELS))
 TRAIN_COLUMNS = ("label", *PIXEL_COLUMNS)
 TEST_COLUMNS = PIXEL_COLUMNS
-BLOCK_BYTES = 2 << 20
+BLOCK_BYTES = 256 << 10  # small enough that the per-block scratch arrays stay a few MiB
 MAX_LINE_BYTES = 64 << 10  # a valid row (785 cells of up to 3 digits) is under 4 KiB
+#: Data rows one file may hold (Kaggle's have 42,000 and 28,000): 785 bytes a row as uint8, so at
+#: most about 750 MiB for a train file, however far a small ``.gz`` or zip member would expand.
+MAX_ROWS = 1_000_000
+_PLAIN = re.compile(rb"0|[1-9][0-9]*")  # an integer as Kaggle writes it: no sign, spaces or leading zeros
 _NAN_WORDS = {b"nan", b"na", b"n/a", b"null", b"none"}
 
 
@@ -98,7 +104,7 @@ def _fast_block(buf: bytes, ncols: int) -> np.ndarray | None:
     if np.any(kinds[:, -1] != 10) or np.any(kinds[:, :-1] != 44):
         return None
     lens = np.diff(ends, prepend=-1) - 1
-    if lens.min() < 1 or lens.max() > 3:
+    if lens.min() < 1 or lens.max() > 3 or np.any((a[ends - lens] == 48) & (lens > 1)):  # empty, long, "05"
         return None
     v = (a[ends - 1] - np.uint8(48)).astype(np.uint16)
     v += np.where(lens >= 2, (a[ends - 2] - np.uint8(48)).astype(np.uint16) * 10, 0).astype(np.uint16)
@@ -107,11 +113,16 @@ def _fast_block(buf: bytes, ncols: int) -> np.ndarray | None:
 
 
 def _cell_error(raw: bytes, column: str, limit: int) -> str | None:
+    """What is wrong with one cell, or None; a cell is an integer 0..limit written as Kaggle writes it."""
+    what = "label" if column == "label" else "pixel"
     s = raw.strip()
     if not s:
         return "empty cell"
     if s.lower() in _NAN_WORDS:
         return f"NaN value '{s.decode(errors='replace')}'"
+    if _PLAIN.fullmatch(raw):
+        value = int(raw)
+        return None if value <= limit else f"{what} value {value} outside 0-{limit}"
     try:
         value = int(s)
     except ValueError:
@@ -122,9 +133,10 @@ def _cell_error(raw: bytes, column: str, limit: int) -> str | None:
             return f"non-numeric value '{text}'"
         return f"NaN value '{text}'" if f != f else f"non-integer value '{text}'"
     if not 0 <= value <= limit:
-        what = "label" if column == "label" else "pixel"
         return f"{what} value {value} outside 0-{limit}"
-    return None
+    how = "spaces around it" if s != raw else "a sign" if s[:1] in b"+-" else "a leading zero" if s[:1] == b"0" else ""
+    how = f"has {how}" if how else "is not plain decimal digits"
+    return f"value '{raw.decode(errors='replace')}' {how}; write {what}s as plain integers 0-{limit}"
 
 
 def _diagnose(buf: bytes, first_line: int, name: str, header: tuple[str, ...], header_raw: bytes) -> DataError:
@@ -163,53 +175,111 @@ def _check_header(name: str, line: bytes, expected: tuple[str, ...]) -> None:
     raise DataError(f"{name}: line 1, column {j + 1}: expected '{expected[j]}', found '{cols[j]}'")
 
 
-def parse_csv(member: Member, expected: tuple[str, ...]) -> np.ndarray:
-    """Parse one competition CSV into a (rows, len(expected)) uint8 array."""
-    name = member.name
-    ncols = len(expected)
-    limits = np.full(ncols, 255, np.uint16)
-    if expected[0] == "label":
-        limits[0] = 9
-    parts: list[np.ndarray] = []
+class _Rows:
+    """Parsed rows kept in uint8 arrays grown in place (``realloc``) and trimmed at the end.
+
+    The label column (train) is kept apart from the pixels, so both come out contiguous without a
+    copy. They grow by an eighth at a time, never past ``max_rows``: peak memory stays near the result's size.
+    """
+
+    def __init__(self, name: str, ncols: int, labeled: bool, max_rows: int) -> None:
+        self.name, self.max_rows, self.n = name, max_rows, 0
+        self.labels = np.zeros(0, np.uint8) if labeled else None
+        self.pixels = np.zeros((0, ncols - 1 if labeled else ncols), np.uint8)
+
+    def add(self, values: np.ndarray, first_line: int) -> None:
+        """Append a block of checked values (rows, ncols); DataError past ``max_rows``."""
+        need = self.n + values.shape[0]
+        if need > self.max_rows:
+            raise DataError(
+                f"{self.name}: line {first_line + self.max_rows - self.n}: more than {self.max_rows:,} data rows, "
+                f"the most one file may have (Kaggle's have 42,000 and 28,000)"
+            )
+        if need > self.pixels.shape[0]:
+            self._grow(min(self.max_rows, max(need, self.pixels.shape[0] * 9 // 8, 1024)))
+        if self.labels is None:
+            self.pixels[self.n : need] = values
+        else:
+            self.labels[self.n : need] = values[:, 0]
+            self.pixels[self.n : need] = values[:, 1:]
+        self.n = need
+
+    def _grow(self, rows: int) -> None:
+        self.pixels.resize((rows, self.pixels.shape[1]), refcheck=False)  # no views of these arrays exist
+        if self.labels is not None:
+            self.labels.resize(rows, refcheck=False)
+
+    def result(self) -> tuple[np.ndarray | None, np.ndarray]:
+        self._grow(self.n)
+        return self.labels, self.pixels
+
+
+def _open(member: Member) -> IO[bytes]:
+    try:
+        return member.open()
+    except FileNotFoundError as exc:
+        raise DataError(f"{member.name}: missing file") from exc
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise DataError(f"{member.name}: cannot open ({exc})") from exc
+
+
+def _lines(stream: IO[bytes], name: str, expected: tuple[str, ...]) -> Iterator[tuple[bytes, int, bytes]]:
+    """Yield (block of whole data lines, its first line number, the raw header) after checking the header."""
     header_raw = b""
     next_line = 1
-    try:
-        stream = member.open()
-    except FileNotFoundError as exc:
-        raise DataError(f"{name}: missing file") from exc
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise DataError(f"{name}: cannot open ({exc})") from exc
-    with stream:
-        for buf in _blocks(stream, name):
+    for buf in _blocks(stream, name):
+        if b"\r" in buf:
+            buf = buf.replace(b"\r\n", b"\n")
             if b"\r" in buf:
-                buf = buf.replace(b"\r\n", b"\n")
-                if b"\r" in buf:
-                    raise _stray_cr(buf, name, next_line)
+                raise _stray_cr(buf, name, next_line)
+        if not header_raw:
+            cut = buf.index(b"\n")
+            header_raw = buf[:cut].strip()
             if not header_raw:
-                cut = buf.index(b"\n")
-                header_raw = buf[:cut].strip()
-                if not header_raw.strip():
-                    raise DataError(f"{name}: file is empty")
-                _check_header(name, header_raw, expected)
-                buf = buf[cut + 1 :]
-                next_line = 2
-                if not buf:
-                    continue
-            values = _fast_block(buf, ncols)
+                raise DataError(f"{name}: file is empty")
+            _check_header(name, header_raw, expected)
+            buf, next_line = buf[cut + 1 :], 2
+            if not buf:
+                continue
+        yield buf, next_line, header_raw
+        next_line += buf.count(b"\n")
+    if not header_raw:
+        raise DataError(f"{name}: file is empty")
+
+
+def parse_columns(
+    member: Member, expected: tuple[str, ...], *, max_rows: int | None = None
+) -> tuple[np.ndarray | None, np.ndarray]:
+    """Parse one competition CSV into (label column or None, pixels (rows, 784)), uint8 and contiguous.
+
+    The file is read in blocks: memory stays near the size of the result. A file of more than
+    ``max_rows`` data rows (default :data:`MAX_ROWS`) is refused once that many have been read.
+    """
+    name = member.name
+    labeled = expected[0] == "label"
+    limits = np.full(len(expected), 255, np.uint16)
+    limits[0] = 9 if labeled else 255
+    rows = _Rows(name, len(expected), labeled, MAX_ROWS if max_rows is None else max_rows)
+    with _open(member) as stream:
+        for buf, first_line, header_raw in _lines(stream, name, expected):
+            values = _fast_block(buf, len(expected))
             if values is None:
-                raise _diagnose(buf, next_line, name, expected, header_raw)
+                raise _diagnose(buf, first_line, name, expected, header_raw)
             over = values > limits
             if over.any():
                 r, c = np.argwhere(over)[0]
                 what = "label" if expected[c] == "label" else "pixel"
                 raise DataError(
-                    f"{name}: line {next_line + r}, column {c + 1} '{expected[c]}': "
+                    f"{name}: line {first_line + r}, column {c + 1} '{expected[c]}': "
                     f"{what} value {values[r, c]} outside 0-{limits[c]}"
                 )
-            parts.append(values.astype(np.uint8))
-            next_line += values.shape[0]
-    if not header_raw:
-        raise DataError(f"{name}: file is empty")
-    if not parts:
+            rows.add(values, first_line)
+    if rows.n == 0:
         raise DataError(f"{name}: header only, no data rows")
-    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+    return rows.result()
+
+
+def parse_csv(member: Member, expected: tuple[str, ...], *, max_rows: int | None = None) -> np.ndarray:
+    """Parse one competition CSV into a (rows, len(expected)) uint8 array (see :func:`parse_columns`)."""
+    labels, pixels = parse_columns(member, expected, max_rows=max_rows)
+    return pixels if labels is None else np.column_stack([labels, pixels])

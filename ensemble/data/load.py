@@ -15,12 +15,21 @@ from typing import IO
 
 import numpy as np
 
-from ensemble.data.csvparse import N_PIXELS, PIXEL_COLUMNS, TEST_COLUMNS, TRAIN_COLUMNS, Member, parse_csv
+from ensemble.data.csvparse import (
+    N_PIXELS,
+    PIXEL_COLUMNS,
+    TEST_COLUMNS,
+    TRAIN_COLUMNS,
+    Member,
+    parse_columns,
+    parse_csv,
+)
 from ensemble.errors import DataError
 
 __all__ = [
     "N_PIXELS", "PIXEL_COLUMNS", "TEST_COLUMNS", "TRAIN_COLUMNS", "Dataset", "Member", "Source",
-    "file_member", "fingerprint", "load_dataset", "load_test", "load_train", "locate", "parse_csv", "summarize",
+    "file_member", "fingerprint", "load_dataset", "load_test", "load_train", "locate", "parse_columns", "parse_csv",
+    "summarize",
 ]  # fmt: skip
 
 
@@ -116,15 +125,14 @@ def locate(path: str | Path) -> Source:
 
 def load_train(member: Member) -> tuple[np.ndarray, np.ndarray]:
     """Return (images (N, 28, 28) uint8, labels (N,) uint8) from a train CSV."""
-    table = parse_csv(member, TRAIN_COLUMNS)
-    labels = np.ascontiguousarray(table[:, 0])
-    images = np.ascontiguousarray(table[:, 1:]).reshape(-1, 28, 28)
-    return images, labels
+    labels, pixels = parse_columns(member, TRAIN_COLUMNS)
+    assert labels is not None
+    return pixels.reshape(-1, 28, 28), labels
 
 
 def load_test(member: Member) -> np.ndarray:
     """Return test images (M, 28, 28) uint8 from a test CSV."""
-    return parse_csv(member, TEST_COLUMNS).reshape(-1, 28, 28)
+    return parse_columns(member, TEST_COLUMNS)[1].reshape(-1, 28, 28)
 
 
 def load_dataset(path: str | Path) -> Dataset:

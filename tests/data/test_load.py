@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import gzip
+import subprocess
+import sys
 import time
 import tracemalloc
 import zipfile
@@ -13,8 +15,8 @@ import pytest
 from conftest import REAL_DATA, write_dataset
 
 from ensemble.cli import main
-from ensemble.data.csvparse import BLOCK_BYTES
-from ensemble.data.load import TRAIN_COLUMNS, file_member, load_dataset, parse_csv, summarize
+from ensemble.data.csvparse import BLOCK_BYTES, MAX_ROWS
+from ensemble.data.load import TEST_COLUMNS, TRAIN_COLUMNS, file_member, load_dataset, parse_csv, summarize
 from ensemble.errors import DataError
 
 
@@ -109,6 +111,37 @@ BAD_INPUTS = {
         _cell("test.csv", 7, 5, "-1"),
         r"test\.csv: line 7, column 5 'pixel4': pixel value -1 outside 0-255",
     ),
+    "leading zero": (
+        _cell("train.csv", 3, 39, "0255"),
+        r"train\.csv: line 3, column 39 'pixel37': value '0255' has a leading zero; "
+        r"write pixels as plain integers 0-255$",
+    ),
+    "short leading zero": (
+        _cell("test.csv", 4, 1, "05"),
+        r"test\.csv: line 4, column 1 'pixel0': value '05' has a leading zero",
+    ),
+    "leading zero label": (
+        _cell("train.csv", 2, 1, "07"),
+        r"line 2, column 1 'label': value '07' has a leading zero; write labels as plain integers 0-9$",
+    ),
+    "plus sign": (_cell("train.csv", 5, 39, "+5"), r"train\.csv: line 5, column 39 'pixel37': value '\+5' has a sign;"),
+    "minus zero": (_cell("test.csv", 2, 9, "-0"), r"test\.csv: line 2, column 9 'pixel8': value '-0' has a sign;"),
+    "leading space": (
+        _cell("train.csv", 6, 39, " 5"),
+        r"train\.csv: line 6, column 39 'pixel37': value ' 5' has spaces around it;",
+    ),
+    "trailing space": (
+        _cell("test.csv", 3, 784, "5 "),
+        r"test\.csv: line 3, column 784 'pixel783': value '5 ' has spaces around it;",
+    ),
+    "underscore": (
+        _cell("train.csv", 7, 2, "1_0"),
+        r"line 7, column 2 'pixel0': value '1_0' is not plain decimal digits;",
+    ),
+    "spaced and out of range": (
+        _cell("train.csv", 8, 3, " 256"),
+        r"line 8, column 3 'pixel1': pixel value 256 outside 0-255$",
+    ),
     "label out of range": (
         _cell("train.csv", 9, 1, "10"),
         r"train\.csv: line 9, column 1 'label': label value 10 outside 0-9",
@@ -129,7 +162,9 @@ def test_bad_input_is_a_data_error(case: str, dataset: Path) -> None:
         load_dataset(path)
 
 
-@pytest.mark.parametrize("case", ["non-numeric", "truncated gz", "corrupt zip"])
+@pytest.mark.parametrize(
+    "case", ["non-numeric", "truncated gz", "corrupt zip", "leading zero", "plus sign", "leading space"]
+)
 def test_cli_shows_one_line_and_exit_2(case: str, dataset: Path, capsys: pytest.CaptureFixture[str]) -> None:
     breaker, pattern = BAD_INPUTS[case]
     path = breaker(dataset)
@@ -316,3 +351,123 @@ def test_long_line_after_good_rows_names_its_line(tmp_path: Path, monkeypatch: p
     path.write_bytes(b"\n".join(_rows(5)) + b"\n" + b"1," * (200 << 10))
     with pytest.raises(DataError, match=r"train\.csv: line 7: no line break within 64 KiB"):
         parse_csv(file_member(path), TRAIN_COLUMNS)
+
+
+# ------------------------------------------- compressed bombs: a row cap, memory near the array's size
+
+
+def _gz_bomb(path: Path, rows: int, *, header: tuple[str, ...] = TEST_COLUMNS, chunk: int = 10_000) -> Path:
+    """A small gzip of ``rows`` all-zero rows: one member compressed once and repeated (gzip allows many)."""
+    line = b",".join([b"0"] * len(header)) + b"\n"
+    member = gzip.compress(line * chunk, 9)
+    with path.open("wb") as fh:
+        fh.write(gzip.compress(",".join(header).encode() + b"\n"))
+        for _ in range(rows // chunk):
+            fh.write(member)
+        fh.write(gzip.compress(line * (rows % chunk)))
+    return path
+
+
+def _bomb_in_folder(folder: Path) -> Path:
+    write_dataset(folder, gz=True)
+    _gz_bomb(folder / "test.csv.gz", 3_000_000)
+    return folder / "test.csv.gz"
+
+
+def _bomb_in_zip(folder: Path) -> Path:
+    write_dataset(folder)
+    z = folder.parent / "digit-recognizer.zip"
+    with zipfile.ZipFile(z, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.write(folder / "train.csv", "train.csv")
+        zf.write(_gz_bomb(folder.parent / "test.csv.gz", 3_000_000), "test.csv.gz")
+    return z
+
+
+def _rows_in_zip(folder: Path) -> Path:
+    write_dataset(folder, n_train=1001)
+    z = folder.parent / "digit-recognizer.zip"
+    with zipfile.ZipFile(z, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.write(folder / "train.csv", "train.csv")
+        zf.write(folder / "test.csv", "test.csv")
+    return z
+
+
+@pytest.mark.parametrize(
+    "make, shown, line",
+    [
+        (_bomb_in_folder, "{path}", 1002),
+        (_bomb_in_zip, "{path}:test.csv.gz", 1002),
+        (_rows_in_zip, "{path}:train.csv", 1002),
+    ],
+)
+def test_a_file_over_the_row_cap_is_one_line_and_exit_2(
+    make: Callable[[Path], Path], shown: str, line: int, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    monkeypatch.setattr("ensemble.data.csvparse.MAX_ROWS", 1000)
+    path = make(tmp_path / "data")
+    assert path.stat().st_size < 16 << 20  # small on disk: 3 million rows expand to 4.7 GB
+    target = path if path.suffix == ".zip" else path.parent
+    assert main(["data", "check", str(target)]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"error: {shown.format(path=path)}: line {line}: more than 1,000 data rows, "
+        f"the most one file may have (Kaggle's have 42,000 and 28,000)\n"
+    )
+
+
+def test_at_the_row_cap_still_loads(tmp_path: Path) -> None:
+    path = _gz_bomb(tmp_path / "test.csv.gz", 1000, chunk=300)
+    pixels = parse_csv(file_member(path), TEST_COLUMNS, max_rows=1000)
+    assert pixels.shape == (1000, 784) and not pixels.any()
+    with pytest.raises(DataError, match=r"test\.csv\.gz: line 1001: more than 999 data rows"):
+        parse_csv(file_member(path), TEST_COLUMNS, max_rows=999)
+
+
+PEAK_RSS = """
+import re, sys
+from pathlib import Path
+from ensemble.data.load import file_member, load_test
+from ensemble.errors import DataError
+
+def kib(field):
+    return int(re.search(field + r":\\s+(\\d+) kB", Path("/proc/self/status").read_text()).group(1))
+
+path = Path(sys.argv[1])
+load_test(file_member(path.parent / "small.csv.gz"))  # warm up: imports, allocator
+Path("/proc/self/clear_refs").write_text("5")  # the peak (VmHWM) starts again from the resident size now
+before = kib("VmRSS")
+try:
+    print(load_test(file_member(path)).nbytes, end="|")
+except DataError as exc:
+    print(exc, end="|")
+print((kib("VmHWM") - before) * 1024)
+"""
+
+
+def _peak_rss(path: Path) -> tuple[str, int]:
+    """(array size or error, peak resident memory above the size before) of loading ``path`` in a fresh process."""
+    if not Path("/proc/self/clear_refs").exists():
+        pytest.skip("needs Linux's /proc/self/clear_refs to reset the peak resident size")
+    _gz_bomb(path.parent / "small.csv.gz", 10)
+    out = subprocess.run([sys.executable, "-c", PEAK_RSS, str(path)], capture_output=True, text=True, check=True)
+    what, peak = out.stdout.rsplit("|", 1)
+    return what, int(peak)
+
+
+def test_loading_peaks_near_the_arrays_size(tmp_path: Path) -> None:
+    nbytes, peak = _peak_rss(_gz_bomb(tmp_path / "test.csv.gz", 20_000))
+    assert int(nbytes) == 20_000 * 784
+    assert peak < 1.5 * int(nbytes), f"peak RSS {peak / 2**20:.1f} MiB for a {int(nbytes) / 2**20:.1f} MiB array"
+
+
+@pytest.mark.slow
+def test_the_default_row_cap_stops_a_bomb_with_memory_near_the_caps_array(tmp_path: Path) -> None:
+    """3 million rows (4.7 GB of text) in a 4 MB gzip: refused at MAX_ROWS, the peak near MAX_ROWS rows."""
+    path = _gz_bomb(tmp_path / "test.csv.gz", 3_000_000)
+    message, peak = _peak_rss(path)
+    assert message == (
+        f"{path}: line {MAX_ROWS + 2}: more than {MAX_ROWS:,} data rows, "
+        f"the most one file may have (Kaggle's have 42,000 and 28,000)"
+    )
+    cap_array = MAX_ROWS * 784
+    assert peak < 1.2 * cap_array, f"peak RSS {peak / 2**20:.0f} MiB, {MAX_ROWS:,} rows are {cap_array / 2**20:.0f} MiB"
