@@ -471,3 +471,16 @@ def test_the_default_row_cap_stops_a_bomb_with_memory_near_the_caps_array(tmp_pa
     )
     cap_array = MAX_ROWS * 784
     assert peak < 1.2 * cap_array, f"peak RSS {peak / 2**20:.0f} MiB, {MAX_ROWS:,} rows are {cap_array / 2**20:.0f} MiB"
+
+
+def test_one_enormous_line_in_a_zip_is_one_line_and_exit_2(tmp_path: Path, capsys) -> None:
+    folder = write_dataset(tmp_path / "data")
+    z = tmp_path / "digit-recognizer.zip"
+    with zipfile.ZipFile(z, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.write(folder / "train.csv", "train.csv")
+        zf.write(_no_newline(tmp_path / "huge.csv", 16), "test.csv")
+    assert main(["data", "check", str(z)]) == 2
+    assert capsys.readouterr().err == (
+        f"error: {z}:test.csv: line 1: no line break within 64 KiB (a valid row is under 4 KiB); "
+        f"not a Digit Recognizer CSV\n"
+    )
