@@ -139,6 +139,7 @@ class Launch:
             with self.seen:
                 self.lines.append(line.rstrip())
                 self.seen.notify_all()
+        self.log.close()
         with self.seen:
             self.seen.notify_all()
 
@@ -503,7 +504,11 @@ def chaos_main(args: argparse.Namespace, counts: dict[str, int], server: Any) ->
     t0 = time.time()
     chaos = Chaos(run_command("chaos", data, args.budget, sets), env, root, work / "chaos.log",
                   random.Random(args.seed), win, server=server, stop_s=3 * args.heartbeat + 1)  # fmt: skip
-    chaos.run(fault_plan(counts))
+    try:
+        chaos.run(fault_plan(counts))
+    except SystemExit:
+        report_faults(chaos.records, counts)  # what was delivered before the run failed
+        raise
     wall = time.time() - t0
     storage = open_storage(root, "chaos", server.url if server else None)
     results = check_invariants(root, args.cnn_trials, storage)
