@@ -24,8 +24,9 @@ def chaos_modules() -> object:
     try:
         import chaos
         import chaos_checks
+        import chaos_faults
 
-        yield chaos, chaos_checks
+        yield chaos, chaos_checks, chaos_faults
     finally:
         sys.path.remove(str(BENCHMARKS))
 
@@ -55,7 +56,7 @@ def test_two_kills_lose_nothing(two_kills: tuple[Path, str]) -> None:
 
 
 def test_a_submission_that_is_not_the_final_models_is_caught(two_kills: tuple[Path, str], chaos_modules) -> None:
-    _, checks = chaos_modules
+    _, checks, _ = chaos_modules
     work, _ = two_kills
     root = work / "runs" / "chaos"
     storage = checks.open_storage(root, "chaos", None)
@@ -69,16 +70,16 @@ def test_a_submission_that_is_not_the_final_models_is_caught(two_kills: tuple[Pa
 
 
 def test_faults_go_stage_by_stage_and_need_their_storage(chaos_modules) -> None:
-    chaos, _ = chaos_modules
-    counts = chaos.parse_faults("sigint:2,kill,refit-report,stop:1", kills=3)
+    chaos, _, faults = chaos_modules
+    counts = faults.parse_faults("sigint:2,kill,refit-report,stop:1", kills=3)
     assert counts == {"sigint": 2, "kill": 3, "refit-report": 1, "stop": 1}
-    plan = chaos.fault_plan(counts)
+    plan = faults.fault_plan(counts)
     assert plan == [
         ("sigint", "baselines"), ("kill", "baselines"), ("sigint", "cnn"), ("kill", "cnn"), ("stop", "cnn"),
         ("kill", "build"), ("refit-report", "refit-report"),
     ]  # fmt: skip
-    assert chaos.next_target("kill", "baselines", {"baselines", "cnn_search"}) == "build"
-    assert chaos.next_target("refit-report", "refit-report", {"refit"}) is None
+    assert faults.next_target("kill", "baselines", {"baselines", "cnn_search"}) == "build"
+    assert faults.next_target("refit-report", "refit-report", {"refit"}) is None
     with pytest.raises(SystemExit) as exc:  # a SIGSTOP or a database restart needs --storage postgres
         chaos.main(["--faults", "kill:1,stop:1"])
     assert exc.value.code == 2
