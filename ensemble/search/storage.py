@@ -127,10 +127,12 @@ def check_run_identity(study: optuna.Study, run: Run) -> None:
     if recorded is None:
         study.set_user_attr("run_identity", mine)
     elif recorded != mine:
+        recorded = recorded if isinstance(recorded, dict) else {}  # written by anyone who can write the storage
         raise UsageError(
             f"study '{study.study_name}' of run '{run.name}' in the storage belongs to data "
-            f"{str(recorded.get('data_fingerprint'))[:16]} split {recorded.get('split')}, but this run has data "
-            f"{mine['data_fingerprint'][:16]} split {mine['split']}: use the same --data, or another --run name"
+            f"{ascii(str(recorded.get('data_fingerprint'))[:16])} split {recorded.get('split')}, but this run has data "
+            f"'{mine['data_fingerprint'][:16]}' split {mine['split']}: use the same --data (and split: ensemble data "
+            "--seed/--val-frac/--holdout-frac before the first command in a new folder), or another --run name"
         )
 
 

@@ -156,3 +156,13 @@ def test_a_worker_trains_on_the_launchers_rows(
     assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
     assert trials[1].user_attrs["run_root"] == str((tmp_path / "B" / "runs" / RUN).resolve())  # the worker's
     assert trials[1].user_attrs["n_train"] == trials[0].user_attrs["n_train"] == 40
+
+
+@pytest.mark.parametrize("recorded", ["\x1b[31mnot a mapping", ["a", "list"], {"data_fingerprint": "\x1b[2Jabc"}])
+def test_a_tampered_run_identity_is_a_one_line_refusal(launched: tuple[Path, str, optuna.Study], recorded: Any) -> None:
+    study = launched[2]
+    study.set_user_attr("run_identity", recorded)
+    run = open_run(RUN, say=lambda s: None)
+    with pytest.raises(UsageError, match="belongs to data") as refused:
+        check_run_identity(study, run)
+    assert "\x1b" not in str(refused.value) and "\n" not in str(refused.value)
