@@ -69,14 +69,17 @@ def secrets_of(url: str | None) -> set[str]:
         for key, value in parsed.query.items():
             if is_secret_key(key):
                 found.update([value] if isinstance(value, str) else value)
+        exact = rest.count("@") <= 1
     except Exception:
-        pass
-    if "@" in rest:  # everything after the first ":" of the user part, up to the last "@"
-        found.add(rest.rsplit("@", 1)[0].partition(":")[2])
-    for pair in re.split(r"[?&;]", rest):
-        key, eq, value = pair.partition("=")
-        if eq and is_secret_key(unquote_plus(key)):
-            found.add(value)
+        exact = False
+    if not exact:  # where the secrets end is a guess: take the widest reading, not SQLAlchemy's
+        found = set()
+        if "@" in rest:  # after the first ":" of the user part, up to the last "@"
+            found.add(rest.rsplit("@", 1)[0].partition(":")[2])
+        for pair in re.split(r"[?&;]", rest):
+            key, eq, value = pair.partition("=")
+            if eq and is_secret_key(unquote_plus(key)):
+                found.add(value)
     spelled = {form for s in found for form in (s, unquote(s), unquote_plus(s), quote(s, safe=""), quote_plus(s))}
     return {s for s in spelled if s}
 

@@ -49,6 +49,8 @@ def test_an_error_quoting_the_password_outside_a_url_is_masked() -> None:
     encoded = "ab%2FcdSECRET"  # a driver may echo the URL-encoded form
     assert "cdSECRET" not in hide_secrets(f"dsn password={encoded}", url)
     assert "s3cretQ" not in hide_secrets("dsn: password=s3cretQ user=al", QUERY_PW.format(where="h/d"))
+    raw_at = "postgresql://al:p@ss-W0rd@h/db"  # a raw "@": the widest reading of the password is masked
+    assert hide_secrets("password p@ss-W0rd rejected", raw_at) == "password *** rejected"
 
 
 def _ensemble(args: list[str], folder: Path, timeout: float = 180) -> subprocess.CompletedProcess[str]:
