@@ -82,7 +82,8 @@ def _check_refused(done: subprocess.CompletedProcess[str]) -> None:
 def test_no_command_shows_the_password_of_an_unreachable_server(form: str, tmp_path: Path) -> None:
     data = write_dataset(tmp_path / "data", n_train=60, n_test=10)
     url = form.format(where=f"127.0.0.1:{free_port()}/db")
-    for args in _commands(url, data):
+    plain_run = ["run", "--run", "r2", "--data", str(data), "--storage", url, "--time-budget", "1m"]  # prints hints
+    for args in [*_commands(url, data), plain_run]:
         done = _ensemble(args, tmp_path)
         _check_refused(done)
         assert "***" in done.stderr or "***" in done.stdout  # the URL is shown, masked
