@@ -75,6 +75,7 @@ OLD_FORMAT = {"format": _DROP, "version": _DROP, "seed": _DROP, "max_train": _DR
         ({"space": "rotation: abc\n"}, "rotation"),  # was a ValueError traceback
         ({"space": "optimizer: {type: categorical, choices: [adam, 3]}\n"}, "optimizer"),  # a later choice
         ({"space": "- a list\n"}, "space"),
+        ({"space": '"\\e[2Jevil": 1\n'}, "evil"),  # a key that would drive the terminal
         ({"target": 10**12}, "target"),  # a huge target
         ({"count": "everything"}, "count"),
         ({"epochs": 10**9}, "epochs"),
@@ -93,6 +94,7 @@ def test_a_worker_refuses_a_tampered_spec_in_one_line_and_writes_nothing_outside
     assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
     err = done.stderr.strip().splitlines()
     assert len(err) == 1 and "Traceback" not in done.stderr and named in err[0], done.stderr
+    assert "\x1b" not in done.stderr
     assert not hostile.exists() and not any(hostile.name in str(p) for p in tmp_path.rglob("*"))
     new = {p for p in _files(tmp_path) - before if not p.name.startswith("shared.db")}
     assert all(p.is_relative_to(tmp_path / "B" / "runs" / RUN) or p.is_relative_to(tmp_path / "B" / "runs" / ".locks")
