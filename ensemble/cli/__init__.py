@@ -49,8 +49,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EnsembleError as exc:
         if args.debug:
             traceback.print_exc()
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_fit_to_print(str(exc), args)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _fit_to_print(message: str, args: argparse.Namespace) -> str:
+    """``message`` with the storage URL's secrets masked wherever it quotes them, and control characters
+    escaped (an error can quote what a shared storage holds: it must not drive the terminal)."""
+    from ensemble.search.storage import STORAGE_ENV
+    from ensemble.search.urls import hide_secrets
+
+    message = hide_secrets(message, getattr(args, "storage", None) or os.environ.get(STORAGE_ENV))
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in message)

@@ -24,7 +24,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=os.environ.get(STORAGE_ENV) or None,
         help=f"the database, e.g. postgresql://user:PASSWORD@host/db (default: ${STORAGE_ENV})",
     )
-    p.add_argument("--host", default="0.0.0.0", help="address to listen on (default: 0.0.0.0, every interface)")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default: 127.0.0.1, this machine only). The proxy has no authentication: "
+        "whoever reaches it reads and writes every run in the database. Reach it through an SSH tunnel "
+        "(ssh -L) or give a private network's address, never a public one (docs/distributed.md)",
+    )
     p.add_argument("--port", type=int, default=DEFAULT_GRPC_PORT, help=f"port (default: {DEFAULT_GRPC_PORT})")
     p.set_defaults(func=cmd_proxy)
 

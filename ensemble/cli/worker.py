@@ -14,7 +14,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "worker",
         help="join a run's CNN study in a shared storage from another machine, train trials until its target",
         description="Opens run NAME with the same data (its fingerprint and split must match the run's), reads "
-        "the search space, target and epochs that the run's first machine recorded in the study, and trains "
+        "the search space, target, epochs, seed, max_train and precision that the run's first machine recorded "
+        "in the study (each checked; it must be the same ensemble version), and trains "
         "trials with its own sampler seed until the study, all machines together, reaches the target; then "
         "exits 0. Needs a database storage (--storage or $ENSEMBLE_STORAGE); with --artifacts the trials' "
         "files go to the shared artifact store, so any machine can build the ensemble.",

@@ -57,7 +57,8 @@ def _delete_remote_studies(run_name: str, storage_url: str, say: Callable[[str],
     try:
         names = run_study_names(optuna.get_all_study_names(storage=storage))
     except Exception as exc:  # a driver's or server's error
-        raise UsageError(f"cannot read Optuna storage '{redact(storage_url)}': {driver_error(exc)}") from exc
+        why = driver_error(exc, storage_url)
+        raise UsageError(f"cannot read Optuna storage '{redact(storage_url)}': {why}") from exc
     store = open_artifact_store()
     for study in names:
         if store is not None:

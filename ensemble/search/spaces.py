@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ensemble.errors import SpaceError
+from ensemble.errors import SpaceError, one_line
 
 if TYPE_CHECKING:
     import optuna
@@ -164,15 +164,20 @@ def parse_space(path: str | Path, data: Any, known: Iterable[str] | None = None)
 
 def load_space(path: str | Path, known: Iterable[str] | None = None) -> Space:
     """Read and validate a YAML search-space file."""
-    import yaml
-
     path = Path(path)
     if not path.is_file():
         raise SpaceError(f"{path}: search-space file not found")
+    return load_space_text(path.read_text(), where=str(path), known=known)
+
+
+def load_space_text(text: str, *, where: str, known: Iterable[str] | None = None) -> Space:
+    """Parse and validate a search space's YAML text (a file's, or one recorded in a storage); errors name ``where``."""
+    import yaml
+
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise SpaceError(f"{where}: invalid YAML ({getattr(exc, 'problem', exc)})") from exc
-    return parse_space(path, data, known)
+        at = f"{where}:{mark.line + 1}" if mark else where
+        raise SpaceError(f"{at}: invalid YAML ({one_line(getattr(exc, 'problem', None) or exc)})") from exc
+    return parse_space(where, data, known)

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import copy
 import os
-import re
 import shlex
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ensemble.errors import UsageError, one_line
+from ensemble.errors import UsageError
+from ensemble.search.urls import driver_error, redact
 
 if TYPE_CHECKING:
     import optuna
@@ -36,16 +36,6 @@ GRPC_SCHEME = "grpc://"
 DEFAULT_GRPC_PORT = 13000  # Optuna's default for run_grpc_proxy_server
 GRPC_READY_S = 10.0
 SCHEMA_RACE_TRIES = 8
-
-
-def redact(url: str) -> str:
-    """``url`` with any password replaced by ``***`` (for output, logs and errors)."""
-    return re.sub(r"(://[^:/@\s]*:)[^@/\s]*@", r"\1***@", url)
-
-
-def driver_error(exc: BaseException) -> str:
-    """A database driver's error as one line, password hidden (SQLAlchemy appends a "Background on this error" line)."""
-    return one_line(redact(str(exc).split("\n(Background on this error")[0]), limit=None)
 
 
 def storage_location(run: Run, url: str | None = None) -> str:
@@ -97,7 +87,7 @@ def connect(url: str, *, heartbeat: bool = False) -> optuna.storages.BaseStorage
                 # machines that open an empty database at once race to create Optuna's tables: the loser retries
                 time.sleep(0.5 * (attempt + 1))
                 continue
-            raise UsageError(f"cannot open Optuna storage '{redact(url)}': {driver_error(exc)}") from exc
+            raise UsageError(f"cannot open Optuna storage '{redact(url)}': {driver_error(exc, url)}") from exc
     raise AssertionError("unreachable")
 
 
@@ -111,7 +101,7 @@ def _grpc_proxy(url: str) -> optuna.storages.BaseStorage:
     try:
         host, port = where.hostname or "localhost", where.port or DEFAULT_GRPC_PORT
     except ValueError as exc:
-        raise UsageError(f"--storage {url}: expected grpc://HOST:PORT") from exc
+        raise UsageError(f"--storage {redact(url)}: expected grpc://HOST:PORT") from exc
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         proxy = optuna.storages.GrpcStorageProxy(host=host, port=port)
@@ -137,10 +127,12 @@ def check_run_identity(study: optuna.Study, run: Run) -> None:
     if recorded is None:
         study.set_user_attr("run_identity", mine)
     elif recorded != mine:
+        recorded = recorded if isinstance(recorded, dict) else {}  # written by anyone who can write the storage
         raise UsageError(
             f"study '{study.study_name}' of run '{run.name}' in the storage belongs to data "
-            f"{str(recorded.get('data_fingerprint'))[:16]} split {recorded.get('split')}, but this run has data "
-            f"{mine['data_fingerprint'][:16]} split {mine['split']}: use the same --data, or another --run name"
+            f"{ascii(str(recorded.get('data_fingerprint'))[:16])} split {recorded.get('split')}, but this run has data "
+            f"'{mine['data_fingerprint'][:16]}' split {mine['split']}: use the same --data (and split: ensemble data "
+            "--seed/--val-frac/--holdout-frac before the first command in a new folder), or another --run name"
         )
 
 
@@ -294,4 +286,4 @@ def serve_proxy(url: str, *, host: str, port: int, say: Callable[[str], None] = 
     try:
         optuna.storages.run_grpc_proxy_server(storage, host=host, port=port)
     except RuntimeError as exc:  # grpc: the port is taken
-        raise UsageError(f"cannot serve on {host}:{port}: {driver_error(exc)}") from exc
+        raise UsageError(f"cannot serve on {host}:{port}: {driver_error(exc, url)}") from exc

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -68,6 +68,13 @@ def validate_config(config: dict[str, Any], where: str = "config") -> dict[str, 
     for key in positive_int:
         if not isinstance(cfg[key], int) or isinstance(cfg[key], bool) or cfg[key] < 1:
             raise SpaceError(f"{where}: key '{key}': must be a positive integer, got {cfg[key]!r}")
+    for key in ("batch_norm", "mixed_precision"):
+        if not isinstance(cfg[key], bool):
+            raise SpaceError(f"{where}: key '{key}': must be true or false, got {cfg[key]!r}")
+    for key in ("conv_dropout", "dense_dropout", "zoom", "shift", "label_smoothing", "rotation", "learning_rate",
+                "weight_decay"):  # fmt: skip
+        if isinstance(cfg[key], bool) or not isinstance(cfg[key], int | float):
+            raise SpaceError(f"{where}: key '{key}': must be a number, got {cfg[key]!r}")
     if cfg["conv_blocks"] > 4:
         raise SpaceError(f"{where}: key 'conv_blocks': at most 4 blocks fit a 28x28 image, got {cfg['conv_blocks']}")
     for key in ("conv_dropout", "dense_dropout", "zoom", "shift", "label_smoothing"):
@@ -78,6 +85,15 @@ def validate_config(config: dict[str, Any], where: str = "config") -> dict[str, 
     if not 0 < float(cfg["learning_rate"]) < 10 or float(cfg["weight_decay"]) < 0:
         raise SpaceError(f"{where}: key 'learning_rate'/'weight_decay' out of range")
     return cfg
+
+
+def validate_space(params: Mapping[str, Any], where: str) -> None:
+    """Check every value a search space can give: fixed values, each choice, both ends of each range."""
+    validate_config({k: v for k, v in params.items() if not isinstance(v, dict)}, where=where)
+    for key, spec in params.items():
+        if isinstance(spec, dict):
+            for value in spec["choices"] if spec["type"] == "categorical" else (spec["low"], spec["high"]):
+                validate_config({key: value}, where=where)
 
 
 def backend_name() -> str:

@@ -44,6 +44,7 @@ class SearchSettings:
     timeout: float | None = None
     pruner: str = "median"
     seed: int = 0
+    sampler_seed: int | None = None  # the sampler's own seed (ensemble worker: its own); None: ``seed``
     max_train: int | None = None  # subsample the train part during search (None: all rows)
     mixed_precision: bool = False  # float16 compute (useful on GPUs), float32 output layer
     isolate: bool = True  # train trials in trainer processes, recycled every recycle_after trials (bounded memory)

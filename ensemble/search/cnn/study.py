@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from ensemble.data.runs import Run
 
 STUDY = CNN_STUDY
-PRUNERS = ("median", "hyperband", "none")
+PRUNERS = worker_spec.PRUNERS
 
 
 def make_pruner(name: str, max_epochs: int) -> optuna.pruners.BasePruner:
@@ -49,6 +49,7 @@ def load_cnn_space(path: str | Path) -> Space:
     """Read the CNN search space; keys must be config keys of :mod:`ensemble.search.cnn.model`."""
     space = load_space(path, known=cnn.DEFAULTS)
     cnn.validate_config(space.defaults(), where=str(path))
+    cnn.validate_space(space.params, where=str(path))  # every choice and both ends of each range
     return space
 
 
@@ -121,7 +122,8 @@ def run_search(
     if jobs != 1 and not settings.isolate:
         raise UsageError("several trials at once need trainer processes (isolate=True): Keras state is per process")
     epochs = space.defaults().get("epochs", cnn.DEFAULTS["epochs"])
-    study = open_study(run, storage_url, seed=settings.seed, pruner=pruner or make_pruner(settings.pruner, epochs))
+    seed = settings.seed if settings.sampler_seed is None else settings.sampler_seed
+    study = open_study(run, storage_url, seed=seed, pruner=pruner or make_pruner(settings.pruner, epochs))
     _prepare(study, run, space, settings, local_storage=storage_url is None, say=say, publish=publish)
     done = finished_trials(study)
     todo = settings.trials - done
@@ -176,7 +178,8 @@ def _prepare(
     if publish is not None:
         epochs = settings.epochs() if callable(settings.epochs) else settings.epochs
         spec = {"target": settings.trials, "count": "finished", "epochs": epochs, "pruner": settings.pruner, **publish}
-        worker_spec.publish(study, space, **spec)
+        same = {"seed": settings.seed, "max_train": settings.max_train, "mixed_precision": settings.mixed_precision}
+        worker_spec.publish(study, space, **spec, **same)
     stale = fail_stale_trials(study, run.root, local_storage=local_storage)
     for number in stale:  # killed mid-trial: drop whatever it wrote
         discard(trial_path(run, STUDY, number))
