@@ -94,6 +94,8 @@ class ReconnectingStorage(BaseStorage, BaseHeartbeat):
         return stale
 
     def __getattr__(self, name: str) -> Any:  # anything else: the wrapped storage's
+        if name == "inner":  # not set yet (a copy being made): no recursion
+            raise AttributeError(name)
         return getattr(self.inner, name)
 
 
