@@ -175,24 +175,24 @@ def test_a_killed_workers_trial_is_failed_by_the_next_command_that_opens_the_run
 
 
 def test_run_names_with_dots_keep_their_studies_apart(postgres_url: str, runs_env: Path, dataset: Path) -> None:
-    """Run ``a`` must not take run ``a.baseline-x``'s ``a.baseline-x.cnn`` for its own ``baseline-x.cnn``."""
+    """Run ``d`` must not take run ``d.baseline-x``'s ``d.baseline-x.cnn`` for its own ``baseline-x.cnn``."""
     from ensemble.search.scoped import RunScopedStorage
     from ensemble.search.storage import connect
 
-    runs = ("a", "a.baseline-x")
+    runs = ("d", "d.baseline-x")
     for run in runs:
         open_run(run, data=dataset, say=lambda s: None)
         for study in ("cnn", "baseline-knn"):
             optuna.create_study(study_name=study, storage=RunScopedStorage(connect(postgres_url), run))
     seen = {run: sorted(optuna.get_all_study_names(RunScopedStorage(connect(postgres_url), run))) for run in runs}
-    assert seen == {"a": ["baseline-knn", "cnn"], "a.baseline-x": ["baseline-knn", "cnn"]}  # each its own only
-    with pytest.raises(KeyError):  # asked for by a name with a dot, run a finds nothing (not a.baseline-x's)
-        optuna.load_study(study_name="baseline-x.cnn", storage=RunScopedStorage(connect(postgres_url), "a"))
-    delete_run("a", storage_url=postgres_url, say=lambda s: None)
+    assert seen == {"d": ["baseline-knn", "cnn"], "d.baseline-x": ["baseline-knn", "cnn"]}  # each its own only
+    with pytest.raises(KeyError):  # asked for by a name with a dot, run d finds nothing (not d.baseline-x's)
+        optuna.load_study(study_name="baseline-x.cnn", storage=RunScopedStorage(connect(postgres_url), "d"))
+    delete_run("d", storage_url=postgres_url, say=lambda s: None)
     left = set(optuna.get_all_study_names(storage=postgres_url))
-    assert {"a.baseline-x.cnn", "a.baseline-x.baseline-knn"} <= left and not {"a.cnn", "a.baseline-knn"} & left
-    delete_run("a.baseline-x", storage_url=postgres_url, say=lambda s: None)
-    assert not {n for n in optuna.get_all_study_names(storage=postgres_url) if n.startswith("a.")}
+    assert {"d.baseline-x.cnn", "d.baseline-x.baseline-knn"} <= left and not {"d.cnn", "d.baseline-knn"} & left
+    delete_run("d.baseline-x", storage_url=postgres_url, say=lambda s: None)
+    assert not {n for n in optuna.get_all_study_names(storage=postgres_url) if n.startswith("d.")}
 
 
 def test_three_machines_one_run_build_from_a_fourth(

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -51,7 +52,10 @@ def test_a_paused_search_drops_the_trial_taken_over_and_goes_on(
             search.send_signal(signal.SIGSTOP)  # mid-trial: its heartbeat stops
             time.sleep(3.5)  # past the grace period (2 heartbeats)
             other = SimpleNamespace(name="nap", path=lambda *p: tmp_path.joinpath("B", *p))
-            open_storage(other, postgres_url)  # another process opens the run: fails the trial, queues it again
+            storage = open_storage(other, postgres_url, heartbeat=True)  # another process opens the run
+            with warnings.catch_warnings():  # or asks for a trial (Optuna's own sweep, experimental)
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(optuna.load_study(study_name="cnn", storage=storage))
             assert [t.state.name for t in _trials(postgres_url)] == ["FAIL", "WAITING"]
         finally:
             search.send_signal(signal.SIGCONT)
