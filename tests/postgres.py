@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 USER, PASSWORD, DB = "ensemble", "s3cret-pw", "ensemble_test"
+_DATA: dict[str, Path] = {}  # each running server's URL -> its data folder (for restart)
 
 
 def find_bin(name: str) -> str | None:
@@ -63,8 +64,17 @@ def postgres_server() -> Iterator[str]:
         subprocess.run(
             [createdb, "-h", "127.0.0.1", "-p", str(port), "-U", USER, DB], check=True, env=env, capture_output=True
         )
-        yield f"postgresql://{USER}:{PASSWORD}@127.0.0.1:{port}/{DB}"
+        url = f"postgresql://{USER}:{PASSWORD}@127.0.0.1:{port}/{DB}"
+        _DATA[url] = data
+        yield url
     finally:
         if (data / "postmaster.pid").exists():
             subprocess.run(_as_owner([pg_ctl, "-D", str(data), "-m", "immediate", "stop"]), capture_output=True)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def restart(url: str) -> None:
+    """``pg_ctl restart -m fast`` the server at ``url``: every connection is cut, the server comes back on its port."""
+    data = _DATA[url]
+    cmd = [find_bin("pg_ctl") or "pg_ctl", "-D", str(data), "-m", "fast", "-l", str(data.parent / "log"), "-w"]
+    subprocess.run(_as_owner([*cmd, "-t", "60", "restart"]), check=True, capture_output=True, timeout=120)

@@ -5,6 +5,9 @@ own journal file that is all it needs; in a database that many runs share, :clas
 stores each study under the run's name (``main.cnn``) and shows the run only its own studies, under
 their short names. Everything else is passed to the wrapped storage unchanged, so the rest of the
 code (and Optuna) never sees the prefix; ``optuna-dashboard URL`` shows the stored names.
+
+A run name may contain the separator (``a.b``), a study name never does: a stored name belongs to the
+run before its last ``.``. So run ``a`` does not see run ``a.b``'s ``a.b.cnn`` (as ``b.cnn``).
 """
 
 from __future__ import annotations
@@ -25,6 +28,11 @@ def stored_name(run_name: str, study: str) -> str:
     return f"{run_name}{SEPARATOR}{study}"
 
 
+def owns(prefix: str, stored: str) -> bool:
+    """Whether the stored study name ``stored`` is one of the run with ``prefix`` (``RUN.``), not a longer run's."""
+    return stored.startswith(prefix) and SEPARATOR not in stored[len(prefix) :]
+
+
 class RunScopedStorage(BaseStorage):
     """``inner`` as seen by run ``run_name``: its studies only, without the ``RUN.`` prefix."""
 
@@ -33,9 +41,13 @@ class RunScopedStorage(BaseStorage):
         self.prefix = stored_name(run_name, "")
 
     def create_new_study(self, directions: Sequence[Any], study_name: str | None = None) -> int:
+        if study_name and SEPARATOR in study_name:
+            raise ValueError(f"a run's study name cannot contain '{SEPARATOR}': '{study_name}'")
         return self.inner.create_new_study(directions, self.prefix + study_name if study_name else None)
 
     def get_study_id_from_name(self, study_name: str) -> int:
+        if SEPARATOR in study_name:  # another run's (``a`` asking for ``b.cnn`` would get run ``a.b``'s)
+            raise KeyError(f"No such study {study_name} in this run.")
         return self.inner.get_study_id_from_name(self.prefix + study_name)
 
     def get_study_name_from_id(self, study_id: int) -> str:
@@ -44,7 +56,7 @@ class RunScopedStorage(BaseStorage):
     def get_all_studies(self) -> list[optuna.study.FrozenStudy]:
         mine = []
         for study in self.inner.get_all_studies():
-            if study.study_name.startswith(self.prefix):
+            if owns(self.prefix, study.study_name):
                 study = copy.copy(study)
                 study.study_name = study.study_name.removeprefix(self.prefix)
                 mine.append(study)

@@ -51,9 +51,10 @@ def open_storage(run: Run, url: str | None = None, *, heartbeat: bool = False) -
     """Open the run's storage: its journal file, or the Optuna storage at ``url`` seen through the run's
     names (:class:`~ensemble.search.scoped.RunScopedStorage`: many runs can share one database).
 
-    ``heartbeat`` (a database URL only): Optuna's heartbeat every ``$ENSEMBLE_HEARTBEAT_S`` seconds (60);
-    a trial whose process stopped beating for twice that is failed by whichever worker is alive and
-    queued again (``RetryHeartbeatStaleTrialCallback``; its failed try does not count as finished).
+    ``heartbeat`` (a database URL only): Optuna's heartbeat every ``$ENSEMBLE_HEARTBEAT_S`` seconds (60)
+    for the trials run through it. A trial whose process stopped beating for twice that is failed (tagged
+    ``killed``) and queued again (``RetryHeartbeatStaleTrialCallback``; its failed try does not count as
+    finished) by whichever process opens the run's storage next, or asks for a trial.
     """
     import optuna
     from optuna.storages.journal import JournalFileBackend
@@ -62,9 +63,10 @@ def open_storage(run: Run, url: str | None = None, *, heartbeat: bool = False) -
 
     loc = storage_location(run, url)
     if _is_url(loc):
-        if heartbeat and loc.split(":", 1)[0].split("+", 1)[0] in RDB_SCHEMES:
-            return scoped(connect(loc, heartbeat=True), run.name)
-        return scoped(connect(loc), run.name)
+        beats = heartbeat and loc.split(":", 1)[0].split("+", 1)[0] in RDB_SCHEMES
+        storage = scoped(connect(loc, heartbeat=beats), run.name)
+        fail_dead_heartbeats(storage)  # whatever command opens the run: nothing stays RUNNING once its owner is dead
+        return storage
     try:
         Path(loc).parent.mkdir(parents=True, exist_ok=True)
         return optuna.storages.JournalStorage(JournalFileBackend(loc))
@@ -74,14 +76,16 @@ def open_storage(run: Run, url: str | None = None, *, heartbeat: bool = False) -
 
 def connect(url: str, *, heartbeat: bool = False) -> optuna.storages.BaseStorage:
     """The Optuna storage at ``url`` (``grpc://HOST:PORT``: a ``GrpcStorageProxy``); a bad URL or an
-    unreachable server is a one-line UsageError with the password hidden."""
-    import optuna
+    unreachable server is a one-line UsageError with the password hidden.
 
+    A database storage reconnects after the server restarts or the network drops (see
+    :mod:`ensemble.search.dbstorage`); ``heartbeat``: trials run through it keep Optuna's heartbeat.
+    """
     if url.startswith(GRPC_SCHEME):
         return _grpc_proxy(url)
     for attempt in range(SCHEMA_RACE_TRIES):
         try:
-            return _rdb_with_heartbeat(url) if heartbeat else optuna.storages.get_storage(url)
+            return _rdb_with_heartbeat(url, beats=heartbeat)
         except Exception as exc:  # optuna raises many kinds for a bad URL
             if "already exists" in str(exc) and attempt + 1 < SCHEMA_RACE_TRIES:
                 # machines that open an empty database at once race to create Optuna's tables: the loser retries
@@ -154,18 +158,61 @@ def _retry_class() -> type:
     return RetryWithoutOwner
 
 
-def _rdb_with_heartbeat(url: str) -> optuna.storages.BaseStorage:
+def _rdb_with_heartbeat(url: str, *, beats: bool = True) -> optuna.storages.BaseStorage:
+    """The database at ``url``, reconnecting; stale trials are found (and retried) whether or not ``beats``
+    (the trials run through it keep a heartbeat)."""
     import warnings
 
     import optuna
+
+    from ensemble.search.dbstorage import ENGINE_KWARGS, ReconnectingStorage
 
     interval = max(1, int(float(os.environ.get(HEARTBEAT_ENV) or 60)))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         retry = _retry_class()(max_retry=MAX_RETRY)  # a class made on first use: optuna is imported lazily
-        return optuna.storages.RDBStorage(
-            url, heartbeat_interval=interval, grace_period=2 * interval, heartbeat_stale_trial_callback=retry
+        rdb = optuna.storages.RDBStorage(
+            url,
+            engine_kwargs=dict(ENGINE_KWARGS),
+            heartbeat_interval=interval,
+            grace_period=2 * interval,
+            heartbeat_stale_trial_callback=retry,
         )
+    inner = rdb if beats else optuna.storages._CachedStorage(rdb)  # as optuna.storages.get_storage(url) gives
+    return ReconnectingStorage(inner, beats=beats, stale_tags={"fail_reason": KILLED_REASON, "killed": True})
+
+
+def fail_dead_heartbeats(storage: optuna.storages.BaseStorage) -> dict[str, list[int]]:
+    """Fail the RUNNING trials, in every study of ``storage``, whose heartbeat stopped for longer than the
+    grace period (their process was killed or cut off), and queue each again with the storage's callback:
+    Optuna's ``fail_stale_trials``, for any command (not only one running trials with a heartbeat).
+
+    The storage tags them ``killed`` as it finds them (:mod:`ensemble.search.dbstorage`). Returns the failed
+    trial numbers by study name; a storage without a heartbeat (a journal file, gRPC) has none.
+    """
+    import optuna
+    from optuna.storages._heartbeat import BaseHeartbeat
+
+    if not isinstance(storage, BaseHeartbeat):
+        return {}
+    failed: dict[str, list[int]] = {}
+    for frozen in storage.get_all_studies():
+        stale = storage._get_stale_trial_ids(frozen._study_id)
+        if not stale:
+            continue
+        study = optuna.load_study(study_name=frozen.study_name, storage=storage)
+        callback = storage.get_heartbeat_stale_trial_callback()
+        for trial_id in stale:
+            try:
+                if not storage.set_trial_state_values(trial_id, state=optuna.trial.TrialState.FAIL):
+                    continue
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue  # another process failed it first
+            trial = storage.get_trial(trial_id)
+            failed.setdefault(frozen.study_name, []).append(trial.number)
+            if callback is not None:
+                callback(study, copy.deepcopy(trial))
+    return failed
 
 
 def worker_command(run: Run, url: str | None) -> str | None:
@@ -218,8 +265,11 @@ KILLED_REASON = "left RUNNING by a process that stopped"
 
 
 def was_killed(trial: optuna.trial.FrozenTrial) -> bool:
-    """A trial failed because its process died (it does not count as a finished trial)."""
-    return bool(trial.user_attrs.get("killed"))
+    """A trial failed because its process died (it does not count as a finished trial). A trial tagged as its
+    heartbeat went stale but finished by its process after all (it was paused, not dead) is not."""
+    import optuna
+
+    return bool(trial.user_attrs.get("killed")) and trial.state == optuna.trial.TrialState.FAIL
 
 
 def _owner_alive(t: optuna.trial.FrozenTrial, run_root: Path, others_live: bool) -> bool:

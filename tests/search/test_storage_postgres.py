@@ -107,7 +107,7 @@ from types import SimpleNamespace
 from pathlib import Path
 import optuna
 from ensemble.search.storage import open_storage
-run = SimpleNamespace(name="hb", path=lambda *p: Path(sys.argv[2]).joinpath(*p))
+run = SimpleNamespace(name=sys.argv[3] if len(sys.argv) > 3 else "hb", path=lambda *p: Path(sys.argv[2]).joinpath(*p))
 study = optuna.create_study(study_name="cnn", storage=open_storage(run, sys.argv[1], heartbeat=True),
                             direction="maximize", load_if_exists=True)
 def objective(trial):
@@ -146,6 +146,55 @@ def test_a_dead_workers_trial_is_failed_by_the_heartbeat_and_run_again(
     )  # the dead try doesn't count
 
 
+def test_a_killed_workers_trial_is_failed_by_the_next_command_that_opens_the_run(
+    postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker SIGKILLed mid-trial after the study reached its target: no worker asks for a trial again,
+    so the next command (a worker that finds nothing to do, a build) fails the trial, tagged killed."""
+    monkeypatch.setenv("ENSEMBLE_HEARTBEAT_S", "1")
+    data = write_dataset(tmp_path / "data", n_train=120, n_test=20)
+    space = tmp_path / "tiny.yaml"
+    space.write_text(TINY_CNN_SPACE.format(epochs=1))
+    common = ["--run", "dead", "--data", str(data), "--storage", postgres_url]
+    monkeypatch.setenv("ENSEMBLE_RUNS", str(tmp_path / "A" / "runs"))
+    assert main(["search", *common, "--space", str(space), "--trials", "1"]) == 0  # the target: 1, reached
+    for folder, command in (("C", ["worker", *common]), ("A", ["build", *common, "--tta", "none"])):
+        dying = subprocess.Popen([sys.executable, "-c", DYING_WORKER, postgres_url, str(tmp_path / "B"), "dead"],
+                                 stdout=subprocess.PIPE, text=True)  # fmt: skip
+        assert dying.stdout is not None and dying.stdout.readline().strip() == "running"
+        time.sleep(1.5)  # a heartbeat or two recorded
+        dying.kill()
+        dying.wait()
+        time.sleep(3)  # past the grace period (2 heartbeats)
+        monkeypatch.setenv("ENSEMBLE_RUNS", str(tmp_path / folder / "runs"))
+        assert main(command) == 0
+        trials = optuna.load_study(study_name="dead.cnn", storage=postgres_url).trials
+        assert [t.state.name for t in trials if t.state.name in ("RUNNING", "COMPLETE")] == ["COMPLETE"]
+        dead = [t for t in trials if t.user_attrs.get("worker") == "tagged-by-the-dying-worker"]
+        assert dead and all(t.state.name == "FAIL" and t.user_attrs.get("killed") for t in dead)
+
+
+def test_run_names_with_dots_keep_their_studies_apart(postgres_url: str, runs_env: Path, dataset: Path) -> None:
+    """Run ``d`` must not take run ``d.baseline-x``'s ``d.baseline-x.cnn`` for its own ``baseline-x.cnn``."""
+    from ensemble.search.scoped import RunScopedStorage
+    from ensemble.search.storage import connect
+
+    runs = ("d", "d.baseline-x")
+    for run in runs:
+        open_run(run, data=dataset, say=lambda s: None)
+        for study in ("cnn", "baseline-knn"):
+            optuna.create_study(study_name=study, storage=RunScopedStorage(connect(postgres_url), run))
+    seen = {run: sorted(optuna.get_all_study_names(RunScopedStorage(connect(postgres_url), run))) for run in runs}
+    assert seen == {"d": ["baseline-knn", "cnn"], "d.baseline-x": ["baseline-knn", "cnn"]}  # each its own only
+    with pytest.raises(KeyError):  # asked for by a name with a dot, run d finds nothing (not d.baseline-x's)
+        optuna.load_study(study_name="baseline-x.cnn", storage=RunScopedStorage(connect(postgres_url), "d"))
+    delete_run("d", storage_url=postgres_url, say=lambda s: None)
+    left = set(optuna.get_all_study_names(storage=postgres_url))
+    assert {"d.baseline-x.cnn", "d.baseline-x.baseline-knn"} <= left and not {"d.cnn", "d.baseline-knn"} & left
+    delete_run("d.baseline-x", storage_url=postgres_url, say=lambda s: None)
+    assert not {n for n in optuna.get_all_study_names(storage=postgres_url) if n.startswith("d.")}
+
+
 def test_three_machines_one_run_build_from_a_fourth(
     postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -174,13 +223,14 @@ def test_three_machines_one_run_build_from_a_fourth(
     assert len(load_ensemble(root / "ensemble").members) == 2  # both trials' models came from the store
     assert {p.name for p in (root / "models" / "cnn").iterdir()} == {"trial-0000", "trial-0001"}  # downloaded
     assert len(check_submission(root / "submission.csv", n_rows=20)) == 20
-    for model in store.rglob("*"):  # every stored model loads with plain Keras, without ensemble
-        if model.is_file() and model.read_bytes()[:2] == b"PK" and model.stat().st_size > 10_000:
-            code = "import sys, keras; keras.models.load_model(sys.argv[1]); assert 'ensemble' not in sys.modules"
-            tmp = tmp_path / "probe.keras"
-            tmp.write_bytes(model.read_bytes())
-            done = subprocess.run([sys.executable, "-c", code, str(tmp)], capture_output=True, text=True, timeout=120)
-            assert done.returncode == 0, done.stderr[-1500:]
+    models = [p for p in store.rglob("*") if p.is_file() and p.read_bytes()[:2] == b"PK" and p.stat().st_size > 10_000]
+    assert len(models) == 2  # one .keras zip per trial: the loop below checks each
+    for model in models:  # every stored model loads with plain Keras, without ensemble
+        code = "import sys, keras; keras.models.load_model(sys.argv[1]); assert 'ensemble' not in sys.modules"
+        tmp = tmp_path / "probe.keras"
+        tmp.write_bytes(model.read_bytes())
+        done = subprocess.run([sys.executable, "-c", code, str(tmp)], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-1500:]
 
 
 def test_restart_also_removes_the_runs_files_from_the_artifact_store(

@@ -22,6 +22,7 @@ from ensemble.search.cnn.arrays import search_arrays
 from ensemble.search.cnn.measure import curve_png, overhead, recent_speed
 from ensemble.search.cnn.parallel import Meter
 from ensemble.search.cnn.pool import RECYCLE_AFTER, TrainerPool
+from ensemble.search.cnn.takeover import TrialTakenOver
 from ensemble.search.cnn.trainer import partial_dir, train_and_save
 from ensemble.search.spaces import Space
 from ensemble.search.storage import mark_owner
@@ -70,6 +71,13 @@ def make_objective(
     backend, device = cnn.backend_name(), cnn.device_name()
 
     def objective(trial: optuna.Trial) -> float:
+        try:
+            return run_trial(trial)
+        except optuna.exceptions.UpdateFinishedTrialError as exc:  # another process failed it: we were paused
+            discard(trial_path(run, CNN_STUDY, trial.number))
+            raise TrialTakenOver(trial.number) from exc
+
+    def run_trial(trial: optuna.Trial) -> float:
         mark_owner(trial, run.root)
         config = _trial_config(trial, space, settings)
         say(f"trial {trial.number}: {backend}/{device}, {_short(config)}")
@@ -144,6 +152,9 @@ def _train(
     except optuna.TrialPruned as exc:
         discard(folder)
         say(f"  trial {trial.number} {exc or 'pruned'}")
+        raise
+    except optuna.exceptions.UpdateFinishedTrialError:  # failed by another process (takeover.py): not our failure
+        discard(folder)
         raise
     except (EnsembleError, KeyboardInterrupt) as exc:
         if not isinstance(exc, TrialError):  # a usage or data error, or Ctrl-C: stop the search

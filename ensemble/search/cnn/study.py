@@ -20,6 +20,7 @@ from ensemble.search.cnn.arrays import write_arrays
 from ensemble.search.cnn.objective import SearchSettings, TrialFailed, discard, make_objective
 from ensemble.search.cnn.parallel import AUTO_MAX, Meter, optimize, parse_jobs
 from ensemble.search.cnn.pool import TrainerLimits, TrainerPool
+from ensemble.search.cnn.takeover import optimize_past_takeovers
 from ensemble.search.spaces import Space, load_space
 from ensemble.search.storage import check_run_identity, fail_stale_trials, open_storage, was_killed
 
@@ -135,21 +136,27 @@ def run_search(
     arrays_path = write_arrays(run, max_train=settings.max_train, seed=settings.seed) if settings.isolate else None
     pool = _pool(run, settings, arrays_path, jobs) if arrays_path is not None else None
     meter = Meter()
-    try:
+    objective = make_objective(run, space, settings, say, pool, meter)
+    stops = [_stop_at(settings.trials), *(callbacks or [])]
+
+    def search(timeout: float | None) -> None:
         optimize(
             study,
-            make_objective(run, space, settings, say, pool, meter),
+            objective,
             jobs=jobs,
             pool=pool,
             meter=meter,
-            n_trials=todo,  # a cap: other workers' trials count too (the callback)
-            timeout=settings.timeout,
+            n_trials=max(1, settings.trials - finished_trials(study)),  # a cap: other workers' trials count too
+            timeout=timeout,
             say=say,
             on_jobs=on_jobs,
             catch=(TrialFailed,),
-            callbacks=[_stop_at(settings.trials), *(callbacks or [])],
+            callbacks=stops,
             gc_after_trial=True,
         )
+
+    try:  # a trial failed by another process while this one was paused is dropped: the search goes on
+        optimize_past_takeovers(study, search, timeout=settings.timeout, callbacks=stops, say=say)
     finally:
         if pool is not None:
             pool.close()
