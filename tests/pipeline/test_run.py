@@ -141,6 +141,16 @@ def test_run_end_to_end_then_resume(tmp_path: Path, runs_env: Path) -> None:
     np.testing.assert_array_equal(check_submission(root / "submission.csv", n_rows=40), final_labels("e2e"))
 
 
+def test_run_through_a_symlinked_runs_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = tmp_path / "disk" / "runs"
+    real.mkdir(parents=True)
+    (tmp_path / "runs-link").symlink_to(real, target_is_directory=True)
+    monkeypatch.setenv("ENSEMBLE_RUNS", str(tmp_path / "runs-link"))
+    monkeypatch.chdir(tmp_path)
+    assert main(tiny_args(tmp_path, "L")) == 0  # its own writer lock, taken again by build and report
+    check_submission(real / "L" / "submission.csv", n_rows=40)
+
+
 def test_run_cut_short_without_any_model_still_writes_a_submission(tmp_path: Path, runs_env: Path) -> None:
     args = tiny_args(tmp_path, "short", "--time-budget", "1s")
     args[args.index("baselines=logreg,knn")] = "baselines="  # no baselines: the only CNN trial gets cut
