@@ -95,6 +95,17 @@ def open_study(run: Run, storage_url: str | None, *, seed: int, pruner: optuna.p
     return study
 
 
+def check_space(run: Run, space: Space, storage_url: str | None = None) -> None:
+    """SpaceError when ``space`` no longer fits the trials of the run's ``cnn`` study (none: nothing to check)."""
+    import optuna
+
+    try:
+        study = optuna.load_study(study_name=STUDY, storage=open_storage(run, storage_url))
+    except KeyError:  # no study yet
+        return
+    space.check_fits(study, run=run.name)
+
+
 def run_search(
     run: Run,
     space: Space,
@@ -122,6 +133,7 @@ def run_search(
         raise UsageError("several trials at once need trainer processes (isolate=True): Keras state is per process")
     epochs = space.defaults().get("epochs", cnn.DEFAULTS["epochs"])
     study = open_study(run, storage_url, seed=settings.seed, pruner=pruner or make_pruner(settings.pruner, epochs))
+    space.check_fits(study, run=run.name)  # before any trial: a changed space would fail every one
     _prepare(study, run, space, settings, local_storage=storage_url is None, say=say, publish=publish)
     done = finished_trials(study)
     todo = settings.trials - done

@@ -87,6 +87,22 @@ def test_rerun_continues_the_study(setup):
     assert len(_study("knn").trials) == 3
 
 
+def test_a_changed_space_is_refused_before_any_study_changes(setup, capsys):
+    data, spaces = setup
+    assert _cli(data, spaces, "--models", "logreg,knn", "--trials", "1") == 0
+    before = {f: [t.state.name for t in _study(f).trials] for f in ("logreg", "knn")}
+    capsys.readouterr()
+    (spaces / "knn.yaml").write_text(TINY["knn"] + "weights: {type: categorical, choices: [distance, uniform]}\n")
+    (spaces / "logreg.yaml").write_text(TINY["logreg"].replace("log: true", "log: false"))  # another scale
+    assert _cli(data, spaces, "--models", "logreg,knn", "--trials", "1") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "key 'C' is float 0.01..1" in err and "(log)" in err and "--restart" in err
+    assert {f: [t.state.name for t in _study(f).trials] for f in ("logreg", "knn")} == before  # nothing asked
+    (spaces / "logreg.yaml").write_text(TINY["logreg"].replace("high: 1.0", "high: 2.0"))  # a new range is fine
+    assert _cli(data, spaces, "--models", "logreg", "--trials", "1", "--no-refit") == 0
+    assert [t.state.name for t in _study("logreg").trials] == [*before["logreg"], "COMPLETE"]
+
+
 def test_trial_left_running_by_a_killed_process_is_failed_and_its_folder_removed(setup):
     data, spaces = setup
     assert _cli(data, spaces, "--models", "knn", "--trials", "1") == 0

@@ -205,3 +205,32 @@ def test_search_arrays_are_one_file_per_process_written_atomically(tiny) -> None
     with np.load(path) as npz:
         assert npz["x_train"].shape == run.part("train")[0].shape
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary file left behind
+
+
+def _space_with(tmp_path: Path, name: str, filters: str, lr: str = "low: 1.0e-3, high: 3.0e-3") -> Path:
+    f = tmp_path / f"{name}.yaml"
+    text = TINY.format(epochs=1).replace("filters: 4", f"filters: {{type: categorical, choices: {filters}}}")
+    f.write_text(text.replace("low: 1.0e-3, high: 3.0e-3", lr))
+    return f
+
+
+def test_a_changed_space_is_refused_before_any_trial(runs_env: Path, tmp_path: Path) -> None:
+    data = write_dataset(tmp_path / "data", n_train=200, n_test=20)
+    cli = [sys.executable, "-m", "ensemble", "search", "--run", "sp", "--data", str(data), "--pruner", "none"]
+
+    def search(space: Path, trials: int) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*cli, "--space", str(space), "--trials", str(trials)], capture_output=True, text=True)
+
+    assert search(_space_with(tmp_path, "a", "[4, 8]"), 1).returncode == 0
+    changed = search(_space_with(tmp_path, "b", "[4, 16]"), 2)
+    assert changed.returncode == 2 and "Traceback" not in changed.stderr
+    (line,) = changed.stderr.strip().splitlines()
+    assert "'filters'" in line and "[4, 16]" in line and "[4, 8]" in line
+    assert "--restart" in line and "new run name" in line
+    run = open_run("sp")
+    assert [t.state.name for t in optuna.load_study(study_name="cnn", storage=open_storage(run)).trials] == ["COMPLETE"]
+    # a new range of a float key is fine (Optuna allows it): the study goes on
+    wider = search(_space_with(tmp_path, "c", "[4, 8]", lr="low: 1.0e-4, high: 3.0e-3"), 2)
+    assert wider.returncode == 0, wider.stderr
+    states = [t.state.name for t in optuna.load_study(study_name="cnn", storage=open_storage(run)).trials]
+    assert states == ["COMPLETE", "COMPLETE"]
