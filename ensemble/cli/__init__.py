@@ -51,6 +51,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # one line, no traceback (--debug: the traceback too)
+        if args.debug:
+            traceback.print_exc()
+        print(interrupted_line(args.command, argv, str(exc)), file=sys.stderr)
         return 130
+
+
+RESUMABLE = ("search", "baselines", "worker", "run", "build", "report")
+
+
+def interrupted_line(command: str, argv: Sequence[str], what: str = "") -> str:
+    """``interrupted: trial 3 will run again; resume with: ensemble search --run r ...`` (passwords hidden)."""
+    import shlex
+
+    from ensemble.search.storage import redact
+
+    line = f"interrupted: {what}" if what else "interrupted"
+    if command not in RESUMABLE:
+        return line
+    again = [a for a in argv if a != "--restart"]  # resuming must not start the run over
+    return f"{line}; resume with: ensemble {redact(shlex.join(again))}"

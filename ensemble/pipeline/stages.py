@@ -137,9 +137,9 @@ def search_stage(run: Run, s: Preset, stages: Stages, budget: Budget, log: Log, 
             log("cnn", f"CNN search finished: {info['trials']}" + (" (cut short by the budget)" * info["cut_short"]))
         if worker is not None:
             wait_for(worker, deadline + KILL_GRACE_S, log)
-    except BaseException:
+    except BaseException as exc:
         if worker is not None:
-            worker.stop()
+            worker.stop(interrupt=isinstance(exc, KeyboardInterrupt))  # Ctrl-C: its trials run again too
         raise
     if stages.done("baselines"):
         return

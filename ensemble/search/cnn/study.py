@@ -20,6 +20,7 @@ from ensemble.search.cnn.arrays import write_arrays
 from ensemble.search.cnn.objective import SearchSettings, TrialFailed, discard, make_objective
 from ensemble.search.cnn.parallel import AUTO_MAX, Meter, optimize, parse_jobs
 from ensemble.search.cnn.pool import TrainerLimits, TrainerPool
+from ensemble.search.interrupt import on_interrupt, quiet_interrupts
 from ensemble.search.spaces import Space, load_space
 from ensemble.search.storage import check_run_identity, fail_stale_trials, open_storage, was_killed
 
@@ -145,21 +146,23 @@ def run_search(
     arrays_path = write_arrays(run, max_train=settings.max_train, seed=settings.seed) if settings.isolate else None
     pool = _pool(run, settings, arrays_path, jobs) if arrays_path is not None else None
     meter = Meter()
+    quiet_interrupts()  # Ctrl-C: the CLI's one line, not Optuna's traceback
     try:
-        optimize(
-            study,
-            make_objective(run, space, settings, say, pool, meter),
-            jobs=jobs,
-            pool=pool,
-            meter=meter,
-            n_trials=todo,  # a cap: other workers' trials count too (the callback)
-            timeout=settings.timeout,
-            say=say,
-            on_jobs=on_jobs,
-            catch=(TrialFailed,),
-            callbacks=[_stop_at(settings.trials), *(callbacks or [])],
-            gc_after_trial=True,
-        )
+        with on_interrupt(pool.interrupt if pool is not None else None) as stopping:
+            optimize(
+                study,
+                make_objective(run, space, settings, say, pool, meter, stopping),
+                jobs=jobs,
+                pool=pool,
+                meter=meter,
+                n_trials=todo,  # a cap: other workers' trials count too (the callback)
+                timeout=settings.timeout,
+                say=say,
+                on_jobs=on_jobs,
+                catch=(TrialFailed,),
+                callbacks=[_stop_at(settings.trials), *(callbacks or [])],
+                gc_after_trial=True,
+            )
     finally:
         if pool is not None:
             pool.close()

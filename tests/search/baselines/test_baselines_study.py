@@ -1,6 +1,12 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +21,7 @@ from ensemble.search.artifacts import load_proba
 from ensemble.search.baselines.models import FAMILIES
 from ensemble.search.baselines.saved import load_model
 from ensemble.search.baselines.study import subsample
-from ensemble.search.storage import open_storage
+from ensemble.search.storage import open_storage, was_killed
 
 REPO_SPACES = REPO / "search_spaces"
 ATTRS = {"val_accuracy", "val_logloss", "fit_seconds", "predict_seconds", "artifact_dir", "family", "n_train", "stage"}
@@ -48,6 +54,14 @@ def _cli(data, spaces, *extra):
 def _study(family):
     run = open_run("t")
     return optuna.load_study(study_name=f"baseline-{family}", storage=open_storage(run))
+
+
+def _trials(family):
+    """The study's trials, or none while the run or its study does not exist yet."""
+    try:
+        return _study(family).trials
+    except Exception:
+        return []
 
 
 def test_two_families_two_trials_leave_artifacts_and_user_attrs(setup, capsys):
@@ -195,3 +209,30 @@ def test_subsample_is_stratified_and_deterministic():
     assert len(idx) == 200 and np.all(np.bincount(y[idx]) == 20)
     np.testing.assert_array_equal(idx, subsample(y, 200, seed=0))
     assert len(subsample(y, 0, seed=0)) == 1000
+
+
+def test_ctrl_c_mid_trial_does_not_spend_it_and_the_next_call_runs_it_again(setup, tmp_path):
+    data, spaces = setup
+    slow = "search_rows: 0\npca_components: 0\nn_estimators: {type: int, low: 4000, high: 5000}\n"  # seconds a trial
+    (spaces / "rf.yaml").write_text(slow)
+    args = ["baselines", "--run", "t", "--data", str(data), "--spaces", str(spaces), "--models", "rf", "--jobs", "1"]
+    args += ["--trials", "1", "--no-refit"]
+    log = tmp_path / "log.txt"
+    with log.open("w") as out:
+        command = [sys.executable, "-m", "ensemble", *args]
+        proc = subprocess.Popen(command, stdout=out, stderr=out, start_new_session=True)
+        end = time.time() + 120
+        while not (runs := [t for t in _trials("rf") if t.state.name == "RUNNING" and "worker" in t.user_attrs]):
+            assert proc.poll() is None and time.time() < end, log.read_text()
+            time.sleep(0.1)
+        os.killpg(proc.pid, signal.SIGINT)  # as Ctrl-C does: the whole process group
+        assert proc.wait(60) == 130
+    text = log.read_text()
+    resume = f"interrupted: trial {runs[0].number} will run again; resume with: ensemble {shlex.join(args)}"
+    assert [line for line in text.splitlines() if "interrupted" in line] == [resume] and "Traceback" not in text
+    (first,) = [t for t in _trials("rf") if t.state.name != "WAITING"]
+    assert first.state.name == "FAIL" and first.user_attrs["interrupted"] is True and was_killed(first)
+    assert main(args) == 0
+    trials = _study("rf").trials
+    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE"]
+    assert trials[1].params == first.params and trials[1].user_attrs["retry_of"] == first.number

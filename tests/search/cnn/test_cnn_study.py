@@ -1,7 +1,11 @@
 from __future__ import annotations
 
+import os
+import shlex
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +19,7 @@ from ensemble.data.runs import open_run
 from ensemble.errors import SpaceError
 from ensemble.search.cnn import model as cnn
 from ensemble.search.cnn.study import SearchSettings, finished_trials, load_cnn_space, run_search
-from ensemble.search.storage import open_storage
+from ensemble.search.storage import open_storage, was_killed
 
 
 @pytest.fixture
@@ -234,3 +238,39 @@ def test_a_changed_space_is_refused_before_any_trial(runs_env: Path, tmp_path: P
     assert wider.returncode == 0, wider.stderr
     states = [t.state.name for t in optuna.load_study(study_name="cnn", storage=open_storage(run)).trials]
     assert states == ["COMPLETE", "COMPLETE"]
+
+
+def _interrupt_when(proc: subprocess.Popen, log: Path, mark: str) -> int:
+    """Send SIGINT to ``proc``'s process group (as Ctrl-C does) once ``mark`` is in its log; its exit code."""
+    end = time.time() + 240
+    while mark not in log.read_text():
+        assert proc.poll() is None and time.time() < end, log.read_text()
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGINT)
+    return proc.wait(120)
+
+
+def test_ctrl_c_mid_trial_does_not_spend_it_and_the_resume_runs_it_again(runs_env: Path, tmp_path: Path) -> None:
+    data = write_dataset(tmp_path / "data", n_train=200, n_test=20)
+    space = tmp_path / "cnn.yaml"
+    space.write_text(TINY.format(epochs=4))
+    args = ["search", "--run", "ci", "--data", str(data), "--space", str(space), "--trials", "2", "--pruner", "none"]
+    log = tmp_path / "log.txt"
+    with log.open("w") as out:
+        command = [sys.executable, "-m", "ensemble", *args]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        proc = subprocess.Popen(command, stdout=out, stderr=out, env=env, start_new_session=True)
+        assert _interrupt_when(proc, log, "trial 0 epoch 1:") == 130
+    text = log.read_text()
+    resume = f"interrupted: trial 0 will run again; resume with: ensemble {shlex.join(args)}"
+    assert [line for line in text.splitlines() if "interrupted:" in line] == [resume] and "Traceback" not in text
+    study = optuna.load_study(study_name="cnn", storage=open_storage(open_run("ci")))
+    first = study.trials[0]
+    assert first.state == optuna.trial.TrialState.FAIL and first.user_attrs["interrupted"] is True
+    assert was_killed(first) and finished_trials(study) == 0  # not counted toward --trials
+    assert not open_run("ci").path("models", "cnn", "trial-0000").exists()
+    again = subprocess.run([sys.executable, "-m", "ensemble", *args], capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    trials = optuna.load_study(study_name="cnn", storage=open_storage(open_run("ci"))).trials
+    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE", "COMPLETE"]  # two finished, as asked
+    assert trials[1].params == first.params and trials[1].user_attrs["retry_of"] == 0  # the same trial, again
