@@ -92,6 +92,7 @@ def _trial_function(
     pool: TrainerPool | None,
     meter: Meter | None,
 ) -> Callable[[optuna.Trial], float]:
+    """One trial: sample, train, record (what :func:`make_objective` wraps)."""
     import optuna
 
     arrays = search_arrays(run, max_train=settings.max_train, seed=settings.seed)
