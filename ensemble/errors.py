@@ -40,6 +40,10 @@ class TrialError(EnsembleError):
     """
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a trial, which was queued again; the message says which (the CLI adds how to resume)."""
+
+
 def one_line(exc: BaseException | str, limit: int | None = 300, *, typed: bool = False) -> str:
     """An exception's message (or a text) as one short line: library messages can span many lines.
 

@@ -26,7 +26,7 @@ from ensemble.errors import UsageError
 
 LOCKS_DIR = ".locks"
 WORKERS_DIR = ".workers"
-_held: dict[str, tuple[int, int]] = {}  # lock path -> (fd, depth): run_lock is re-entrant in one process
+_held: dict[tuple[int, int], tuple[int, int]] = {}  # lock file (st_dev, st_ino) -> (fd, depth): re-entrant in a process
 _tokens: dict[str, tuple[str, int]] = {}  # run root -> (token, fd) of this process
 
 
@@ -47,17 +47,19 @@ def _try_flock(fd: int) -> bool:
 def run_lock(runs_root: Path, name: str) -> Iterator[None]:
     """Hold the run's writer lock (re-entrant within one process); UsageError if another process has it."""
     path = runs_root / LOCKS_DIR / f"{name}.lock"
-    key = str(path.resolve()) if path.parent.exists() else str(path.absolute())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    info = os.fstat(fd)
+    key = (info.st_dev, info.st_ino)  # the file itself, however the path is spelled (a symlinked runs folder)
     if key in _held:
-        fd, depth = _held[key]
-        _held[key] = (fd, depth + 1)
+        os.close(fd)  # another open of the file: closing it leaves this process's flock (on the first fd) alone
+        held, depth = _held[key]
+        _held[key] = (held, depth + 1)
         try:
             yield
         finally:
-            _held[key] = (fd, _held[key][1] - 1)
+            _held[key] = (held, _held[key][1] - 1)
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     if not _try_flock(fd):
         holder = os.pread(fd, 200, 0).decode(errors="replace").split()
         os.close(fd)

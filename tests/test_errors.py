@@ -13,3 +13,13 @@ def test_one_line_joins_lines_and_cuts_long_messages() -> None:
 
 def test_one_line_typed_names_the_exception_first() -> None:
     assert one_line(OSError("disk\nfull"), typed=True) == "OSError: disk full"
+
+
+def test_the_interrupted_line_says_how_to_resume_without_restart_or_password() -> None:
+    from ensemble.cli import interrupted_line
+
+    argv = ["run", "--name", "r", "--restart", "--storage", "postgresql://al:s3cret@db/x"]
+    line = interrupted_line("run", argv, "trial 3 will run again")
+    resume = "ensemble run --name r --storage postgresql://al:***@db/x"  # never --restart: it would start over
+    assert line == f"interrupted: trial 3 will run again; resume with: {resume}"
+    assert interrupted_line("data", ["data", "--run", "r"]) == "interrupted"

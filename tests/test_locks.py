@@ -95,6 +95,27 @@ def test_a_liveness_check_between_creating_and_locking_a_token_keeps_it(
     assert [p.name for p in (root / ".workers").iterdir()] == [f"{token}.lock"]
     assert token_alive(root, token) and live_tokens(root) == [token]
     assert own_token(root) == token
+def test_the_run_lock_is_re_entered_through_any_spelling_of_the_runs_folder(tmp_path: Path) -> None:
+    real = tmp_path / "real-runs"
+    real.mkdir()  # without .locks yet: the first lock creates it
+    link = tmp_path / "link-runs"
+    link.symlink_to(real, target_is_directory=True)
+    with run_lock(link, "r"):
+        with run_lock(real, "r"):  # the same lock file, spelled through the link's target
+            with run_lock(tmp_path / "." / "link-runs", "r"):
+                pass
+        other = subprocess.run([sys.executable, "-c", HOLD, str(real), "r"], capture_output=True, text=True)
+        assert other.returncode != 0 and f"run r is in use by pid {os.getpid()}" in other.stderr
+    with run_lock(real, "r"):  # released when the outermost one ended
+        pass
+
+
+def test_a_worker_token_is_one_per_run_however_its_folder_is_spelled(tmp_path: Path) -> None:
+    (tmp_path / "real-runs").mkdir()
+    link = tmp_path / "link-runs"
+    link.symlink_to(tmp_path / "real-runs", target_is_directory=True)
+    token = worker_token(link / "r")
+    assert worker_token(tmp_path / "real-runs" / "r") == token and live_tokens(tmp_path / "real-runs" / "r") == [token]
 
 
 STAGES_WRITER = """

@@ -51,8 +51,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         print(f"error: {_fit_to_print(str(exc), args)}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # one line, no traceback (--debug: the traceback too)
+        if args.debug:
+            traceback.print_exc()
+        print(interrupted_line(args.command, argv, str(exc)), file=sys.stderr)
         return 130
 
 
@@ -64,3 +66,25 @@ def _fit_to_print(message: str, args: argparse.Namespace) -> str:
 
     message = hide_secrets(message, getattr(args, "storage", None) or os.environ.get(STORAGE_ENV))
     return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in message)
+RESUMABLE = ("search", "baselines", "worker", "run", "build", "report")
+
+
+def interrupted_line(command: str, argv: Sequence[str], what: str = "") -> str:
+    """``interrupted: trial 3 will run again; resume with: ensemble search --run r ...`` (passwords hidden)."""
+    import shlex
+
+    line = f"interrupted: {what}" if what else "interrupted"
+    if command not in RESUMABLE:
+        return line
+    again = [_hidden(a) for a in argv if a != "--restart"]  # resuming must not start the run over
+    return f"{line}; resume with: ensemble {shlex.join(again)}"
+
+
+def _hidden(arg: str) -> str:
+    """One argument of a command line to print: a URL in it (``--storage=URL`` too) with its secrets masked."""
+    from ensemble.search.urls import redact
+
+    if "://" not in arg:
+        return arg
+    flag, eq, value = arg.partition("=") if arg.startswith("-") else ("", "", arg)
+    return f"{flag}{eq}{redact(value)}"

@@ -121,10 +121,20 @@ class BaselineWorker(threading.Thread):
         if self.ok and not self.stopped and self.on_done is not None:
             self.on_done()  # recorded at once: a later kill during the CNN search does not redo them
 
-    def stop(self) -> None:
+    def stop(self, *, interrupt: bool = False) -> None:
+        """Stop the child: SIGTERM, or (``interrupt``: Ctrl-C) SIGINT, so it tags the trials it stops as
+        interrupted and queues them again, waiting ``KILL_GRACE_S`` for that before SIGTERM."""
         self.stopped = True
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        if interrupt:
+            os.killpg(self.proc.pid, signal.SIGINT)
+            try:
+                self.proc.wait(KILL_GRACE_S)
+                return
+            except subprocess.TimeoutExpired:
+                pass
+        os.killpg(self.proc.pid, signal.SIGTERM)
 
 
 def wait_for(worker: BaselineWorker, kill_at: float, log: Log) -> None:

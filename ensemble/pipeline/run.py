@@ -22,21 +22,6 @@ from ensemble.pipeline.presets import STAGES, settings_for
 from ensemble.pipeline.state import Budget, Log, Stages, clock
 
 
-def _quiet_interrupts() -> None:
-    """Ctrl-C: one 'interrupted' line, not Optuna's traceback of the trial it stopped (the trial is kept as FAIL)."""
-    import logging
-
-    import optuna  # noqa: F401  (creates the 'optuna' logger's handler)
-
-    class NoInterrupt(logging.Filter):
-        def filter(self, record: logging.LogRecord) -> bool:
-            exc = record.exc_info[1] if record.exc_info else None
-            return not isinstance(exc, KeyboardInterrupt) and "KeyboardInterrupt" not in record.getMessage()
-
-    for handler in logging.getLogger("optuna").handlers:
-        handler.addFilter(NoInterrupt())
-
-
 def run_pipeline(
     name: str,
     *,
@@ -73,11 +58,12 @@ def _run_locked(
 ) -> dict[str, Any]:
     from ensemble.data.runs import open_run, run_root, sweep_debris
     from ensemble.durations import parse_duration
+    from ensemble.search.interrupt import quiet_interrupts
     from ensemble.search.restart import delete_run
     from ensemble.search.storage import dashboard_command, redact, worker_command
 
     s = settings_for(preset, overrides)
-    _quiet_interrupts()
+    quiet_interrupts()
     budget_s = time_budget if time_budget is not None else parse_duration(s.budget)
     log = Log(say)
     root = run_root(name)

@@ -118,6 +118,10 @@ def search_stage(run: Run, s: Preset, stages: Stages, budget: Budget, log: Log, 
     deadline = budget.ends["search"]
     worker, planned = None, None
     t0 = time.time()
+    if need_cnn:  # a changed space is refused before the plan's probe and the baselines start
+        from ensemble.search.cnn.study import check_space
+
+        check_space(run, _cnn_space(s)[1], storage_url)
     if need_cnn and s.plan:  # searches + refits may use the build/report shares they will not need
         post = min(budget.ends["report"] - budget.ends["search"], POST_SEARCH_S)
         planned = _plan(run, s, stages, budget.ends["report"] - post, log, storage_url)
@@ -133,9 +137,9 @@ def search_stage(run: Run, s: Preset, stages: Stages, budget: Budget, log: Log, 
             log("cnn", f"CNN search finished: {info['trials']}" + (" (cut short by the budget)" * info["cut_short"]))
         if worker is not None:
             wait_for(worker, deadline + KILL_GRACE_S, log)
-    except BaseException:
+    except BaseException as exc:
         if worker is not None:
-            worker.stop()
+            worker.stop(interrupt=isinstance(exc, KeyboardInterrupt))  # Ctrl-C: its trials run again too
         raise
     if stages.done("baselines"):
         return

@@ -106,6 +106,42 @@ class Space:
                 )
         return out
 
+    def distributions(self, prefix: str = "") -> dict[str, optuna.distributions.BaseDistribution]:
+        """The Optuna distribution of every ranged key (named as :meth:`suggest` names it)."""
+        from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+        out: dict[str, optuna.distributions.BaseDistribution] = {}
+        for key, spec in self.params.items():
+            if not isinstance(spec, dict):
+                continue
+            log = spec.get("log", False)
+            if spec["type"] == "categorical":
+                out[prefix + key] = CategoricalDistribution(spec["choices"])
+            elif spec["type"] == "int":
+                out[prefix + key] = IntDistribution(spec["low"], spec["high"], step=spec.get("step", 1), log=log)
+            else:
+                out[prefix + key] = FloatDistribution(spec["low"], spec["high"], step=spec.get("step"), log=log)
+        return out
+
+    def check_fits(self, study: optuna.Study, *, run: str, prefix: str = "") -> None:
+        """SpaceError (one line) when a key's distribution cannot join the study's trials' (other choices, another
+        kind or log scale): Optuna would fail every trial. New ranges of int and float keys are fine."""
+        from optuna.distributions import check_distribution_compatibility
+
+        mine = self.distributions(prefix)
+        for trial in study.get_trials(deepcopy=False):
+            for name, old in trial.distributions.items():
+                if name not in mine:
+                    continue
+                try:
+                    check_distribution_compatibility(old, mine[name])
+                except ValueError:
+                    raise SpaceError(
+                        f"{self.path}: key '{name}' is {_describe(mine[name])} but study '{study.study_name}' of "
+                        f"run '{run}' has trials with {_describe(old)}: use the same, or start over "
+                        "(ensemble run --restart) or under a new run name"
+                    ) from None
+
     def defaults(self) -> dict[str, Any]:
         """A deterministic config: fixed values, range midpoints (geometric when log), first choices."""
         out: dict[str, Any] = {}
@@ -119,6 +155,16 @@ class Space:
                 mid = (lo * hi) ** 0.5 if spec.get("log") else (lo + hi) / 2
                 out[key] = int(round(mid)) if spec["type"] == "int" else float(mid)
         return out
+
+
+def _describe(dist: optuna.distributions.BaseDistribution) -> str:
+    """A distribution as a space file writes it: ``choices [4, 8]``, ``int 1..5 (log)``."""
+    from optuna.distributions import CategoricalDistribution
+
+    if isinstance(dist, CategoricalDistribution):
+        return f"choices {list(dist.choices)}"
+    kind = type(dist).__name__.removesuffix("Distribution").lower()
+    return f"{kind} {dist.low:g}..{dist.high:g}{' (log)' if dist.log else ''}"  # type: ignore[attr-defined]
 
 
 def _check_entry(where: str, key: str, spec: Any) -> None:

@@ -141,6 +141,28 @@ def test_run_end_to_end_then_resume(tmp_path: Path, runs_env: Path) -> None:
     np.testing.assert_array_equal(check_submission(root / "submission.csv", n_rows=40), final_labels("e2e"))
 
 
+def test_run_through_a_symlinked_runs_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = tmp_path / "disk" / "runs"
+    real.mkdir(parents=True)
+    (tmp_path / "runs-link").symlink_to(real, target_is_directory=True)
+    monkeypatch.setenv("ENSEMBLE_RUNS", str(tmp_path / "runs-link"))
+    monkeypatch.chdir(tmp_path)
+    assert main(tiny_args(tmp_path, "L")) == 0  # its own writer lock, taken again by build and report
+    check_submission(real / "L" / "submission.csv", n_rows=40)
+
+
+def test_run_with_a_changed_space_stops_before_any_trial(tmp_path: Path, runs_env: Path, capsys) -> None:
+    args = tiny_args(tmp_path, "sp")  # its space: filters [4, 8]
+    data, space = args[args.index("--data") + 1], tmp_path / "tiny.yaml"
+    assert main(["search", "--run", "sp", "--data", data, "--space", str(space), "--trials", "1"]) == 0
+    space.write_text(TINY_SPACE.replace("[4, 8]", "[4, 16]"))
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "'filters' is choices [4, 16]" in err and "choices [4, 8]" in err, err
+    assert study_trials(runs_env / "sp") == {"cnn": ["COMPLETE"]}  # no new trial, no baseline started
+
+
 def test_run_cut_short_without_any_model_still_writes_a_submission(tmp_path: Path, runs_env: Path) -> None:
     args = tiny_args(tmp_path, "short", "--time-budget", "1s")
     args[args.index("baselines=logreg,knn")] = "baselines="  # no baselines: the only CNN trial gets cut

@@ -20,20 +20,26 @@ if TYPE_CHECKING:
 
 
 def ensure_studies(parts: Parts, families: Iterable[Family], spaces: dict[str, Space], storage: str | None) -> dict:
-    """Create (or load) one maximize study per family; a fresh study first tries the space's defaults."""
+    """Create (or load) one maximize study per family; a fresh study first tries the space's defaults.
+
+    SpaceError, before any study changes, when a space no longer fits its study's trials."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     st = open_storage(parts, storage)
+    families = list(families)
     studies = {}
     for fam in families:
         study = optuna.create_study(study_name=fam.study_name, storage=st, direction="maximize", load_if_exists=True)
+        spaces[fam.name].check_fits(study, run=parts.name)
+        studies[fam.name] = study
+    for fam in families:  # every space fits its study: only now is any study changed
+        study = studies[fam.name]
         if not study.trials:
             study.enqueue_trial(first_params(spaces[fam.name]), user_attrs={"stage": "search"})
         for number in fail_stale_trials(study, parts.root, local_storage=storage is None):  # killed mid-fit
             shutil.rmtree(partial_trial_path(parts, fam.study_name, number), ignore_errors=True)
             shutil.rmtree(trial_path(parts, fam.study_name, number), ignore_errors=True)
-        studies[fam.name] = study
     return studies
 
 

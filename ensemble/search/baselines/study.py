@@ -33,6 +33,7 @@ from ensemble.search.baselines.models import (
     xgboost_device,
 )
 from ensemble.search.baselines.saved import save_model
+from ensemble.search.interrupt import interrupted
 from ensemble.search.spaces import Space, load_space
 from ensemble.search.storage import mark_owner, open_storage
 
@@ -239,7 +240,10 @@ def run_task(parts: Parts, task: Task) -> TaskResult:
     worker_token(parts.root)  # held before Optuna creates the trial (see ensemble.locks)
 
     def func(trial: optuna.Trial) -> float:
-        return objective(trial, parts=parts, family=family, space=space, task=task)
+        try:
+            return objective(trial, parts=parts, family=family, space=space, task=task)
+        except KeyboardInterrupt:  # Ctrl-C: not counted, run again (a refit is queued again by its next task)
+            raise interrupted(trial, queue=task.refit_of is None, stage="search") from None
 
     study.optimize(func, n_trials=1, catch=(Exception,), callbacks=[lambda _s, t: seen.append(t)])
     t = seen[-1]

@@ -1,12 +1,13 @@
 """One CNN trial, as Optuna calls it: sample a config, train it (in a trainer process), record its figures.
 
 A failure inside the trial (NaN loss, out of memory, a trainer that died) fails only that trial
-(``TrialFailed``); a usage or data error, or Ctrl-C, stops the search.
+(``TrialFailed``); a usage or data error, or Ctrl-C, stops the search (Ctrl-C: the trial runs again later).
 """
 
 from __future__ import annotations
 
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from ensemble.search.cnn.parallel import Meter
 from ensemble.search.cnn.pool import RECYCLE_AFTER, TrainerPool
 from ensemble.search.cnn.takeover import TrialTakenOver
 from ensemble.search.cnn.trainer import partial_dir, train_and_save
+from ensemble.search.interrupt import interrupted
 from ensemble.search.spaces import Space
 from ensemble.search.storage import mark_owner
 
@@ -62,8 +64,37 @@ def make_objective(
     say: Callable[[str], None],
     pool: TrainerPool | None = None,
     meter: Meter | None = None,
+    stopping: threading.Event | None = None,
 ) -> Callable[[optuna.Trial], float]:
-    """The function Optuna calls once per trial (training in one of ``pool``'s trainer processes when given)."""
+    """The function Optuna calls once per trial (training in one of ``pool``'s trainer processes when given).
+
+    ``stopping``: set on Ctrl-C (:func:`ensemble.search.interrupt.on_interrupt`); a trial that ends while it
+    is set, or by KeyboardInterrupt, is tagged interrupted and queued again, and raises ``Interrupted``.
+    """
+    train_one = _trial_function(run, space, settings, say, pool, meter)
+
+    def objective(trial: optuna.Trial) -> float:
+        try:
+            return train_one(trial)
+        except BaseException as exc:
+            if not isinstance(exc, KeyboardInterrupt) and (stopping is None or not stopping.is_set()):
+                raise
+            discard(trial_path(run, CNN_STUDY, trial.number))
+            say(f"  trial {trial.number} interrupted")
+            raise interrupted(trial) from None
+
+    return objective
+
+
+def _trial_function(
+    run: Run,
+    space: Space,
+    settings: SearchSettings,
+    say: Callable[[str], None],
+    pool: TrainerPool | None,
+    meter: Meter | None,
+) -> Callable[[optuna.Trial], float]:
+    """One trial: sample, train, record (what :func:`make_objective` wraps)."""
     import optuna
 
     arrays = search_arrays(run, max_train=settings.max_train, seed=settings.seed)

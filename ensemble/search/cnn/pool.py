@@ -247,6 +247,17 @@ class TrainerPool:
         finally:
             self._free.put(trainer)
 
+    def interrupt(self) -> None:
+        """Ctrl-C: SIGKILL every trainer process now, so the trials they train end at once (called from a
+        signal handler: nothing here waits; :meth:`close` reaps them)."""
+        for trainer in self.trainers:
+            proc = trainer.proc
+            if proc is not None and proc.pid is not None:
+                try:
+                    os.kill(proc.pid, 9)
+                except ProcessLookupError:
+                    pass
+
     def close(self) -> None:
         """The search is over: stop every trainer now (they are between trials; nothing is lost)."""
         for trainer in self.trainers:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ def rss_mb() -> float:
 def serve(conn: Any, arrays_path: str, env: dict[str, str], parent: int) -> None:
     """The trainer process: import Keras, load the arrays, then train the trials it is sent until told to exit."""
     die_with_parent(parent)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the search decides
     os.environ.update(env)
     import numpy as np
 

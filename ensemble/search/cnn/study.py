@@ -21,6 +21,7 @@ from ensemble.search.cnn.objective import SearchSettings, TrialFailed, discard, 
 from ensemble.search.cnn.parallel import AUTO_MAX, Meter, optimize, parse_jobs
 from ensemble.search.cnn.pool import TrainerLimits, TrainerPool
 from ensemble.search.cnn.takeover import optimize_past_takeovers
+from ensemble.search.interrupt import on_interrupt, quiet_interrupts
 from ensemble.search.spaces import Space, load_space
 from ensemble.search.storage import check_run_identity, fail_stale_trials, open_storage, was_killed
 
@@ -97,6 +98,17 @@ def open_study(run: Run, storage_url: str | None, *, seed: int, pruner: optuna.p
     return study
 
 
+def check_space(run: Run, space: Space, storage_url: str | None = None) -> None:
+    """SpaceError when ``space`` no longer fits the trials of the run's ``cnn`` study (none: nothing to check)."""
+    import optuna
+
+    try:
+        study = optuna.load_study(study_name=STUDY, storage=open_storage(run, storage_url))
+    except KeyError:  # no study yet
+        return
+    space.check_fits(study, run=run.name)
+
+
 def run_search(
     run: Run,
     space: Space,
@@ -125,6 +137,7 @@ def run_search(
     epochs = space.defaults().get("epochs", cnn.DEFAULTS["epochs"])
     seed = settings.seed if settings.sampler_seed is None else settings.sampler_seed
     study = open_study(run, storage_url, seed=seed, pruner=pruner or make_pruner(settings.pruner, epochs))
+    space.check_fits(study, run=run.name)  # before any trial: a changed space would fail every one
     _prepare(study, run, space, settings, local_storage=storage_url is None, say=say, publish=publish)
     done = finished_trials(study)
     todo = settings.trials - done
@@ -136,27 +149,30 @@ def run_search(
     arrays_path = write_arrays(run, max_train=settings.max_train, seed=settings.seed) if settings.isolate else None
     pool = _pool(run, settings, arrays_path, jobs) if arrays_path is not None else None
     meter = Meter()
-    objective = make_objective(run, space, settings, say, pool, meter)
     stops = [_stop_at(settings.trials), *(callbacks or [])]
+    quiet_interrupts()  # Ctrl-C: the CLI's one line, not Optuna's traceback
+    try:
+        with on_interrupt(pool.interrupt if pool is not None else None) as stopping:
+            objective = make_objective(run, space, settings, say, pool, meter, stopping)
 
-    def search(timeout: float | None) -> None:
-        optimize(
-            study,
-            objective,
-            jobs=jobs,
-            pool=pool,
-            meter=meter,
-            n_trials=max(1, settings.trials - finished_trials(study)),  # a cap: other workers' trials count too
-            timeout=timeout,
-            say=say,
-            on_jobs=on_jobs,
-            catch=(TrialFailed,),
-            callbacks=stops,
-            gc_after_trial=True,
-        )
+            def search(timeout: float | None) -> None:
+                optimize(
+                    study,
+                    objective,
+                    jobs=jobs,
+                    pool=pool,
+                    meter=meter,
+                    n_trials=max(1, settings.trials - finished_trials(study)),  # a cap: other workers' trials count
+                    timeout=timeout,
+                    say=say,
+                    on_jobs=on_jobs,
+                    catch=(TrialFailed,),
+                    callbacks=stops,
+                    gc_after_trial=True,
+                )
 
-    try:  # a trial failed by another process while this one was paused is dropped: the search goes on
-        optimize_past_takeovers(study, search, timeout=settings.timeout, callbacks=stops, say=say)
+            # a trial failed by another process while this one was paused is dropped: the search goes on
+            optimize_past_takeovers(study, search, timeout=settings.timeout, callbacks=stops, say=say)
     finally:
         if pool is not None:
             pool.close()

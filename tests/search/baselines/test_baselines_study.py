@@ -1,6 +1,12 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +21,7 @@ from ensemble.search.artifacts import load_proba
 from ensemble.search.baselines.models import FAMILIES
 from ensemble.search.baselines.saved import load_model
 from ensemble.search.baselines.study import subsample
-from ensemble.search.storage import open_storage
+from ensemble.search.storage import open_storage, was_killed
 
 REPO_SPACES = REPO / "search_spaces"
 ATTRS = {"val_accuracy", "val_logloss", "fit_seconds", "predict_seconds", "artifact_dir", "family", "n_train", "stage"}
@@ -48,6 +54,14 @@ def _cli(data, spaces, *extra):
 def _study(family):
     run = open_run("t")
     return optuna.load_study(study_name=f"baseline-{family}", storage=open_storage(run))
+
+
+def _trials(family):
+    """The study's trials, or none while the run or its study does not exist yet."""
+    try:
+        return _study(family).trials
+    except Exception:
+        return []
 
 
 def test_two_families_two_trials_leave_artifacts_and_user_attrs(setup, capsys):
@@ -85,6 +99,22 @@ def test_rerun_continues_the_study(setup):
     assert len(_study("knn").trials) == 2  # search_rows 0: trials already see all rows, no refit
     assert _cli(data, spaces, "--models", "knn", "--trials", "1") == 0
     assert len(_study("knn").trials) == 3
+
+
+def test_a_changed_space_is_refused_before_any_study_changes(setup, capsys):
+    data, spaces = setup
+    assert _cli(data, spaces, "--models", "logreg,knn", "--trials", "1") == 0
+    before = {f: [t.state.name for t in _study(f).trials] for f in ("logreg", "knn")}
+    capsys.readouterr()
+    (spaces / "knn.yaml").write_text(TINY["knn"] + "weights: {type: categorical, choices: [distance, uniform]}\n")
+    (spaces / "logreg.yaml").write_text(TINY["logreg"].replace("log: true", "log: false"))  # another scale
+    assert _cli(data, spaces, "--models", "logreg,knn", "--trials", "1") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "key 'C' is float 0.01..1" in err and "(log)" in err and "--restart" in err
+    assert {f: [t.state.name for t in _study(f).trials] for f in ("logreg", "knn")} == before  # nothing asked
+    (spaces / "logreg.yaml").write_text(TINY["logreg"].replace("high: 1.0", "high: 2.0"))  # a new range is fine
+    assert _cli(data, spaces, "--models", "logreg", "--trials", "1", "--no-refit") == 0
+    assert [t.state.name for t in _study("logreg").trials] == [*before["logreg"], "COMPLETE"]
 
 
 def test_trial_left_running_by_a_killed_process_is_failed_and_its_folder_removed(setup):
@@ -179,3 +209,30 @@ def test_subsample_is_stratified_and_deterministic():
     assert len(idx) == 200 and np.all(np.bincount(y[idx]) == 20)
     np.testing.assert_array_equal(idx, subsample(y, 200, seed=0))
     assert len(subsample(y, 0, seed=0)) == 1000
+
+
+def test_ctrl_c_mid_trial_does_not_spend_it_and_the_next_call_runs_it_again(setup, tmp_path):
+    data, spaces = setup
+    slow = "search_rows: 0\npca_components: 0\nn_estimators: {type: int, low: 4000, high: 5000}\n"  # seconds a trial
+    (spaces / "rf.yaml").write_text(slow)
+    args = ["baselines", "--run", "t", "--data", str(data), "--spaces", str(spaces), "--models", "rf", "--jobs", "1"]
+    args += ["--trials", "1", "--no-refit"]
+    log = tmp_path / "log.txt"
+    with log.open("w") as out:
+        command = [sys.executable, "-m", "ensemble", *args]
+        proc = subprocess.Popen(command, stdout=out, stderr=out, start_new_session=True)
+        end = time.time() + 120
+        while not (runs := [t for t in _trials("rf") if t.state.name == "RUNNING" and "worker" in t.user_attrs]):
+            assert proc.poll() is None and time.time() < end, log.read_text()
+            time.sleep(0.1)
+        os.killpg(proc.pid, signal.SIGINT)  # as Ctrl-C does: the whole process group
+        assert proc.wait(60) == 130
+    text = log.read_text()
+    resume = f"interrupted: trial {runs[0].number} will run again; resume with: ensemble {shlex.join(args)}"
+    assert [line for line in text.splitlines() if "interrupted" in line] == [resume] and "Traceback" not in text
+    (first,) = [t for t in _trials("rf") if t.state.name != "WAITING"]
+    assert first.state.name == "FAIL" and first.user_attrs["interrupted"] is True and was_killed(first)
+    assert main(args) == 0
+    trials = _study("rf").trials
+    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE"]
+    assert trials[1].params == first.params and trials[1].user_attrs["retry_of"] == first.number

@@ -1,7 +1,11 @@
 from __future__ import annotations
 
+import os
+import shlex
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +19,7 @@ from ensemble.data.runs import open_run
 from ensemble.errors import SpaceError
 from ensemble.search.cnn import model as cnn
 from ensemble.search.cnn.study import SearchSettings, finished_trials, load_cnn_space, run_search
-from ensemble.search.storage import open_storage
+from ensemble.search.storage import open_storage, was_killed
 
 
 @pytest.fixture
@@ -205,3 +209,68 @@ def test_search_arrays_are_one_file_per_process_written_atomically(tiny) -> None
     with np.load(path) as npz:
         assert npz["x_train"].shape == run.part("train")[0].shape
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary file left behind
+
+
+def _space_with(tmp_path: Path, name: str, filters: str, lr: str = "low: 1.0e-3, high: 3.0e-3") -> Path:
+    f = tmp_path / f"{name}.yaml"
+    text = TINY.format(epochs=1).replace("filters: 4", f"filters: {{type: categorical, choices: {filters}}}")
+    f.write_text(text.replace("low: 1.0e-3, high: 3.0e-3", lr))
+    return f
+
+
+def test_a_changed_space_is_refused_before_any_trial(runs_env: Path, tmp_path: Path) -> None:
+    data = write_dataset(tmp_path / "data", n_train=200, n_test=20)
+    cli = [sys.executable, "-m", "ensemble", "search", "--run", "sp", "--data", str(data), "--pruner", "none"]
+
+    def search(space: Path, trials: int) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*cli, "--space", str(space), "--trials", str(trials)], capture_output=True, text=True)
+
+    assert search(_space_with(tmp_path, "a", "[4, 8]"), 1).returncode == 0
+    changed = search(_space_with(tmp_path, "b", "[4, 16]"), 2)
+    assert changed.returncode == 2 and "Traceback" not in changed.stderr
+    (line,) = changed.stderr.strip().splitlines()
+    assert "'filters'" in line and "[4, 16]" in line and "[4, 8]" in line
+    assert "--restart" in line and "new run name" in line
+    run = open_run("sp")
+    assert [t.state.name for t in optuna.load_study(study_name="cnn", storage=open_storage(run)).trials] == ["COMPLETE"]
+    # a new range of a float key is fine (Optuna allows it): the study goes on
+    wider = search(_space_with(tmp_path, "c", "[4, 8]", lr="low: 1.0e-4, high: 3.0e-3"), 2)
+    assert wider.returncode == 0, wider.stderr
+    states = [t.state.name for t in optuna.load_study(study_name="cnn", storage=open_storage(run)).trials]
+    assert states == ["COMPLETE", "COMPLETE"]
+
+
+def _interrupt_when(proc: subprocess.Popen, log: Path, mark: str) -> int:
+    """Send SIGINT to ``proc``'s process group (as Ctrl-C does) once ``mark`` is in its log; its exit code."""
+    end = time.time() + 240
+    while mark not in log.read_text():
+        assert proc.poll() is None and time.time() < end, log.read_text()
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGINT)
+    return proc.wait(120)
+
+
+def test_ctrl_c_mid_trial_does_not_spend_it_and_the_resume_runs_it_again(runs_env: Path, tmp_path: Path) -> None:
+    data = write_dataset(tmp_path / "data", n_train=200, n_test=20)
+    space = tmp_path / "cnn.yaml"
+    space.write_text(TINY.format(epochs=4))
+    args = ["search", "--run", "ci", "--data", str(data), "--space", str(space), "--trials", "2", "--pruner", "none"]
+    log = tmp_path / "log.txt"
+    with log.open("w") as out:
+        command = [sys.executable, "-m", "ensemble", *args]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        proc = subprocess.Popen(command, stdout=out, stderr=out, env=env, start_new_session=True)
+        assert _interrupt_when(proc, log, "trial 0 epoch 1:") == 130
+    text = log.read_text()
+    resume = f"interrupted: trial 0 will run again; resume with: ensemble {shlex.join(args)}"
+    assert [line for line in text.splitlines() if "interrupted:" in line] == [resume] and "Traceback" not in text
+    study = optuna.load_study(study_name="cnn", storage=open_storage(open_run("ci")))
+    first = study.trials[0]
+    assert first.state == optuna.trial.TrialState.FAIL and first.user_attrs["interrupted"] is True
+    assert was_killed(first) and finished_trials(study) == 0  # not counted toward --trials
+    assert not open_run("ci").path("models", "cnn", "trial-0000").exists()
+    again = subprocess.run([sys.executable, "-m", "ensemble", *args], capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    trials = optuna.load_study(study_name="cnn", storage=open_storage(open_run("ci"))).trials
+    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE", "COMPLETE"]  # two finished, as asked
+    assert trials[1].params == first.params and trials[1].user_attrs["retry_of"] == 0  # the same trial, again
