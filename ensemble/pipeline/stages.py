@@ -200,10 +200,14 @@ def report_stage(
     """
     from ensemble.io import read_json
     from ensemble.report.console import print_report
+    from ensemble.report.final import submission_is_current
     from ensemble.report.make import run_report
 
     summary = run.path("report", "summary.json")
-    if not again and stages.done("report") and summary.is_file() and run.path("submission.csv").is_file():
+    done = not again and stages.done("report") and summary.is_file() and run.path("submission.csv").is_file()
+    if done and not submission_is_current(run, read_json(summary)):
+        log("report", "the submission is not from the final model's refit (stopped before its report): rewriting it")
+    elif done:
         got = read_json(summary)
         log("report", f"report already written: {run.path('report', 'report.html')}")
         log(

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ensemble.io import write_json
-from ensemble.report.final import refit_entry, write_final_submission
+from ensemble.report.final import refit_entry, refit_sha256, write_final_submission
 from ensemble.report.summary import ReportResult, collect, leaderboard_rows, significance
 
 if TYPE_CHECKING:
@@ -43,6 +43,7 @@ def make_report(
         "mcnemar": {k: v for k, v in (result.mcnemar or {}).items()},
         "tta_and_ensembling": result.gains,
         "refit_full": result.refit.note if result.refit else None,
+        "refit_sha256": refit_sha256(run) if result.refit else None,
     }
     write_json(run.path("report", "summary.json"), summary)
     result.files.append(run.path("report", "summary.json"))
