@@ -216,11 +216,11 @@ def report_stage(
         return got
     t0 = time.time()
     try:
-        result = run_report(run, storage_url=storage_url)
+        result = run_report(run, storage_url=storage_url, say=log.for_stage("report"))
     except NoModelError as exc:
         log("report", f"{exc}: training a quick fallback model so that a submission is still written")
         fallback_model(run, storage_url, log.for_stage("fallback"))
-        result = run_report(run, storage_url=storage_url)
+        result = run_report(run, storage_url=storage_url, say=log.for_stage("report"))
     print_report(result)
     final = result.final
     stages.finish("report", time.time() - t0, final_model=final.name)
