@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 from pathlib import Path
 
@@ -40,13 +41,34 @@ def _folder(path: Path, text: str) -> Path:
     return path
 
 
+def _renameat2_works(tmp: Path) -> str | None:
+    """None where this system and filesystem exchange two folders with renameat2, else why not (for a skip)."""
+    import ctypes
+
+    a, b = _folder(tmp / "probe-a", "a"), _folder(tmp / "probe-b", "b")
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return "the C library has no renameat2"
+    try:
+        if fn(-100, bytes(a), -100, bytes(b), 2) != 0:  # AT_FDCWD, RENAME_EXCHANGE
+            return f"renameat2 RENAME_EXCHANGE fails here: {os.strerror(ctypes.get_errno())}"
+        return None
+    finally:
+        shutil.rmtree(a), shutil.rmtree(b)
+
+
 @pytest.mark.parametrize("exchange", [True, False], ids=["renameat2", "two-renames"])
 def test_swap_dir_replaces_the_folder(tmp_path: Path, monkeypatch, exchange: bool) -> None:
-    if not exchange:
-        monkeypatch.setattr(eio, "_exchange", lambda a, b: False)
+    if exchange and (why := _renameat2_works(tmp_path)):
+        pytest.skip(why)
+    real = eio._exchange if exchange else (lambda a, b: False)
+    exchanged: list[bool] = []
+    monkeypatch.setattr(eio, "_exchange", lambda a, b: exchanged.append(real(a, b)) or exchanged[-1])
     final = _folder(tmp_path / "ensemble", "old")
     new = _folder(tmp_path / ".ensemble-tmp-1", "new")
     eio.swap_dir(new, final, old=tmp_path / ".ensemble-old-1")
+    assert exchanged == [exchange]  # the path under test ran: one atomic exchange, or the two renames after it failed
     assert (final / "manifest.json").read_text() == "new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ensemble"]
     eio.swap_dir(_folder(tmp_path / "first", "x"), tmp_path / "absent", old=tmp_path / "unused")

@@ -95,6 +95,8 @@ def test_a_liveness_check_between_creating_and_locking_a_token_keeps_it(
     assert [p.name for p in (root / ".workers").iterdir()] == [f"{token}.lock"]
     assert token_alive(root, token) and live_tokens(root) == [token]
     assert own_token(root) == token
+
+
 def test_the_run_lock_is_re_entered_through_any_spelling_of_the_runs_folder(tmp_path: Path) -> None:
     real = tmp_path / "real-runs"
     real.mkdir()  # without .locks yet: the first lock creates it

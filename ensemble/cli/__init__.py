@@ -66,6 +66,8 @@ def _fit_to_print(message: str, args: argparse.Namespace) -> str:
 
     message = hide_secrets(message, getattr(args, "storage", None) or os.environ.get(STORAGE_ENV))
     return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in message)
+
+
 RESUMABLE = ("search", "baselines", "worker", "run", "build", "report")
 
 

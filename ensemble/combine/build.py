@@ -106,7 +106,7 @@ def _build(
         raise UsageError(f"--weights must be equal or greedy, got '{weights}'")
     t0 = time.perf_counter()
     mode, views_all = _tta_plan(tta)
-    cnns, baselines = find_candidates(run, open_storage(run, storage_url), top_k, include_baselines)
+    cnns, baselines = find_candidates(run, open_storage(run, storage_url), top_k, include_baselines, say)
     extra = f" + baselines {', '.join(b.name for b in baselines)}" if baselines else ""
     say(f"members: top-{top_k} CNN trials {', '.join(c.name for c in cnns)}{extra}")
     pred = _predict_candidates(run, cnns, views_all, batch_size=batch_size, progress=progress, say=say)

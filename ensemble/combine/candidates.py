@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -61,8 +62,48 @@ def fetch(run: Run, storage: Any, c: Candidate) -> Candidate:
     return c
 
 
-def find_candidates(run: Run, storage: Any, top_k: int, include_baselines: bool) -> tuple[list, list]:
-    """Top-k CNN trials by validation accuracy (log loss breaks ties), and the best trial per baseline study."""
+def elsewhere(c: Candidate) -> str:
+    """Where a trial whose files are not on this machine was trained (its ``host`` and ``run_root`` attrs)."""
+    from ensemble.locks import host
+
+    where = c.attrs.get("host")
+    if where and where != host():
+        return f"trained on host {where}"
+    return f"trained in {c.attrs.get('run_root') or c.attrs.get('artifact_dir')}, not in this run folder"
+
+
+def with_files_here(
+    run: Run, storage: Any, cands: list[Candidate], say: Callable[[str], None], *, study: str, need: bool = True
+) -> list[Candidate]:
+    """The candidates whose files are on this machine (fetched from the artifact store first, if one is set).
+
+    Says one line for each that has none. With ``need``, none of them having files (and some to look
+    for) is an ArtifactError naming ``--artifacts``. ``ensemble build`` and ``ensemble report`` share
+    this rule: the top CNN trials are needed, a baseline study's best trial is not.
+    """
+    here, away = [], []
+    for c in cands:
+        c = fetch(run, storage, c)
+        if c.folder.is_dir() and any(c.folder.iterdir()):
+            here.append(c)
+            continue
+        away.append(c)
+        say(f"{c.name} ({elsewhere(c)}) has no files here: skipped; use --artifacts STORE to fetch them")
+    if need and away and not here:
+        raise ArtifactError(
+            f"run '{run.name}': no top trial of study '{study}' has files on this machine ({away[0].name} "
+            f"{elsewhere(away[0])}): use --artifacts STORE, the artifact store their files were uploaded to"
+        )
+    return here
+
+
+def find_candidates(
+    run: Run, storage: Any, top_k: int, include_baselines: bool, say: Callable[[str], None] = print
+) -> tuple[list, list]:
+    """Top-k CNN trials by validation accuracy (log loss breaks ties), and the best trial per baseline study.
+
+    Trials whose files are not on this machine are left out, one line each (:func:`with_files_here`).
+    """
     import optuna
 
     if top_k < 1:
@@ -70,13 +111,15 @@ def find_candidates(run: Run, storage: Any, top_k: int, include_baselines: bool)
     names = optuna.get_all_study_names(storage=storage)
     if CNN_STUDY not in names:
         raise NoModelError(f"run '{run.name}' has no '{CNN_STUDY}' study; run the CNN search first")
-    cnns = [fetch(run, storage, c) for c in study_candidates(run, storage, CNN_STUDY, "cnn")[:top_k]]
-    if not cnns:
+    top = study_candidates(run, storage, CNN_STUDY, "cnn")[:top_k]
+    if not top:
         raise NoModelError(f"run '{run.name}': the '{CNN_STUDY}' study has no completed trial with saved artifacts")
+    cnns = with_files_here(run, storage, top, say, study=CNN_STUDY)
     baselines = []
     if include_baselines:
         for s in sorted(n for n in names if n.startswith(BASELINE_PREFIX)):
-            baselines += [fetch(run, storage, c) for c in study_candidates(run, storage, s, "baseline")[:1]]
+            best = study_candidates(run, storage, s, "baseline")[:1]
+            baselines += with_files_here(run, storage, best, say, study=s, need=False)
     for c in cnns + baselines:
         check_trial(run, c)
     return cnns, baselines

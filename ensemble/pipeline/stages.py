@@ -204,10 +204,14 @@ def report_stage(
     """
     from ensemble.io import read_json
     from ensemble.report.console import print_report
+    from ensemble.report.final import submission_is_current
     from ensemble.report.make import run_report
 
     summary = run.path("report", "summary.json")
-    if not again and stages.done("report") and summary.is_file() and run.path("submission.csv").is_file():
+    done = not again and stages.done("report") and summary.is_file() and run.path("submission.csv").is_file()
+    if done and not submission_is_current(run, read_json(summary)):
+        log("report", "the submission is not from the final model's refit (stopped before its report): rewriting it")
+    elif done:
         got = read_json(summary)
         log("report", f"report already written: {run.path('report', 'report.html')}")
         log(
@@ -216,11 +220,11 @@ def report_stage(
         return got
     t0 = time.time()
     try:
-        result = run_report(run, storage_url=storage_url)
+        result = run_report(run, storage_url=storage_url, say=log.for_stage("report"))
     except NoModelError as exc:
         log("report", f"{exc}: training a quick fallback model so that a submission is still written")
         fallback_model(run, storage_url, log.for_stage("fallback"))
-        result = run_report(run, storage_url=storage_url)
+        result = run_report(run, storage_url=storage_url, say=log.for_stage("report"))
     print_report(result)
     final = result.final
     stages.finish("report", time.time() - t0, final_model=final.name)

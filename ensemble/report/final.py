@@ -50,3 +50,24 @@ def refit_entry(run: Run, final: Entry) -> Entry | None:
     folder = run.path(FOLDER)
     return Entry(name=f"{final.name} refit on all labels", kind="refit", family=final.family,
                  holdout=final.holdout, test=proba_loader(folder, "test"), note=note)  # fmt: skip
+
+
+def refit_sha256(run: Run) -> str:
+    """The sha256 of ``ensemble-full/manifest.json``: which refit a submission was taken from."""
+    from ensemble.inference.refit import FOLDER
+    from ensemble.search.artifacts import sha256_file
+
+    return sha256_file(run.path(FOLDER, "manifest.json"))
+
+
+def submission_is_current(run: Run, summary: dict) -> bool:
+    """Whether the report ``summary`` (summary.json) took its submission from what the final model is now.
+
+    False when the final model has a refit (``ensemble-full``) that the submission does not come from,
+    or the submission came from a refit that is no longer the final model's: e.g. after a kill between
+    the refit and the report that follows it.
+    """
+    from ensemble.inference.refit import current_refit
+
+    now = refit_sha256(run) if current_refit(run, summary["final_model"]) is not None else None
+    return summary.get("refit_sha256") == now

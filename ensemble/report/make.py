@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ensemble.io import write_json
-from ensemble.report.final import refit_entry, write_final_submission
+from ensemble.report.final import refit_entry, refit_sha256, write_final_submission
 from ensemble.report.summary import ReportResult, collect, leaderboard_rows, significance
 
 if TYPE_CHECKING:
@@ -27,7 +27,7 @@ def make_report(
     """Compare every model on the holdout, write runs/NAME/report/ and runs/NAME/submission.csv."""
     from ensemble.report.html import write_outputs
 
-    result = collect(run, storage_url=storage_url, top_cnn=top_cnn)
+    result = collect(run, storage_url=storage_url, top_cnn=top_cnn, say=say)
     final = result.final
     result.mcnemar = significance(result)
     result.refit = refit_entry(run, final)
@@ -43,14 +43,22 @@ def make_report(
         "mcnemar": {k: v for k, v in (result.mcnemar or {}).items()},
         "tta_and_ensembling": result.gains,
         "refit_full": result.refit.note if result.refit else None,
+        "refit_sha256": refit_sha256(run) if result.refit else None,
     }
     write_json(run.path("report", "summary.json"), summary)
     result.files.append(run.path("report", "summary.json"))
     return result
 
 
-def run_report(run: Any, *, storage_url: str | None = None, top_cnn: int = 5, gallery: int = 40) -> ReportResult:
-    """Make the report (quietly, with matplotlib's Agg backend)."""
+def run_report(
+    run: Any,
+    *,
+    storage_url: str | None = None,
+    top_cnn: int = 5,
+    gallery: int = 40,
+    say: Callable[[str], None] = print,
+) -> ReportResult:
+    """Make the report (quietly, with matplotlib's Agg backend); ``say`` gets the lines about trials left out."""
     os.environ.setdefault("MPLBACKEND", "Agg")
     from ensemble.data.runs import runs_dir, sweep_debris
     from ensemble.locks import run_lock
@@ -58,4 +66,4 @@ def run_report(run: Any, *, storage_url: str | None = None, top_cnn: int = 5, ga
 
     with run_lock(runs_dir(), run.name):  # one writer of the report and submission.csv
         sweep_debris(run.root)
-        return make_report(run, storage_url=storage_url, top_cnn=top_cnn, gallery=gallery)
+        return make_report(run, storage_url=storage_url, top_cnn=top_cnn, gallery=gallery, say=say)

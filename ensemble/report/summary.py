@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ensemble.combine.voting import soft_vote
-from ensemble.errors import NoModelError, UsageError
+from ensemble.errors import ArtifactError, NoModelError, UsageError
 from ensemble.io import read_json
 from ensemble.report.stats import mcnemar, mcnemar_words, score
 from ensemble.search.artifacts import load_proba, trial_path
@@ -66,21 +66,28 @@ def proba_loader(folder: Path, part: str) -> Callable[[], np.ndarray]:
     return lambda: load_proba(folder, part)
 
 
-def trial_entries(run: Run, storage: Any, *, top_cnn: int) -> tuple[list[Entry], dict[tuple[str, int], Entry]]:
-    """The best trial of each baseline study and the top CNN trials (by validation accuracy)."""
+def trial_entries(
+    run: Run, storage: Any, *, top_cnn: int, say: Callable[[str], None] = print
+) -> tuple[list[Entry], dict[tuple[str, int], Entry]]:
+    """The best trial of each baseline study and the top CNN trials (by validation accuracy).
+
+    Trials whose files are not on this machine are left out, one line each, by the rule ``ensemble
+    build`` uses (:func:`ensemble.combine.candidates.with_files_here`).
+    """
     import optuna
 
-    from ensemble.combine.candidates import fetch, study_candidates
+    from ensemble.combine.candidates import study_candidates, with_files_here
     from ensemble.search.artifacts import BASELINE_PREFIX, CNN_STUDY
 
     names = optuna.get_all_study_names(storage=storage)
     n_pred = len(run.split.val) + len(run.split.holdout) + len(run.x_test)
     rows, by_trial = [], {}
     for study in sorted(n for n in names if n.startswith(BASELINE_PREFIX)) + [CNN_STUDY] * (CNN_STUDY in names):
-        cands = study_candidates(run, storage, study, "cnn" if study == CNN_STUDY else "baseline")
-        for c in cands[: top_cnn if study == CNN_STUDY else 1]:
-            if not (fetch(run, storage, c).folder / "proba_holdout.npy").is_file():
-                continue
+        cnn = study == CNN_STUDY
+        cands = study_candidates(run, storage, study, "cnn" if cnn else "baseline")[: top_cnn if cnn else 1]
+        for c in with_files_here(run, storage, cands, say, study=study, need=cnn):
+            if not (c.folder / "proba_holdout.npy").is_file():
+                raise ArtifactError(f"{c.folder / 'proba_holdout.npy'}: missing probabilities file of trial {c.name}")
             a = c.attrs
             e = Entry(
                 name=c.name,
@@ -236,12 +243,14 @@ class ReportResult:
         return self.entries[0]
 
 
-def collect(run: Run, *, storage_url: str | None = None, top_cnn: int = 5) -> ReportResult:
+def collect(
+    run: Run, *, storage_url: str | None = None, top_cnn: int = 5, say: Callable[[str], None] = print
+) -> ReportResult:
     """Score every model on the holdout and rank them."""
     from ensemble.search.storage import open_storage
 
     y = run.part("holdout")[1]
-    rows, by_trial = trial_entries(run, open_storage(run, storage_url), top_cnn=top_cnn)
+    rows, by_trial = trial_entries(run, open_storage(run, storage_url), top_cnn=top_cnn, say=say)
     ens, manifest = ensemble_entries(run, by_trial)
     entries = []
     for e in rows + ens:

@@ -184,3 +184,39 @@ def test_trials_per_device_and_baseline_cores_settings() -> None:
     for bad in ({"trials_per_device": 0}, {"trials_per_device": "many"}, {"baseline_cores": True}):
         with pytest.raises(UsageError, match="--set"):
             settings_for("quick", bad)
+
+
+KILL_BEFORE_SECOND_REPORT = """\
+import os, signal, sys
+import ensemble.pipeline.stages as stages
+first = stages.report_stage
+def report_stage(*args, again=False, **kwargs):
+    if again:  # the refit is written and recorded; its report is next: killed here
+        os.kill(os.getpid(), signal.SIGKILL)
+    return first(*args, again=again, **kwargs)
+stages.report_stage = report_stage
+from ensemble.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_kill_between_the_refit_and_its_report_is_mended_by_a_rerun(tmp_path: Path, runs_env: Path) -> None:
+    import subprocess
+    import sys
+
+    args = tiny_args(tmp_path, "window")
+    args[args.index("baselines=logreg,knn")] = "baselines="  # CNNs only: the final model has a refit
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    done = subprocess.run([sys.executable, "-c", KILL_BEFORE_SECOND_REPORT, *args], env=env, timeout=600)
+    assert done.returncode == -9  # SIGKILLed in the window, after refit_stage recorded the refit
+    root = runs_env / "window"
+    stages = json.loads((root / "stages.json").read_text())["stages"]
+    assert stages["refit"]["done"] and stages["report"]["done"] and (root / "ensemble-full").is_dir()
+    assert json.loads((root / "report" / "summary.json").read_text())["refit_full"] is None  # pre-refit submission
+
+    assert main(args) == 0  # the re-run
+    summary = json.loads((root / "report" / "summary.json").read_text())
+    assert summary["refit_full"] is not None
+    refit = np.load(root / "ensemble-full" / "proba_test.npy").argmax(axis=1)
+    np.testing.assert_array_equal(check_submission(root / "submission.csv", n_rows=40), refit)
+    np.testing.assert_array_equal(refit, final_labels("window"))

@@ -62,7 +62,10 @@ def test_revision_follows_the_measured_speed() -> None:
     assert again(0, -5, 3_000).members == 1  # a run always gets a model
 
 
-def test_planned_search_stops_the_study_with_a_fake_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(("member_s", "trials", "epochs"), [(900.0, 2, 20), (1_300.0, 1, 24)])
+def test_planned_search_stops_the_study_with_a_fake_clock(
+    monkeypatch: pytest.MonkeyPatch, member_s: float, trials: int, epochs: int
+) -> None:
     import optuna
 
     from ensemble.search import planned as search_plan
@@ -70,18 +73,22 @@ def test_planned_search_stops_the_study_with_a_fake_clock(monkeypatch: pytest.Mo
     now = [1_000.0]
     monkeypatch.setattr(search_plan.time, "time", lambda: now[0])
     said: list[str] = []
-    planned = search_plan.PlannedSearch(plan_for(1_800, 3_000), work(), 1_000.0 + 1_800, said.append)
+    start = plan_for(1_800, 3_000)
+    assert (start.members, start.epochs) == (2, 24)  # what fits before any trial ran
+    planned = search_plan.PlannedSearch(start, work(), 1_000.0 + 1_800, said.append)
     first_deadline = planned.deadline
     study = optuna.create_study(direction="maximize")
 
     def objective(trial: optuna.Trial) -> float:
-        now[0] += 700.0  # each member takes 700 s of the fake clock
+        now[0] += member_s  # each member takes longer on the fake clock than the plan expected
         trial.set_user_attr("images_per_second", 3_000.0)
         return 0.99
 
     study.optimize(objective, n_trials=10, callbacks=[planned.callback])
-    assert len(study.trials) == planned.plan.members < 10  # stopped by the revised plan, not the cap
-    assert planned.deadline != first_deadline or planned.plan.members == 2
+    # 900 s a member: two still fit, with fewer epochs; 1,300 s: the second member no longer fits
+    assert len(study.trials) == planned.plan.members == trials  # stopped by the revised plan, not the cap
+    assert [h["epochs"] for h in planned.history][-1] == planned.plan.epochs == epochs
+    assert planned.deadline != first_deadline  # fewer or shorter refits: the search may run longer
     assert said[-1].startswith("plan (after trial") and len(planned.history) == len(study.trials)
 
 
