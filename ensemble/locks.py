@@ -132,6 +132,33 @@ def token_alive(run_root: Path, token: str) -> bool:
         os.close(fd)
 
 
+UNBORN_AGE_S = 60.0  # a .TOKEN.new file older than this, and unlocked, belongs to a process that died making it
+
+
+def sweep_unborn_tokens(run_root: Path) -> list[Path]:
+    """Remove ``.TOKEN.new`` files of processes killed between creating and renaming their token; returns them.
+
+    One that is young, or still locked, may be a live process's token being made: it stays.
+    """
+    import time
+
+    gone = []
+    for p in sorted((run_root / WORKERS_DIR).glob(".*.new")):
+        try:
+            if time.time() - p.stat().st_mtime < UNBORN_AGE_S:
+                continue
+            fd = os.open(p, os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            continue
+        try:
+            if _try_flock(fd):
+                p.unlink(missing_ok=True)
+                gone.append(p)
+        finally:
+            os.close(fd)
+    return gone
+
+
 def live_tokens(run_root: Path) -> list[str]:
     """Tokens of this host's live worker processes on the run (this process's own included)."""
     folder = run_root / WORKERS_DIR

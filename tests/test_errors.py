@@ -20,6 +20,8 @@ def test_the_interrupted_line_says_how_to_resume_without_restart_or_password() -
 
     argv = ["run", "--name", "r", "--restart", "--storage", "postgresql://al:s3cret@db/x"]
     line = interrupted_line("run", argv, "trial 3 will run again")
-    resume = "ensemble run --name r --storage postgresql://al:***@db/x"  # never --restart: it would start over
+    resume = "ensemble run --name r --storage 'postgresql://al:***@db/x'"  # never --restart: it would start over
     assert line == f"interrupted: trial 3 will run again; resume with: {resume}"
+    eq = interrupted_line("search", ["search", "--storage=postgresql://al@db/x?password=s3cret"])
+    assert eq == "interrupted; resume with: ensemble search '--storage=postgresql://al@db/x?password=***'"
     assert interrupted_line("data", ["data", "--run", "r"]) == "interrupted"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
@@ -171,3 +172,24 @@ def test_trainer_child_dies_with_its_parent(tmp_path: Path) -> None:
     else:
         os.kill(child, signal.SIGKILL)
         pytest.fail("the trainer child outlived its parent")
+
+
+def test_a_token_left_half_made_by_a_killed_process_is_swept_once_old(runs_env: Path) -> None:
+    from ensemble.locks import UNBORN_AGE_S, sweep_unborn_tokens
+
+    root = runs_env / "r"
+    folder = root / ".workers"
+    folder.mkdir(parents=True)
+    old, young, held = folder / ".h-1-aa.new", folder / ".h-2-bb.new", folder / ".h-3-cc.new"
+    for p in (old, young, held):
+        p.touch()
+    past = time.time() - UNBORN_AGE_S - 5
+    os.utime(old, (past, past))
+    os.utime(held, (past, past))
+    fd = os.open(held, os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # its maker is alive (between its lock and its rename)
+    try:
+        assert sweep_unborn_tokens(root) == [old]
+    finally:
+        os.close(fd)
+    assert not old.exists() and young.exists() and held.exists()

@@ -176,10 +176,10 @@ def sweep_debris(root: Path, say: Callable[[str], None] = print) -> list[Path]:
     An ``ensemble`` folder caught between its two renames is restored from ``.ensemble-old-*``;
     search-array copies are removed only when the process that wrote them is gone.
     """
-    from ensemble.locks import live_tokens, token_alive
+    from ensemble.locks import live_tokens, sweep_unborn_tokens, token_alive
 
     live_tokens(root)  # removes the token files of dead workers
-    gone: list[Path] = []
+    gone: list[Path] = sweep_unborn_tokens(root)
     found = [p for pattern in _DEBRIS_GLOBS for p in root.glob(pattern)]
     for name in ("ensemble", "ensemble-full"):  # the build's and the final refit's folders
         olds = sorted(root.glob(f".{name}-old-*"))
