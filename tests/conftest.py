@@ -2,10 +2,12 @@ from __future__ import annotations
 
 import gzip
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import optuna
 import pytest
 
 from ensemble.data.load import PIXEL_COLUMNS, TRAIN_COLUMNS
@@ -88,3 +90,19 @@ def postgres_url() -> Iterator[str]:
         yield url
     finally:
         server.__exit__(None, None, None)
+
+
+def wait_until(what, timeout: float = 180.0) -> None:
+    """Poll ``what()`` until it is true; fail the test after ``timeout`` seconds."""
+    end = time.time() + timeout
+    while not what():
+        assert time.time() < end, "timed out"
+        time.sleep(0.2)
+
+
+def stored_cnn_trials(url: str, run: str) -> list[optuna.trial.FrozenTrial]:
+    """The trials of run ``run``'s CNN study in the database at ``url`` ([] while it is not created yet)."""
+    try:
+        return optuna.load_study(study_name=f"{run}.cnn", storage=url).trials
+    except (KeyError, optuna.exceptions.StorageInternalError):
+        return []

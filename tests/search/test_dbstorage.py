@@ -5,29 +5,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import optuna
 import pytest
-from conftest import TINY_CNN_SPACE, write_dataset
+from conftest import TINY_CNN_SPACE, stored_cnn_trials, wait_until, write_dataset
 from postgres import restart
 
 from ensemble.search import dbstorage
-
-
-def _trials(url: str, run: str) -> list[optuna.trial.FrozenTrial]:
-    try:
-        return optuna.load_study(study_name=f"{run}.cnn", storage=url).trials
-    except (KeyError, optuna.exceptions.StorageInternalError):  # not created yet
-        return []
-
-
-def _wait(what, timeout: float = 180.0) -> None:
-    end = time.time() + timeout
-    while not what():
-        assert time.time() < end, "timed out"
-        time.sleep(0.2)
 
 
 def _refused() -> Exception:
@@ -72,9 +57,13 @@ def test_a_search_goes_on_through_a_database_restart_mid_trial(postgres_url: str
     args = ["search", "--run", "boot", "--data", str(data), "--space", str(space), "--trials", "1", "--pruner", "none"]
     with (tmp_path / "log.txt").open("w") as log:
         search = subprocess.Popen([sys.executable, "-m", "ensemble", *args], env=env, stdout=log, stderr=log)
-        _wait(lambda: any(t.state.name == "RUNNING" and t.intermediate_values for t in _trials(postgres_url, "boot")))
+        wait_until(
+            lambda: any(
+                t.state.name == "RUNNING" and t.intermediate_values for t in stored_cnn_trials(postgres_url, "boot")
+            )
+        )
         restart(postgres_url)  # every connection of the search (and of its heartbeat) is cut mid-trial
         code = search.wait(timeout=300)
     said = (tmp_path / "log.txt").read_text()
     assert code == 0 and "Traceback" not in said, said[-3000:]  # the heartbeat thread did not die either
-    assert [t.state.name for t in _trials(postgres_url, "boot")] == ["COMPLETE"]  # the target: 1 trial
+    assert [t.state.name for t in stored_cnn_trials(postgres_url, "boot")] == ["COMPLETE"]  # the target: 1 trial

@@ -14,25 +14,11 @@ from types import SimpleNamespace
 
 import optuna
 import pytest
-from conftest import TINY_CNN_SPACE, write_dataset
+from conftest import TINY_CNN_SPACE, stored_cnn_trials, wait_until, write_dataset
 
 from ensemble.search.storage import open_storage
 
 pytest.importorskip("keras")
-
-
-def _trials(url: str) -> list[optuna.trial.FrozenTrial]:
-    try:
-        return optuna.load_study(study_name="nap.cnn", storage=url).trials
-    except KeyError:  # not created yet
-        return []
-
-
-def _wait(what, timeout: float = 180.0) -> None:
-    end = time.time() + timeout
-    while not what():
-        assert time.time() < end, "timed out"
-        time.sleep(0.2)
 
 
 def test_a_paused_search_drops_the_trial_taken_over_and_goes_on(
@@ -48,7 +34,11 @@ def test_a_paused_search_drops_the_trial_taken_over_and_goes_on(
     with (tmp_path / "log.txt").open("w") as log:
         search = subprocess.Popen([sys.executable, "-m", "ensemble", *args], env=env, stdout=log, stderr=log)
         try:
-            _wait(lambda: any(t.state.name == "RUNNING" and t.intermediate_values for t in _trials(postgres_url)))
+            wait_until(
+                lambda: any(
+                    t.state.name == "RUNNING" and t.intermediate_values for t in stored_cnn_trials(postgres_url, "nap")
+                )
+            )
             search.send_signal(signal.SIGSTOP)  # mid-trial: its heartbeat stops
             time.sleep(3.5)  # past the grace period (2 heartbeats)
             other = SimpleNamespace(name="nap", path=lambda *p: tmp_path.joinpath("B", *p))
@@ -56,13 +46,13 @@ def test_a_paused_search_drops_the_trial_taken_over_and_goes_on(
             with warnings.catch_warnings():  # or asks for a trial (Optuna's own sweep, experimental)
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 optuna.storages.fail_stale_trials(optuna.load_study(study_name="cnn", storage=storage))
-            assert [t.state.name for t in _trials(postgres_url)] == ["FAIL", "WAITING"]
+            assert [t.state.name for t in stored_cnn_trials(postgres_url, "nap")] == ["FAIL", "WAITING"]
         finally:
             search.send_signal(signal.SIGCONT)
         code = search.wait(timeout=300)
     said = (tmp_path / "log.txt").read_text()
     assert code == 0 and "Traceback" not in said, said[-3000:]
     assert len([line for line in said.splitlines() if "dropped" in line]) == 1  # one line about trial 0
-    trials = _trials(postgres_url)
+    trials = stored_cnn_trials(postgres_url, "nap")
     assert [t.state.name for t in trials] == ["FAIL", "COMPLETE"]  # the retry reaches the target (1)
     assert trials[0].user_attrs.get("killed") and trials[1].system_attrs.get("failed_trial") == 0

@@ -7,12 +7,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import optuna
 import pytest
-from conftest import TINY_CNN_SPACE, write_dataset
+from conftest import TINY_CNN_SPACE, stored_cnn_trials, wait_until, write_dataset
 
 from ensemble.cli import main
 
@@ -27,18 +26,6 @@ def _start(args: list[str], folder: Path, env: dict[str, str]) -> subprocess.Pop
     return subprocess.Popen([sys.executable, "-m", "ensemble", *args], cwd=folder, env=env, stdout=log, stderr=log)
 
 
-def _trials(url: str) -> list[optuna.trial.FrozenTrial]:
-    names = optuna.get_all_study_names(storage=url)
-    return optuna.load_study(study_name="crew.cnn", storage=url).trials if "crew.cnn" in names else []
-
-
-def _wait(what, timeout: float = 180.0) -> None:
-    end = time.time() + timeout
-    while not what():
-        assert time.time() < end, "timed out"
-        time.sleep(0.3)
-
-
 def test_three_workers_one_killed_then_a_fourth_folder_builds(
     postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -50,12 +37,16 @@ def test_three_workers_one_killed_then_a_fourth_folder_builds(
     common = ["--run", "crew", "--data", str(data), "--artifacts", str(store)]
     first = _start(["search", *common, "--space", str(space), "--trials", str(TARGET), "--pruner", "none"],
                    tmp_path / "A", env)  # fmt: skip
-    _wait(lambda: bool(_trials(postgres_url)))  # the study exists (and records what workers need)
+    # the study exists (and records what workers need)
+    wait_until(lambda: bool(stored_cnn_trials(postgres_url, "crew")))
     b = _start(["worker", *common], tmp_path / "B", env)
     c = _start(["worker", *common], tmp_path / "C", env)
     c_root = str((tmp_path / "C" / "runs" / "crew").resolve())
-    _wait(
-        lambda: any(t.state.name == "RUNNING" and t.user_attrs.get("run_root") == c_root for t in _trials(postgres_url))
+    wait_until(
+        lambda: any(
+            t.state.name == "RUNNING" and t.user_attrs.get("run_root") == c_root
+            for t in stored_cnn_trials(postgres_url, "crew")
+        )
     )
     c.send_signal(signal.SIGKILL)  # mid-trial
     c.wait()
@@ -63,10 +54,10 @@ def test_three_workers_one_killed_then_a_fourth_folder_builds(
         assert p.wait(timeout=300) == 0, (tmp_path / ("A" if p is first else "B") / "log.txt").read_text()[-3000:]
     said = (tmp_path / "B" / "log.txt").read_text()
     b_root = str((tmp_path / "B" / "runs" / "crew").resolve())
-    mine = sum(t.user_attrs.get("run_root") == b_root for t in _trials(postgres_url))
+    mine = sum(t.user_attrs.get("run_root") == b_root for t in stored_cnn_trials(postgres_url, "crew"))
     assert f"this machine ran {mine} trial(s)" in said and "***" in (tmp_path / "A" / "log.txt").read_text()
     assert not any("s3cret-pw" in (tmp_path / m / "log.txt").read_text() for m in "ABC")  # never printed
-    trials = _trials(postgres_url)
+    trials = stored_cnn_trials(postgres_url, "crew")
     states = [t.state.name for t in trials]
     assert "RUNNING" not in states  # the killed worker's trial was failed (heartbeat or token)
     assert TARGET <= states.count("COMPLETE") <= TARGET + 2  # at most (workers - 1) over
