@@ -101,7 +101,7 @@ def test_ensemble_run_end_to_end_under_backend(tmp_path: Path, backend: str) -> 
     space = tmp_path / "tiny.yaml"
     space.write_text(TINY_CNN_SPACE.format(epochs=1))
     plan = '{"min_epochs": 1, "max_epochs": 1, "min_members": 2, "max_members": 2, "overhead_s": 0.5}'
-    sets = [f"space={space}", "cnn_trials=2", "baselines=", "top_k=2", f"plan={plan}"]  # no baselines: a CNN is final
+    sets = [f"space={space}", "cnn_trials=2", "baselines=", "top_k=2", f"plan={plan}", "final_members=1"]
     args = ["run", "--name", "e2e", "--data", str(data), "--backend", backend]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ENSEMBLE_", "KERAS_BACKEND"))}
     env.update(ENSEMBLE_RUNS=str(tmp_path / "runs"), ENSEMBLE_CACHE=str(tmp_path))
@@ -114,5 +114,5 @@ def test_ensemble_run_end_to_end_under_backend(tmp_path: Path, backend: str) -> 
     assert all(stages[s]["done"] for s in ("data", "cnn_search", "baselines", "build", "report", "refit"))
     for folder in ("ensemble", "ensemble-full"):  # the build, and the final refit of the final model's CNNs
         assert json.loads((root / folder / "manifest.json").read_text())["keras"]["backend"] == backend
-    assert stages["refit"]["refitted"]
+    assert stages["refit"]["refitted"] and len(stages["final"]["added"]) == 1  # no baselines: a CNN is final
     assert (root / "submission.csv").read_text().count("\n") == 41

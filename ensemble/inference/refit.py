@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ensemble.errors import ArtifactError
-from ensemble.io import fsync_tree, read_json, swap_dir
+from ensemble.io import fsync_tree, read_json, save_npy, swap_dir
 from ensemble.search.artifacts import CNN_STUDY, sha256_file, trial_path
 from ensemble.search.cnn.simplify import save_for_inference
 
@@ -112,8 +112,9 @@ def refit_full(
     try:
         _copy_source(run, src, tmp)
         models, record = _refit_members(run, src, cnns, x_all, y_all, tmp, deadline, seed, storage_url, say)
-        proba_test = _test_proba(run, src, cnns, models, tmp, batch_size)
-        manifest = _manifest(run, src, record, len(y_all), proba_test, tmp)
+        timing: dict[str, Any] = {}
+        proba_test = _test_proba(run, src, cnns, models, tmp, batch_size, timing)
+        manifest = _manifest(run, src, record, len(y_all), proba_test, tmp, timing["predict_seconds"])
         fsync_tree(tmp)
         swap_dir(tmp, run.path(FOLDER), old=run.path(f".{FOLDER}-old-{time.time_ns()}"))
     finally:
@@ -157,11 +158,17 @@ def _refit_members(
         def on_epoch(epoch: int, logs: dict[str, float], name: str = entry["name"], total: int = epochs) -> None:
             say(f"  refit {name} epoch {epoch}/{total}: accuracy {logs.get('accuracy', float('nan')):.4f}")
 
-        model, _ = cnn.fit_model(config, x, y, seed=seed + int(entry.get("trial", 0)), on_epoch=on_epoch)
+        member_seed = seed + int(entry.get("trial", 0))
+        model, _ = cnn.fit_model(config, x, y, seed=member_seed, on_epoch=on_epoch)
         save_for_inference(model, tmp / entry["file"])
         models.append(model)
-        record[entry["name"]] = {"refit": True, "epochs": epochs, "rows": len(x),
-                                 "seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
+        record[entry["name"]] = {
+            "refit": True,
+            "epochs": epochs,
+            "rows": len(x),
+            "seed": member_seed,
+            "seconds": round(time.perf_counter() - t0, 1),
+        }
     return models, record
 
 
@@ -178,25 +185,42 @@ def _speed(run: Run, entry: dict[str, Any], storage_url: str | None) -> float:
         return 1000.0
 
 
-def _test_proba(run: Run, src: RefitSource, cnns: list, models: list, tmp: Path, batch_size: int) -> np.ndarray:
+def _test_proba(
+    run: Run, src: RefitSource, cnns: list, models: list, tmp: Path, batch_size: int, timing: dict[str, Any]
+) -> np.ndarray:
+    """The refitted ensemble's test probabilities; each CNN's own are saved, its prediction time recorded."""
     from ensemble.combine.members import member_probas, prediction_copy
     from ensemble.combine.voting import soft_vote
 
     names = [e["name"] for e in cnns]
+    t0 = time.perf_counter()
     fast = [prediction_copy(m, name) for m, name in zip(models, names)]
     p = member_probas(fast, run.x_test, src.views, batch_size=batch_size, names=names).mean(axis=1)  # (M, N, 10)
+    for entry, proba in zip(cnns, p):  # each CNN's own test vote: a later member re-votes without predicting again
+        save_npy(tmp / test_proba_file(entry["name"]), proba.astype(np.float32))
+    timing["predict_seconds"] = round((time.perf_counter() - t0) / max(1, len(cnns)), 1)  # per member
     baselines = [e for e in src.manifest["members"] if e["kind"] != "cnn"]
     parts = list(p) + [np.load(tmp / e["probas"]["test"]) for e in baselines]
     return soft_vote(parts, [float(e["weight"]) for e in cnns + baselines]).astype(np.float32)
 
 
+def test_proba_file(name: str) -> str:
+    """Where ``ensemble-full`` keeps a CNN member's test probabilities (mean over the TTA views)."""
+    return f"members/{name}.test.npy"
+
+
 def _manifest(
-    run: Run, src: RefitSource, record: dict[str, dict[str, Any]], rows: int, proba_test: np.ndarray, tmp: Path
+    run: Run,
+    src: RefitSource,
+    record: dict[str, dict[str, Any]],
+    rows: int,
+    proba_test: np.ndarray,
+    tmp: Path,
+    predict_seconds: float,
 ) -> dict[str, Any]:
     import keras
 
     from ensemble.combine.manifest import FORMAT, INPUT_SPEC, images_fingerprint, write_manifest
-    from ensemble.io import save_npy
 
     save_npy(tmp / "proba_test.npy", proba_test)
     m = {k: v for k, v in src.manifest.items() if k not in ("trial_folder", "artifacts", "metrics")}
@@ -208,11 +232,15 @@ def _manifest(
                           "test_fingerprint": images_fingerprint(run.x_test)})  # fmt: skip
     m["tta"] = {**m.get("tta", {}), "views": src.views}
     m["members"] = [{**e, "refit_full": record.get(e["name"])} for e in src.manifest["members"]]
+    for e in m["members"]:
+        if e["kind"] == "cnn":
+            e["test_proba"] = test_proba_file(e["name"])
     m["metrics_before_refit"] = src.manifest.get("metrics", {})
     m["refit_full"] = {
         "final": src.final,
         "source_sha256": src.source_sha256,
         "rows": rows,
+        "predict_seconds": predict_seconds,  # per member: its TTA test predictions
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "note": "refitted members have no holdout score of their own; see metrics_before_refit",
     }

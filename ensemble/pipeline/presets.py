@@ -38,6 +38,9 @@ class Preset:
     # the first trials (1, 2, 4, ... while the images trained per second grow)
     trials_per_device: int | str = 1
     seed: int = 0
+    # the anytime final stage: at most this many more members of the final model's CNNs, trained on every
+    # labeled digit with new seeds while they fit the budget (0: off); see ensemble.inference.extend
+    final_members: int = 12
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -145,7 +148,16 @@ PRESETS: dict[str, Preset] = {
 }
 
 
-STAGES = ("data", "cnn_search", "baselines", "build", "report", "refit")
+STAGES = ("data", "cnn_search", "baselines", "build", "report", "refit", "final")
+
+
+REFERENCE_ROWS = 42_000  # the presets' budgets are sized for Kaggle's labeled digits
+MIN_SCALED_S = 120.0  # a scaled budget is never shorter than this (nor than the preset's)
+
+
+def scaled_budget(seconds: float, rows: int) -> float:
+    """A preset's budget for ``rows`` labeled digits: in proportion to the rows, up to the preset's."""
+    return max(min(seconds, MIN_SCALED_S), seconds * min(1.0, rows / REFERENCE_ROWS))
 
 
 OVERRIDES_ENV = "ENSEMBLE_RUN_OVERRIDES"  # JSON object merged into the preset (tests, experiments)

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ensemble.pipeline.presets import STAGES, settings_for
+from ensemble.pipeline.presets import STAGES, scaled_budget, settings_for
 from ensemble.pipeline.state import Budget, Log, Stages, clock
 
 
@@ -64,8 +64,7 @@ def _run_locked(
 
     s = settings_for(preset, overrides)
     quiet_interrupts()
-    budget_s = time_budget if time_budget is not None else parse_duration(s.budget)
-    log = Log(say)
+    log = Log(say)  # the budget counts from here: loading the data is part of it
     root = run_root(name)
     if restart:
         delete_run(name, storage_url=storage_url, say=log.for_stage("run"))
@@ -83,20 +82,29 @@ def _run_locked(
         sizes = run.meta["split"]["sizes"]
         log("data", f"split train {sizes['train']:,} / val {sizes['val']:,} / holdout {sizes['holdout']:,}")
         stages.finish("data", time.time() - t)
+    budget_s, scaled = time_budget, ""
+    if budget_s is None:  # the preset's budget is for Kaggle's 42,000 digits: less data, less time
+        preset_s = parse_duration(s.budget)
+        budget_s = scaled_budget(preset_s, len(run.dataset.y_train))
+        if budget_s < preset_s:
+            scaled = f", the preset's {s.budget} scaled to {len(run.dataset.y_train):,} labeled digits"
     stages.note(preset=preset, settings=s.as_dict(), budget_seconds=budget_s)
     log("run", f"Optuna dashboard (watch it live):  {redact(dashboard_command(run, storage_url))}")
     if worker_command(run, storage_url):
         log("run", f"add a machine to the CNN search:  {worker_command(run, storage_url)}")
     shares = {"search": 0.0, "build": 0.0, "report": 0.0, **s.shares}
     groups = {"search": ("cnn_search", "baselines"), "build": ("build",), "report": ("report",)}
-    budget = Budget(budget_s, shares, [g for g, members in groups.items() if any(m in todo for m in members)])
+    active = [g for g, members in groups.items() if any(m in todo for m in members)]
+    budget = Budget(budget_s, shares, active, start=log.t0)
     if todo:
-        log("run", f"preset {preset}, time budget {clock(budget_s)} (mm:ss): {budget.describe()}")
+        log("run", f"preset {preset}, time budget {clock(budget_s)} (mm:ss{scaled}): {budget.describe()}")
+    from ensemble.pipeline.final import final_stage
     from ensemble.pipeline.stages import build_stage, refit_stage, report_stage, search_stage
 
     search_stage(run, s, stages, budget, log, storage_url)
     build_stage(run, s, stages, log, storage_url)
     got = report_stage(run, s, stages, log, storage_url)
-    if refit_stage(run, s, stages, budget.start + budget.seconds, log, got["final_model"], storage_url):
+    end = budget.start + budget.seconds
+    if refit_stage(run, s, stages, end, log, got["final_model"], storage_url):
         got = report_stage(run, s, stages, log, storage_url, again=True)  # the submission from the refit
-    return got
+    return final_stage(run, s, stages, end, log, got, storage_url)

@@ -196,11 +196,12 @@ def build_stage(run: Run, s: Preset, stages: Stages, log: Log, storage_url: str 
 
 
 def report_stage(
-    run: Run, s: Preset, stages: Stages, log: Log, storage_url: str | None, again: bool = False
+    run: Run, s: Preset, stages: Stages, log: Log, storage_url: str | None, again: bool = False, show: bool = True
 ) -> dict[str, Any]:
     """Leaderboard, report files and the submission (from a fallback model if no model exists).
 
-    ``again``: rewrite them even if the stage is done (after the final refit).
+    ``again``: rewrite them even if the stage is done (after the final refit, after each final member).
+    ``show``: print the leaderboard (else one line).
     """
     from ensemble.io import read_json
     from ensemble.report.console import print_report
@@ -225,8 +226,11 @@ def report_stage(
         log("report", f"{exc}: training a quick fallback model so that a submission is still written")
         fallback_model(run, storage_url, log.for_stage("fallback"))
         result = run_report(run, storage_url=storage_url, say=log.for_stage("report"))
-    print_report(result)
     final = result.final
+    if show:
+        print_report(result)
+    else:
+        log("report", f"submission rewritten from {result.refit.name if result.refit else final.name}")
     stages.finish("report", time.time() - t0, final_model=final.name)
     return {
         "final_model": final.name,

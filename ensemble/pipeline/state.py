@@ -67,8 +67,8 @@ class Stages:
 class Budget:
     """Deadlines for the stages still to do, from the global budget and the preset's shares."""
 
-    def __init__(self, seconds: float, shares: dict[str, float], todo: list[str]) -> None:
-        self.start = time.time()
+    def __init__(self, seconds: float, shares: dict[str, float], todo: list[str], start: float | None = None) -> None:
+        self.start = time.time() if start is None else start
         self.seconds = seconds
         active = {k: v for k, v in shares.items() if k in todo}
         total = sum(active.values()) or 1.0

@@ -42,6 +42,9 @@ def print_report(result: ReportResult) -> None:
     final = result.final
     if result.refit:
         console.print(f"final refit: {result.refit.note}", soft_wrap=True)
+    for m in result.final_members:
+        how = "kept as trained" if m.seed is None else f"seed {m.seed}, {m.epochs} epochs on {m.rows:,} digits"
+        console.print(f"  {m.name} ({m.configuration}'s configuration): {how}, weight {m.weight:.4f}", soft_wrap=True)
     console.print(
         f"final model: {final.name} (holdout accuracy {final.metrics['holdout_accuracy']:.4f}) -> "
         f"{result.submission} (checked: {sum(result.submission_counts):,} rows)",

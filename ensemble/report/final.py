@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ensemble.errors import UsageError
-from ensemble.report.summary import Entry, proba_loader
+from ensemble.report.summary import Entry, ReportResult, proba_loader
 
 if TYPE_CHECKING:
     from ensemble.data.runs import Run
@@ -31,6 +32,42 @@ def write_final_submission(run: Run, entry: Entry) -> tuple[Path, np.ndarray]:
     return path, labels
 
 
+@dataclass(frozen=True)
+class FinalMember:
+    """A CNN of the submission's model: which configuration, seed, epochs and rows it trained with."""
+
+    name: str
+    configuration: str  # the member (trial) whose configuration it trains; itself for a refit
+    seed: int | None  # None: kept as trained in its trial (no refit)
+    epochs: int | None
+    rows: int | None  # the labeled digits it trained on
+    weight: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def final_members(manifest: dict[str, Any]) -> list[FinalMember]:
+    """Every CNN member of an ``ensemble-full`` manifest: the refits, then the members the final stage added."""
+    out = []
+    for e in manifest["members"]:
+        if e["kind"] != "cnn":
+            continue
+        r = e.get("refit_full") or {}
+        refit = bool(r.get("refit"))
+        out.append(
+            FinalMember(
+                name=e["name"],
+                configuration=e.get("extra_of") or e["name"],
+                seed=r.get("seed") if refit else None,
+                epochs=r.get("epochs") if refit else None,
+                rows=r.get("rows") if refit else None,
+                weight=round(float(e["weight"]), 4),
+            )
+        )
+    return out
+
+
 def refit_entry(run: Run, final: Entry) -> Entry | None:
     """The final model refitted on every labeled digit (``runs/NAME/ensemble-full``), if it was."""
     from ensemble.inference.refit import FOLDER, current_refit
@@ -38,18 +75,27 @@ def refit_entry(run: Run, final: Entry) -> Entry | None:
     m = current_refit(run, final.name)
     if m is None:
         return None
-    done = [e["name"] for e in m["members"] if (e.get("refit_full") or {}).get("refit")]
-    kept = [e["name"] for e in m["members"] if e["kind"] == "cnn" and e["name"] not in done]
+    refits = [e for e in m["members"] if not e.get("extra_of")]
+    done = [e["name"] for e in refits if (e.get("refit_full") or {}).get("refit")]
+    kept = [e["name"] for e in refits if e["kind"] == "cnn" and e["name"] not in done]
+    extra = [e["name"] for e in m["members"] if e.get("extra_of")]
     note = (
         f"the submission comes from {final.name} refitted on all {m['refit_full']['rows']:,} labeled digits "
         f"(train + validation + holdout): {len(done)} CNN member(s) refitted"
         + (f", {len(kept)} kept as trained (no time): {', '.join(kept)}" if kept else "")
+        + (f", {len(extra)} more trained with new seeds in the time left" if extra else "")
         + ". The refitted models have no holdout score of their own; the holdout figures above are those "
         "of the same configurations before the refit."
     )
     folder = run.path(FOLDER)
-    return Entry(name=f"{final.name} refit on all labels", kind="refit", family=final.family,
-                 holdout=final.holdout, test=proba_loader(folder, "test"), note=note)  # fmt: skip
+    return Entry(
+        name=f"{final.name} refit on all labels",
+        kind="refit",
+        family=final.family,
+        holdout=final.holdout,
+        test=proba_loader(folder, "test"),
+        note=note,
+    )
 
 
 def refit_sha256(run: Run) -> str:
@@ -71,3 +117,26 @@ def submission_is_current(run: Run, summary: dict) -> bool:
 
     now = refit_sha256(run) if current_refit(run, summary["final_model"]) is not None else None
     return summary.get("refit_sha256") == now
+
+
+def members_section(result: ReportResult) -> tuple[str, str, list, str | None]:
+    """The CNNs the submission came from: configuration, seed, epochs, rows and weight of each."""
+    heads = ["member", "configuration of", "seed", "epochs", "rows", "weight"]
+    rows = [
+        [
+            m.name,
+            m.configuration,
+            "-" if m.seed is None else str(m.seed),
+            "-" if m.epochs is None else str(m.epochs),
+            "-" if m.rows is None else f"{m.rows:,}",
+            f"{m.weight:.4f}",
+        ]
+        for m in result.final_members
+    ]
+    text = (
+        "The CNNs of the submission's model, trained on every labeled digit: the refits of the final model's "
+        "members, then the members trained with new seeds in the time the budget had left. A configuration "
+        "keeps the weight chosen on validation, shared among its members in proportion to their epochs. "
+        "They have no holdout score of their own. A dash: kept as trained in its trial (no time to refit)."
+    )
+    return "Final members", text, (heads, rows), None

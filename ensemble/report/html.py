@@ -186,6 +186,10 @@ def sections(run: Run, result: ReportResult, figs: dict[str, Any]) -> list[tuple
             "leaderboard",
         ),
     ]
+    if result.final_members:
+        from ensemble.report.final import members_section
+
+        out.append(members_section(result))
     mc = result.mcnemar
     out.append(
         ("Is the ensemble really better?", mc["words"] if mc else "No ensemble was built in this run.", [], None)

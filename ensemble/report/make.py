@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ensemble.io import write_json
-from ensemble.report.final import refit_entry, refit_sha256, write_final_submission
+from ensemble.report.final import final_members, refit_entry, refit_sha256, write_final_submission
 from ensemble.report.summary import ReportResult, collect, leaderboard_rows, significance
 
 if TYPE_CHECKING:
@@ -31,6 +31,10 @@ def make_report(
     final = result.final
     result.mcnemar = significance(result)
     result.refit = refit_entry(run, final)
+    if result.refit:
+        from ensemble.inference.refit import current_refit
+
+        result.final_members = final_members(current_refit(run, final.name) or {"members": []})
     sub, labels = write_final_submission(run, result.refit or final)
     result.submission = sub
     result.submission_counts = np.bincount(labels, minlength=10).tolist()
@@ -44,6 +48,7 @@ def make_report(
         "tta_and_ensembling": result.gains,
         "refit_full": result.refit.note if result.refit else None,
         "refit_sha256": refit_sha256(run) if result.refit else None,
+        "final_members": [m.as_dict() for m in result.final_members],
     }
     write_json(run.path("report", "summary.json"), summary)
     result.files.append(run.path("report", "summary.json"))

@@ -23,6 +23,7 @@ from ensemble.search.artifacts import load_proba, trial_path
 
 if TYPE_CHECKING:
     from ensemble.data.runs import Run
+    from ensemble.report.final import FinalMember
 
 CSV_COLUMNS = (
     "rank", "model", "kind", "family", "holdout_accuracy", "ci95_low", "ci95_high", "holdout_correct",
@@ -233,6 +234,7 @@ class ReportResult:
     gains: list[dict[str, Any]]  # what each ensembling step added on the holdout
     mcnemar: dict[str, Any] | None = None
     refit: Entry | None = None  # the final model refitted on all labels, when there is one
+    final_members: list[FinalMember] = field(default_factory=list)  # the refit's CNNs, when there is a refit
     submission: Path | None = None
     submission_counts: list[int] = field(default_factory=list)
     files: list[Path] = field(default_factory=list)

@@ -41,7 +41,7 @@ def tiny_args(tmp_path: Path, name: str, *extra: str) -> list[str]:
     data = write_dataset(tmp_path / "data", n_train=300, n_test=40, seed=4)
     plan = '{"min_epochs": 1, "max_epochs": 2, "min_members": 2, "max_members": 2, "overhead_s": 0.5}'
     sets = [f"space={space}", "cnn_trials=2", "baselines=logreg,knn", "baseline_trials=1", "top_k=2", "tta=none"]
-    sets += [f"plan={plan}"]
+    sets += [f"plan={plan}", "final_members=1"]  # one anytime member, not as many as the 2-minute budget holds
     return ["run", "--name", name, "--data", str(data), *extra] + [a for s in sets for a in ("--set", s)]
 
 
@@ -111,12 +111,14 @@ def test_run_end_to_end_then_resume(tmp_path: Path, runs_env: Path) -> None:
     assert {"baseline-logreg", "baseline-knn"} <= set(trials) and all("COMPLETE" in v for v in trials.values())
     assert load_ensemble(root / "ensemble").members  # loads, hashes checked
     if (root / "ensemble-full").exists():  # a refit exists when the final model has CNNs
-        assert load_ensemble(root / "ensemble-full").members
+        full = load_ensemble(root / "ensemble-full")
+        extra = [m for m in full.manifest["members"] if m.get("extra_of")]
+        assert len(extra) == 1 and extra[0]["refit_full"]["rows"] == 300  # the anytime stage's one member
     assert "Leaderboard (holdout)" in (root / "report" / "report.html").read_text()
     rows = list(csv.DictReader((root / "report" / "leaderboard.csv").open()))
     assert {"logreg", "knn", "cnn", "ensemble"} <= {r["family"] for r in rows}
     stages = json.loads((root / "stages.json").read_text())["stages"]
-    assert all(stages[s]["done"] for s in ("data", "cnn_search", "baselines", "build", "report", "refit"))
+    assert all(stages[s]["done"] for s in ("data", "cnn_search", "baselines", "build", "report", "refit", "final"))
     mask = os.umask(0)
     os.umask(mask)
     for shared in ("submission.csv", "ensemble/manifest.json", "report/report.html", "report/summary.json"):
