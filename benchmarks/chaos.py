@@ -181,7 +181,8 @@ def chaos_main(args: argparse.Namespace, counts: dict[str, int], server: Any) ->
     work.mkdir(parents=True, exist_ok=True)
     rows, test_rows = (600, 100) if args.tiny else (args.rows, args.test_rows)
     data = write_slice(args.data, rows, test_rows, work / "data")
-    sets: dict[str, object] = {"cnn_trials": args.cnn_trials, "baseline_trials": 2, "top_k": 3}
+    # final_members: the anytime final stage adds 2 members (kills land there too), not as many as the budget holds
+    sets: dict[str, object] = {"cnn_trials": args.cnn_trials, "baseline_trials": 2, "top_k": 3, "final_members": 2}
     epochs = 2 if args.tiny else args.epochs  # a fixed plan: exactly --cnn-trials members of this many epochs
     sets["plan"] = {"min_epochs": epochs, "max_epochs": epochs, "min_members": args.cnn_trials,
                     "max_members": args.cnn_trials, "overhead_s": 1.0}  # fmt: skip

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from ensemble.pipeline.presets import Preset
     from ensemble.pipeline.state import Log, Stages
 
-END_MARGIN_S = 10.0  # the stage ends this long before the budget: the last lines, closing the studies
+END_MARGIN_S = 15.0  # the stage ends this long before the budget: the last lines, closing the studies
 REPORT_S = 30.0  # a report's seconds when stages.json has none
 
 

@@ -107,4 +107,7 @@ def _run_locked(
     end = budget.start + budget.seconds
     if refit_stage(run, s, stages, end, log, got["final_model"], storage_url):
         got = report_stage(run, s, stages, log, storage_url, again=True)  # the submission from the refit
-    return final_stage(run, s, stages, end, log, got, storage_url)
+    got = final_stage(run, s, stages, end, log, got, storage_url)
+    if len(todo) == len(STAGES):  # every stage ran in this invocation: its wall time is the run's
+        stages.note(wall_seconds=round(time.time() - log.t0, 1))
+    return got

@@ -148,6 +148,9 @@ def probe_speed(config: dict[str, Any], x: np.ndarray, y: np.ndarray, *, images:
             kind, value = parent.recv()
         except EOFError:
             raise WorkerError(f"speed probe died with exit code {proc.join(5) or proc.exitcode}") from None
+        except BaseException:  # Ctrl-C: the probe (which ignores SIGINT, as trainers do) is of no use now
+            proc.kill()
+            raise
         finally:
             proc.join(timeout=30)
     if kind != "done":
