@@ -38,7 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--time-budget",
         type=parse_duration,
         metavar="DURATION",
-        help="global time budget split across the stages, e.g. 28m, 2h (default: the preset's)",
+        help="global time budget of the whole run, e.g. 28m, 2h (default: the preset's, in proportion for "
+        "fewer than 42,000 labeled digits, at least 2 minutes)",
     )
     p.add_argument(
         "--restart",
