@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ensemble.io import write_json
-from ensemble.report.final import final_members, refit_entry, refit_sha256, write_final_submission
+from ensemble.report.final import refit_entry, refit_sha256, write_final_submission
+from ensemble.report.final_members import final_members
 from ensemble.report.summary import ReportResult, collect, leaderboard_rows, significance
 
 if TYPE_CHECKING:

@@ -23,7 +23,7 @@ from ensemble.search.artifacts import load_proba, trial_path
 
 if TYPE_CHECKING:
     from ensemble.data.runs import Run
-    from ensemble.report.final import FinalMember
+    from ensemble.report.final_members import FinalMember
 
 CSV_COLUMNS = (
     "rank", "model", "kind", "family", "holdout_accuracy", "ci95_low", "ci95_high", "holdout_correct",

@@ -131,7 +131,7 @@ def test_members_join_the_refit_and_the_report_lists_them(refitted) -> None:
 
     from ensemble.inference.extend import extend_final
     from ensemble.inference.predict import load_ensemble, predict_proba
-    from ensemble.report.final import final_members
+    from ensemble.report.final_members import final_members
     from ensemble.report.make import make_report
 
     run = refitted
