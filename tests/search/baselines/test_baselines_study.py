@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import optuna
 import pytest
-from conftest import REPO, write_dataset
+from conftest import REPO, default_sigint, write_dataset
 
 from ensemble.cli import main
 from ensemble.data.runs import open_run
@@ -220,7 +220,7 @@ def test_ctrl_c_mid_trial_does_not_spend_it_and_the_next_call_runs_it_again(setu
     log = tmp_path / "log.txt"
     with log.open("w") as out:
         command = [sys.executable, "-m", "ensemble", *args]
-        proc = subprocess.Popen(command, stdout=out, stderr=out, start_new_session=True)
+        proc = subprocess.Popen(command, stdout=out, stderr=out, start_new_session=True, preexec_fn=default_sigint)
         end = time.time() + 120
         while not (runs := [t for t in _trials("rf") if t.state.name == "RUNNING" and "worker" in t.user_attrs]):
             assert proc.poll() is None and time.time() < end, log.read_text()

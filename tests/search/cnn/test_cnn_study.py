@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import optuna
 import pytest
-from conftest import REPO, write_dataset
+from conftest import REPO, default_sigint, write_dataset
 from conftest import TINY_CNN_SPACE as TINY
 
 from ensemble.cli import main
@@ -259,7 +259,9 @@ def test_ctrl_c_mid_trial_does_not_spend_it_and_the_resume_runs_it_again(runs_en
     with log.open("w") as out:
         command = [sys.executable, "-m", "ensemble", *args]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        proc = subprocess.Popen(command, stdout=out, stderr=out, env=env, start_new_session=True)
+        proc = subprocess.Popen(
+            command, stdout=out, stderr=out, env=env, start_new_session=True, preexec_fn=default_sigint
+        )
         assert _interrupt_when(proc, log, "trial 0 epoch 1:") == 130
     text = log.read_text()
     resume = f"interrupted: trial 0 will run again; resume with: ensemble {shlex.join(args)}"
