@@ -6,6 +6,9 @@ import json
 import os
 import shutil
 import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +114,23 @@ def swap_dir(new: Path, final: Path, *, old: Path) -> None:
         new.rename(final)
         shutil.rmtree(old, ignore_errors=True)
     fsync_dir(final.parent)
+
+
+@contextmanager
+def rebuilt_dir(final: Path) -> Iterator[Path]:
+    """A temporary folder path beside ``final`` (not created) to build its new contents in.
+
+    When the block ends without an error, the new folder is fsynced and swapped in whole
+    (:func:`swap_dir`); the temporary folder is removed in any case.
+    """
+    stamp = time.time_ns()
+    tmp = final.with_name(f".{final.name}-tmp-{stamp}")
+    try:
+        yield tmp
+        fsync_tree(tmp)
+        swap_dir(tmp, final, old=final.with_name(f".{final.name}-old-{stamp}"))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def save_npy(path: str | Path, array: Any) -> Path:

@@ -4,7 +4,6 @@ manifest, written beside the current folder and swapped in whole."""
 from __future__ import annotations
 
 import shutil
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -12,7 +11,7 @@ import numpy as np
 
 from ensemble.combine.candidates import Candidate
 from ensemble.combine.manifest import new_manifest, write_manifest
-from ensemble.io import fsync_tree, save_npy, swap_dir
+from ensemble.io import rebuilt_dir, save_npy
 from ensemble.search.baselines.saved import SAVED_FILES
 from ensemble.search.cnn.simplify import model_cost, save_for_inference
 
@@ -35,18 +34,13 @@ def write_folder(
     ``cnns``: (candidate, weight, its Keras model, its refit record) for each kept CNN; ``baselines``:
     (candidate, weight). ``probas``: the ensemble's val/holdout/test probabilities.
     """
-    tmp = run.path(f".ensemble-tmp-{time.time_ns()}")
-    (tmp / "members").mkdir(parents=True)
-    try:
+    with rebuilt_dir(run.path("ensemble")) as tmp:
+        (tmp / "members").mkdir(parents=True)
         entries = [_copy_cnn(tmp, c, weight, model, record, refit) for c, weight, model, record in cnns]
         entries += [_copy_baseline(tmp, b, weight) for b, weight in baselines]
         for part, p in probas.items():
             save_npy(tmp / f"proba_{part}.npy", np.asarray(p, np.float32))
         manifest = write_manifest(tmp, new_manifest(run, entries, extra, comparison))
-        fsync_tree(tmp)
-        swap_dir(tmp, run.path("ensemble"), old=run.path(f".ensemble-old-{time.time_ns()}"))
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return manifest
 
 

@@ -10,14 +10,13 @@ without predicting again. A configuration keeps the weight the build chose for i
 from __future__ import annotations
 
 import shutil
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ensemble.inference.refit import FOLDER, test_proba_file
-from ensemble.io import fsync_tree, read_json, save_npy, swap_dir, write_json
+from ensemble.io import read_json, rebuilt_dir, save_npy, write_json
 
 if TYPE_CHECKING:
     from ensemble.data.runs import Run
@@ -85,8 +84,7 @@ def publish(run: Run, entry: dict[str, Any], model: Any, config: dict[str, Any],
     from ensemble.combine.manifest import write_manifest
     from ensemble.search.cnn.simplify import save_for_inference
 
-    tmp = run.path(f".{FOLDER}-tmp-{time.time_ns()}")
-    try:
+    with rebuilt_dir(run.path(FOLDER)) as tmp:
         shutil.copytree(run.path(FOLDER), tmp)
         m = read_json(tmp / "manifest.json")
         m.pop("artifacts", None)
@@ -98,10 +96,6 @@ def publish(run: Run, entry: dict[str, Any], model: Any, config: dict[str, Any],
         save_npy(tmp / "proba_test.npy", vote(m, tmp))
         m["refit_full"] = {**m["refit_full"], "extra_members": len(extra_names(m))}
         write_manifest(tmp, m)
-        fsync_tree(tmp)
-        swap_dir(tmp, run.path(FOLDER), old=run.path(f".{FOLDER}-old-{time.time_ns()}"))
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def new_entry(manifest: dict[str, Any], source: str, seed: int, epochs: int, rows: int) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ensemble.errors import ArtifactError
-from ensemble.io import fsync_tree, read_json, save_npy, swap_dir
+from ensemble.io import read_json, rebuilt_dir, save_npy
 from ensemble.search.artifacts import CNN_STUDY, sha256_file, trial_path
 from ensemble.search.cnn.simplify import save_for_inference
 
@@ -108,17 +108,12 @@ def refit_full(
         say(f"final model {final} has no CNN member: nothing to refit")
         return None
     x_all, y_all = run.dataset.x_train, run.dataset.y_train
-    tmp = run.path(f".{FOLDER}-tmp-{time.time_ns()}")
-    try:
+    with rebuilt_dir(run.path(FOLDER)) as tmp:
         _copy_source(run, src, tmp)
         models, record = _refit_members(run, src, cnns, x_all, y_all, tmp, deadline, seed, storage_url, say)
         timing: dict[str, Any] = {}
         proba_test = _test_proba(run, src, cnns, models, tmp, batch_size, timing)
         manifest = _manifest(run, src, record, len(y_all), proba_test, tmp, timing["predict_seconds"])
-        fsync_tree(tmp)
-        swap_dir(tmp, run.path(FOLDER), old=run.path(f".{FOLDER}-old-{time.time_ns()}"))
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return manifest
 
 
