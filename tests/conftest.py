@@ -5,6 +5,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import optuna
@@ -27,6 +28,9 @@ rotation: 5.0
 learning_rate: {{type: float, low: 1.0e-3, high: 3.0e-3, log: true}}
 optimizer: {{type: categorical, choices: [adam, sgd]}}
 """
+
+if TYPE_CHECKING:
+    from ensemble.data.runs import Run
 
 
 def synthetic_digits(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -117,3 +121,18 @@ def default_sigint() -> None:
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def tiny_built_run(tmp_path: Path, *, epochs: int) -> Run:
+    """A run on 300 generated digits with 2 tiny CNN trials of ``epochs`` epochs and their ensemble (TTA: 2 views)."""
+    from ensemble.combine.build import build_ensemble
+    from ensemble.data.runs import open_run
+    from ensemble.search.cnn.study import SearchSettings, load_cnn_space, run_search
+
+    data = write_dataset(tmp_path / "data", n_train=300, n_test=30)
+    (tmp_path / "cnn.yaml").write_text(TINY_CNN_SPACE.format(epochs=2))
+    run = open_run("r", data=data, say=lambda s: None)
+    space = load_cnn_space(tmp_path / "cnn.yaml")
+    run_search(run, space, SearchSettings(isolate=False, trials=2, pruner="none", epochs=epochs), say=lambda s: None)
+    build_ensemble(run, top_k=2, weights="equal", tta="identity,shift:1:0", progress=False, say=lambda s: None)
+    return run

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY_CNN_SPACE, write_dataset
+from conftest import tiny_built_run
 
 from ensemble.inference.extend import (
     MIN_FRACTION,
@@ -111,17 +111,9 @@ pytest.importorskip("keras")
 
 @pytest.fixture
 def refitted(runs_env: Path, tmp_path: Path):
-    from ensemble.combine.build import build_ensemble
-    from ensemble.data.runs import open_run
     from ensemble.inference.refit import refit_full
-    from ensemble.search.cnn.study import SearchSettings, load_cnn_space, run_search
 
-    data = write_dataset(tmp_path / "data", n_train=300, n_test=30)
-    (tmp_path / "cnn.yaml").write_text(TINY_CNN_SPACE.format(epochs=2))
-    run = open_run("r", data=data, say=lambda s: None)
-    space = load_cnn_space(tmp_path / "cnn.yaml")
-    run_search(run, space, SearchSettings(isolate=False, trials=2, pruner="none", epochs=2), say=lambda s: None)
-    build_ensemble(run, top_k=2, weights="equal", tta="identity,shift:1:0", progress=False, say=lambda s: None)
+    run = tiny_built_run(tmp_path, epochs=2)
     assert refit_full(run, final="ensemble (TTA)", say=lambda s: None) is not None
     return run
 

@@ -6,27 +6,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY_CNN_SPACE, write_dataset
+from conftest import tiny_built_run
 
 from ensemble.combine.build import build_ensemble
-from ensemble.data.runs import open_run
 from ensemble.inference.predict import load_ensemble, predict_proba
 from ensemble.inference.refit import current_refit, refit_full
 from ensemble.report.make import make_report
-from ensemble.search.cnn.study import SearchSettings, load_cnn_space, run_search
 
 pytest.importorskip("keras")
 
 
 @pytest.fixture
 def built(runs_env: Path, tmp_path: Path):
-    data = write_dataset(tmp_path / "data", n_train=300, n_test=30)
-    (tmp_path / "cnn.yaml").write_text(TINY_CNN_SPACE.format(epochs=2))
-    run = open_run("r", data=data, say=lambda s: None)
-    space = load_cnn_space(tmp_path / "cnn.yaml")
-    run_search(run, space, SearchSettings(isolate=False, trials=2, pruner="none", epochs=3), say=lambda s: None)
-    build_ensemble(run, top_k=2, weights="equal", tta="identity,shift:1:0", progress=False, say=lambda s: None)
-    return run
+    return tiny_built_run(tmp_path, epochs=3)
 
 
 def test_refit_trains_every_cnn_member_on_all_labels(built) -> None:
