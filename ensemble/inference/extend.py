@@ -181,12 +181,12 @@ def extend_final(
 
 def _epoch_seconds(run: Run, entry: dict[str, Any], storage_url: str | None) -> float:
     """One epoch on every labeled digit: measured by the member's refit, else from its trial's speed."""
-    from ensemble.inference.refit import _speed
+    from ensemble.inference.refit import trial_speed
 
     refit = entry.get("refit_full") or {}
     if refit.get("refit") and refit.get("seconds") and refit.get("epochs"):
         return float(refit["seconds"]) / int(refit["epochs"])
-    return len(run.dataset.y_train) / _speed(run, entry, storage_url)
+    return len(run.dataset.y_train) / trial_speed(run, entry, storage_url)
 
 
 def _train_and_publish(

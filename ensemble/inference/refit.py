@@ -139,7 +139,7 @@ def _refit_members(
     for entry in cnns:
         path, config = _member_files(run, src, entry)
         config = {k: v for k, v in config.items() if k in cnn.DEFAULTS}
-        epochs, ips = int(config["epochs"]), _speed(run, entry, storage_url)
+        epochs, ips = int(config["epochs"]), trial_speed(run, entry, storage_url)
         need = epochs * len(x) / ips
         if deadline is not None and time.time() + need > deadline:
             say(f"{entry['name']}: no time to refit ({need / 60:.1f} min needed): keeps its pre-refit model")
@@ -167,7 +167,7 @@ def _refit_members(
     return models, record
 
 
-def _speed(run: Run, entry: dict[str, Any], storage_url: str | None) -> float:
+def trial_speed(run: Run, entry: dict[str, Any], storage_url: str | None) -> float:
     """The member's measured training speed (images/s) from its trial, else a cautious 1,000."""
     try:
         import optuna
