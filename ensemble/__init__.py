@@ -2,15 +2,22 @@
 
 The pipeline, one subpackage per stage: :mod:`ensemble.data` -> :mod:`ensemble.search` (``cnn``,
 ``baselines``) -> :mod:`ensemble.combine` -> :mod:`ensemble.inference` -> :mod:`ensemble.report`, with
-:mod:`ensemble.pipeline` on top and :mod:`ensemble.cli` as a thin layer. The public API is re-exported
-here and imported on first use, so ``import ensemble`` (and ``ensemble --help``) stays fast::
+:mod:`ensemble.pipeline` on top, :mod:`ensemble.api` for Python and :mod:`ensemble.cli` as a thin layer.
+The public API is re-exported here and imported on first use, so ``import ensemble`` (and
+``ensemble --help``) stays fast.
 
-    import ensemble
+``ensemble.fit(data=..., preset="quick", time_budget="20m")`` runs the whole job and returns a
+:class:`Result`; ``ensemble.load(run)`` gives the same for a finished run (here ``RUN``, a small run
+made for this example, and ``images``, a few of its test digits)::
 
-    run = ensemble.open_run("demo", data="demo")
-    ensemble.run_pipeline("demo", data="demo", preset="quick")
-    ens = ensemble.load_ensemble("runs/demo/ensemble")
-    proba = ensemble.predict_proba(ens, images)
+    >>> import ensemble
+    >>> result = ensemble.load(RUN)
+    >>> result.leaderboard().columns[:3].tolist()
+    ['model', 'kind', 'family']
+    >>> result.predict(images).shape
+    (5,)
+    >>> bool((result.predict_proba(images).sum(axis=1).round(3) == 1).all())
+    True
 """
 
 from __future__ import annotations
@@ -22,6 +29,10 @@ __version__ = "0.1.0"
 
 #: public name -> the module that defines it
 _API = {
+    "fit": "ensemble.api",
+    "load": "ensemble.api",
+    "Result": "ensemble.api",
+    "HoldoutScore": "ensemble.api",
     "open_run": "ensemble.data.runs",
     "run_pipeline": "ensemble.pipeline.run",
     "build_ensemble": "ensemble.combine.build",
@@ -33,9 +44,13 @@ _API = {
 }
 __all__ = [
     "EnsembleError",
+    "HoldoutScore",
+    "Result",
     "__version__",
     "build_ensemble",
     "errors",
+    "fit",
+    "load",
     "load_ensemble",
     "make_report",
     "open_run",
@@ -45,6 +60,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     from ensemble import errors
+    from ensemble.api import HoldoutScore, Result, fit, load
     from ensemble.combine.build import build_ensemble
     from ensemble.data.runs import open_run
     from ensemble.errors import EnsembleError

@@ -79,6 +79,38 @@ def runs_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path / "runs"
 
 
+#: The settings of a tiny whole run: 2 one-epoch CNN trials, 2 one-trial baselines, 1 final member.
+TINY_RUN_SETTINGS = {
+    "cnn_trials": 2,
+    "baselines": "logreg,knn",
+    "baseline_trials": 1,
+    "top_k": 2,
+    "tta": "identity,shift:1:0",
+    "plan": {"min_epochs": 1, "max_epochs": 2, "min_members": 2, "max_members": 2, "overhead_s": 0.5},
+    "final_members": 1,
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_finished_run(tmp_path_factory: pytest.TempPathFactory):
+    """One tiny run, finished through ``ensemble.fit`` (every stage, report and submission), shared read-only.
+
+    Returns (the Result, the run's test images (N, 28, 28)). Tests must not change its folder.
+    """
+    import ensemble
+    from ensemble.data.load import load_dataset
+
+    tmp = tmp_path_factory.mktemp("finished")
+    data = write_dataset(tmp / "data", n_train=300, n_test=40, seed=4)
+    (tmp / "cnn.yaml").write_text(TINY_CNN_SPACE.format(epochs=1))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ENSEMBLE_RUNS", str(tmp / "runs"))
+        mp.setenv("ENSEMBLE_CACHE", str(tmp / "cache"))
+        settings = {**TINY_RUN_SETTINGS, "space": str(tmp / "cnn.yaml")}
+        result = ensemble.fit(data, run="tiny", time_budget="2m", settings=settings, progress=False)
+    return result, load_dataset(data).x_test
+
+
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """A real, throwaway PostgreSQL server (see tests/postgres.py); skips only where none can be started."""

@@ -15,10 +15,10 @@ PACKAGE = Path(__file__).resolve().parents[1] / "ensemble"
 MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 80
 #: The pipeline, bottom to top: a module may import its own layer and the layers below, never above.
-LAYERS = ("base", "data", "search", "combine", "inference", "report", "pipeline", "cli")
+LAYERS = ("base", "data", "search", "combine", "inference", "report", "pipeline", "api", "cli")
 BASE = {
     "ensemble", "ensemble.errors", "ensemble.io", "ensemble.locks", "ensemble.quiet", "ensemble.durations",
-    "ensemble.metrics",
+    "ensemble.metrics", "ensemble.logs",
 }  # fmt: skip
 
 

@@ -40,6 +40,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     parser = build_parser()
     args = parser.parse_args(argv)
+    from ensemble.logs import show_progress
+
+    show_progress()  # the stages' [mm:ss stage] lines on stdout
     if not args.debug:
         from ensemble.quiet import filter_native_logs
 

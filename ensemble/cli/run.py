@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 
 from ensemble.cli.common import add_artifacts_arg, add_storage_arg
 from ensemble.cli.search import BACKENDS
 from ensemble.durations import parse_duration
-from ensemble.errors import UsageError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -58,29 +56,27 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from ensemble.cli.search import set_backend
+    from ensemble.api import fit
     from ensemble.pipeline.presets import parse_overrides
-    from ensemble.pipeline.run import run_pipeline
 
-    loaded = sys.modules.get("keras")  # Keras picks its backend once, at import
-    if args.backend and loaded is not None and loaded.backend.backend() != args.backend:
-        raise UsageError(f"--backend {args.backend}: this process already runs Keras on {loaded.backend.backend()}")
-    set_backend(args.backend)
     t0 = time.time()
-    got = run_pipeline(
-        args.name,
-        data=args.data,
+    result = fit(
+        args.data,
+        run=args.name,
         preset=args.preset,
         time_budget=args.time_budget,
+        backend=args.backend,
+        storage=args.storage,
         restart=args.restart,
-        overrides=parse_overrides(args.set),
-        storage_url=args.storage,
+        settings=parse_overrides(args.set),
     )
     print(
-        f"done in {time.time() - t0:.0f}s: final model {got['final_model']} "
-        f"(holdout accuracy {got['holdout_accuracy']:.4f}); submission {got['submission']}"
+        f"done in {time.time() - t0:.0f}s: final model {result.final_model} "
+        f"(holdout accuracy {result.holdout_accuracy:.4f}); submission {result.submission}"
     )
-    print(
-        f'submit:  kaggle competitions submit -c digit-recognizer -f {got["submission"]} -m "ensemble run {args.name}"'
-    )
+    if result.competition_shaped:
+        print(
+            f"submit:  kaggle competitions submit -c digit-recognizer -f {result.submission} "
+            f'-m "ensemble run {args.name}"'
+        )
     return 0

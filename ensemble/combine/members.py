@@ -38,6 +38,8 @@ def as_images(x: np.ndarray, what: str = "images") -> np.ndarray:
     if a.dtype != np.uint8:
         if np.any((a < 0) | (a > 255)) or not np.all(np.isfinite(a)):
             raise DataError(f"{what}: pixel values must be raw 0-255")
+        if a.dtype.kind == "f" and 0 < a.max() <= 1:
+            raise DataError(f"{what}: pixels look scaled to 0-1; pass the raw 0-255 values")
         a = a.astype(np.uint8)
     return a
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ensemble.data.demo import ensure_demo
+from ensemble.data.kaggle import kaggle_data_candidates, kaggle_runs_dir
 from ensemble.data.load import Dataset, load_dataset
 from ensemble.data.split import Split, check_fractions, load_split, save_split, stratified_split
 from ensemble.errors import DataError, UsageError
@@ -24,15 +25,19 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 def runs_dir() -> Path:
-    """Folder holding runs: $ENSEMBLE_RUNS or ./runs."""
-    return Path(os.environ.get("ENSEMBLE_RUNS", "runs"))
+    """Folder holding runs: $ENSEMBLE_RUNS, else /kaggle/working/runs in a Kaggle notebook, else ./runs."""
+    env = os.environ.get("ENSEMBLE_RUNS")
+    if env:
+        return Path(env)
+    return kaggle_runs_dir() or Path("runs")
 
 
 def default_data_candidates() -> list[Path]:
-    """Where Kaggle data is looked for when no --data is given."""
+    """Where Kaggle data is looked for when no --data is given (a Kaggle notebook's input folder too)."""
     env = os.environ.get("ENSEMBLE_DATA")
     cands = [Path(env)] if env else []
-    return cands + [Path("data/digit-recognizer"), Path("data/digit-recognizer.zip"), Path("data")]
+    local = [Path("data/digit-recognizer"), Path("data/digit-recognizer.zip"), Path("data")]
+    return cands + kaggle_data_candidates() + local
 
 
 def _holds_kaggle_data(p: Path) -> bool:
@@ -77,6 +82,17 @@ class Run:
     @property
     def x_test(self) -> np.ndarray:
         return self.dataset.x_test
+
+    def path(self, *parts: str) -> Path:
+        return self.root.joinpath(*parts)
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """A run's folder without its data: enough to find and load what the run saved."""
+
+    name: str
+    root: Path
 
     def path(self, *parts: str) -> Path:
         return self.root.joinpath(*parts)

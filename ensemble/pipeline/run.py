@@ -31,7 +31,7 @@ def run_pipeline(
     restart: bool = False,
     overrides: dict[str, Any] | None = None,
     storage_url: str | None = None,
-    say: Callable[[str], None] = print,
+    say: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """The whole job; returns what the report stage found (final model, submission path...).
 
@@ -54,7 +54,7 @@ def _run_locked(
     restart: bool,
     overrides: dict[str, Any] | None,
     storage_url: str | None,
-    say: Callable[[str], None],
+    say: Callable[[str], None] | None,
 ) -> dict[str, Any]:
     from ensemble.data.runs import open_run, run_root, sweep_debris
     from ensemble.durations import parse_duration

@@ -10,20 +10,28 @@ from pathlib import Path
 from typing import Any
 
 from ensemble.io import read_json, write_json
+from ensemble.logs import stage_line
 
 
 class Log:
-    """Timestamped, thread-safe status lines: ``[mm:ss stage] message``."""
+    """Timestamped, thread-safe status lines: ``[mm:ss stage] message``.
 
-    def __init__(self, say: Callable[[str], None] = print) -> None:
+    They go to the ``ensemble`` logger (:mod:`ensemble.logs`), or to ``say`` when one is given.
+    """
+
+    def __init__(self, say: Callable[[str], None] | None = None) -> None:
         self.t0 = time.time()
         self.say = say
         self.lock = threading.Lock()
 
     def __call__(self, stage: str, msg: str) -> None:
-        m, s = divmod(int(time.time() - self.t0), 60)
+        elapsed = time.time() - self.t0
         with self.lock:
-            self.say(f"[{m:02d}:{s:02d} {stage}] {msg}")
+            if self.say is None:
+                stage_line(stage, elapsed, msg)
+            else:
+                m, s = divmod(int(elapsed), 60)
+                self.say(f"[{m:02d}:{s:02d} {stage}] {msg}")
             sys.stdout.flush()
 
     def for_stage(self, stage: str) -> Callable[[str], None]:
