@@ -33,6 +33,7 @@ _API = {
     "load": "ensemble.api",
     "Result": "ensemble.api",
     "HoldoutScore": "ensemble.api",
+    "read_test_images": "ensemble.data.load",
     "open_run": "ensemble.data.runs",
     "run_pipeline": "ensemble.pipeline.run",
     "build_ensemble": "ensemble.combine.build",
@@ -55,6 +56,7 @@ __all__ = [
     "make_report",
     "open_run",
     "predict_proba",
+    "read_test_images",
     "run_pipeline",
 ]
 
@@ -62,6 +64,7 @@ if TYPE_CHECKING:
     from ensemble import errors
     from ensemble.api import HoldoutScore, Result, fit, load
     from ensemble.combine.build import build_ensemble
+    from ensemble.data.load import read_test_images
     from ensemble.data.runs import open_run
     from ensemble.errors import EnsembleError
     from ensemble.inference.predict import load_ensemble, predict_proba

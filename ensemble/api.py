@@ -63,6 +63,8 @@ class Result:
     submission: Path
     #: the test set's size; a submission to Kaggle needs 28,000 rows
     n_test: int
+    #: the data the run was made from (a folder or zip; :func:`ensemble.read_test_images` reads its test images)
+    data: Path
 
     @property
     def holdout_accuracy(self) -> float:
@@ -125,7 +127,7 @@ def load(run: str | os.PathLike[str] = "main") -> Result:
         ci95_high=float(row["ci95_high"]),
     )
     submission = folder / "submission.csv"
-    return Result(str(meta["name"]), folder, final, score, submission, _rows(submission))
+    return Result(str(meta["name"]), folder, final, score, submission, _rows(submission), Path(meta["data"]["path"]))
 
 
 def _rows(csv: Path) -> int:
@@ -181,6 +183,10 @@ def fit(
         from ensemble.logs import show_progress
 
         show_progress()
+    if "ipykernel" in sys.modules:  # a notebook shows what reaches file descriptor 2: drop TensorFlow's chatter
+        from ensemble.quiet import filter_native_logs
+
+        filter_native_logs()
     path = _data_path(data)
     run_pipeline(
         run,

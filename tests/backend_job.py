@@ -55,7 +55,7 @@ def main(work: Path, data: str, space: str, foreign: list[str]) -> int:
 
     import keras
 
-    from ensemble.cli.predict import read_test
+    from ensemble.data.load import read_test_images as read_test
     from ensemble.inference.predict import load_ensemble, predict_proba
 
     x = read_test(data)

@@ -44,16 +44,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def read_test(path: str | Path) -> np.ndarray:
-    """Test images from a test CSV (.csv/.csv.gz) or a dataset folder/zip."""
-    from ensemble.data.load import file_member, load_test, locate
-
-    p = Path(path)
-    if p.is_file() and not p.name.endswith(".zip"):
-        return load_test(file_member(p))
-    return load_test(locate(p).test)
-
-
 def run_predict(
     ensemble_dir: str | Path,
     test: str | Path,
@@ -68,13 +58,14 @@ def run_predict(
     """The ``ensemble predict`` pipeline: verify, load, predict, write the submission atomically."""
     from ensemble.combine.manifest import N_CLASSES
     from ensemble.combine.tta import IDENTITY
+    from ensemble.data.load import read_test_images
     from ensemble.inference.predict import load_ensemble, predict_proba
     from ensemble.io import save_npy
     from ensemble.report.submission import write_submission
 
     t0 = time.perf_counter()
     ens = load_ensemble(ensemble_dir)
-    images = read_test(test)
+    images = read_test_images(test)
     import keras
 
     views = ens.views if tta else [IDENTITY]

@@ -135,6 +135,14 @@ def load_test(member: Member) -> np.ndarray:
     return parse_columns(member, TEST_COLUMNS)[1].reshape(-1, 28, 28)
 
 
+def read_test_images(path: str | Path) -> np.ndarray:
+    """Test images (N, 28, 28) uint8 from a test CSV (.csv/.csv.gz), a dataset folder or its zip."""
+    p = Path(path)
+    if p.is_file() and not p.name.endswith(".zip"):
+        return load_test(file_member(p))
+    return load_test(locate(p).test)
+
+
 def load_dataset(path: str | Path) -> Dataset:
     """Locate, parse and validate a full competition dataset."""
     src = locate(path)

@@ -1,4 +1,8 @@
-"""Figures of the report, each returned as PNG bytes (matplotlib, Agg backend, imported lazily)."""
+"""Figures of the report, each returned as PNG bytes (matplotlib, imported lazily).
+
+Each is drawn on its own ``Figure`` and saved with the Agg renderer, never through pyplot: pyplot's
+backend and figures are the user's (a notebook's inline plots keep working after a run).
+"""
 
 from __future__ import annotations
 
@@ -14,28 +18,27 @@ if TYPE_CHECKING:
 DPI = 100
 
 
-def _plt() -> Any:
-    import matplotlib
+def _subplots(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float], squeeze: bool = True) -> Any:
+    """``pyplot.subplots`` on a new ``Figure`` of its own: no pyplot state, no backend switch."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(nrows, ncols, squeeze=squeeze)
 
 
 def _png(fig: Any) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
-    _plt().close(fig)
     return buf.getvalue()
 
 
 def leaderboard_chart(rows: list[dict[str, Any]]) -> bytes:
     """Holdout accuracy with its 95% interval, one bar per model."""
-    plt = _plt()
     rows = rows[::-1]
     colors = {"ensemble": "#2b8a3e", "cnn": "#1c7ed6", "baseline": "#868e96"}
-    fig, ax = plt.subplots(figsize=(8, 0.38 * len(rows) + 1.2))
+    fig, ax = _subplots(figsize=(8, 0.38 * len(rows) + 1.2))
     acc = np.array([r["holdout_accuracy"] for r in rows])
     err = np.array([[a - r["ci95_low"], r["ci95_high"] - a] for a, r in zip(acc, rows)]).T
     ax.barh(range(len(rows)), acc, xerr=err, color=[colors.get(r["kind"], "#868e96") for r in rows], capsize=3)
@@ -49,10 +52,9 @@ def leaderboard_chart(rows: list[dict[str, Any]]) -> bytes:
 
 def confusion_matrix_png(y: np.ndarray, pred: np.ndarray, title: str) -> bytes:
     """10x10 counts, rows = true digit, columns = predicted digit."""
-    plt = _plt()
     cm = np.zeros((10, 10), int)
     np.add.at(cm, (y, pred), 1)
-    fig, ax = plt.subplots(figsize=(5.6, 5))
+    fig, ax = _subplots(figsize=(5.6, 5))
     off = cm.copy()
     np.fill_diagonal(off, 0)
     ax.imshow(off, cmap="Reds", vmin=0, vmax=max(1, off.max()))
@@ -77,10 +79,9 @@ def gallery_png(images: np.ndarray, y: np.ndarray, proba: np.ndarray, limit: int
     if len(wrong) == 0 or limit < 1:  # nothing wrong, or --gallery 0
         return None, 0
     wrong = wrong[np.argsort(-proba[wrong, pred[wrong]], kind="stable")][:limit]
-    plt = _plt()
     cols = 10
     rows = int(np.ceil(len(wrong) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.05, rows * 1.3), squeeze=False)
+    fig, axes = _subplots(rows, cols, figsize=(cols * 1.05, rows * 1.3), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     for ax, i in zip(axes.ravel(), wrong):
@@ -111,8 +112,7 @@ def history_png(study: optuna.Study) -> bytes | None:
     done = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
     if not done:
         return None
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 3.4))
+    fig, ax = _subplots(figsize=(7, 3.4))
     xs, ys = [t.number for t in done], [t.value for t in done]
     ax.scatter(xs, ys, s=18, label="completed trial", color="#1c7ed6")
     pruned = [t for t in _finished(study) if t.state == optuna.trial.TrialState.PRUNED and t.intermediate_values]
@@ -145,11 +145,10 @@ def importance_png(study: optuna.Study) -> tuple[bytes | None, str]:
         return None, f"parameter importances unavailable: {exc}"
     if not imp:
         return None, "parameter importances unavailable: no parameter varied"
-    plt = _plt()
     zero = [k for k, v in imp.items() if v < 0.005]
     imp = {k: v for k, v in imp.items() if v >= 0.005}
     names, vals = list(imp)[::-1], list(imp.values())[::-1]
-    fig, ax = plt.subplots(figsize=(7, 0.3 * len(names) + 1))
+    fig, ax = _subplots(figsize=(7, 0.3 * len(names) + 1))
     ax.barh(names, vals, color="#1c7ed6")
     below = f"\nbelow 0.005 (not shown): {', '.join(zero)}" if zero else ""
     ax.set_xlabel(f"importance for validation accuracy (fANOVA, sums to 1){below}", fontsize=8)
@@ -165,8 +164,7 @@ def learning_curves_png(study: optuna.Study) -> bytes | None:
     trials = [t for t in _finished(study) if t.intermediate_values]
     if not trials:
         return None
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 3.6))
+    fig, ax = _subplots(figsize=(7, 3.6))
     for t in trials:
         steps = sorted(t.intermediate_values)
         pruned = t.state == optuna.trial.TrialState.PRUNED
