@@ -3,6 +3,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 import stat
 from pathlib import Path
@@ -99,10 +100,13 @@ def study_trials(root: Path) -> dict[str, list[str]]:
     }
 
 
-def test_run_end_to_end_then_resume(tmp_path: Path, runs_env: Path) -> None:
+def test_run_end_to_end_then_resume(tmp_path: Path, runs_env: Path, capsys) -> None:
     from ensemble.inference.predict import load_ensemble
 
     assert main(tiny_args(tmp_path, "e2e")) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^\[\d\d:\d\d data\] ", out, re.M) and "done in" in out  # stage lines, via logging
+    assert "kaggle competitions submit" not in out  # 40 test digits: not a competition submission
     root = runs_env / "e2e"
     labels = check_submission(root / "submission.csv", n_rows=40)
     np.testing.assert_array_equal(labels, final_labels("e2e"))  # the submission is the final model's argmax
