@@ -14,7 +14,7 @@ from ensemble.errors import EnsembleError
 
 # Module names under ensemble.cli, in the order the pipeline runs: data -> ... -> submission.
 COMMANDS: tuple[str, ...] = (
-    "data", "baselines", "search", "worker", "proxy", "build", "report", "run", "predict", "submission",
+    "data", "baselines", "search", "worker", "proxy", "build", "report", "run", "status", "predict", "submission",
 )  # fmt: skip
 
 

@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 
 PARTS = ("val", "holdout", "test")
 CNN_STUDY = "cnn"
+#: What every study's value is: optuna-dashboard shows it in place of "Objective value".
+METRIC_NAME = "val_accuracy"
 BASELINE_PREFIX = "baseline-"
 FALLBACK_STUDY = "baseline-fallback"
 
@@ -35,6 +37,23 @@ def baseline_study(family: str) -> str:
 def is_run_study(name: str) -> bool:
     """Whether a study of that name belongs to a run (the CNN study or a baseline study)."""
     return name == CNN_STUDY or name.startswith(BASELINE_PREFIX)
+
+
+def name_metric(study: Any) -> None:
+    """Name the study's value ``val_accuracy`` for optuna-dashboard (Optuna's ``set_metric_names``).
+
+    Written only when the study does not have that name yet, so processes that join an existing
+    study (``ensemble worker``, a resumed run) add no write; it is a study system attribute, which
+    every storage keeps (journal file, database, gRPC proxy)."""
+    import warnings
+
+    import optuna
+
+    if study.metric_names == [METRIC_NAME]:
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # experimental since Optuna 3.2
+        study.set_metric_names([METRIC_NAME])
 
 
 def trial_folder_name(number: int) -> str:

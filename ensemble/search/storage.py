@@ -226,11 +226,28 @@ def worker_command(run: Run, url: str | None) -> str | None:
     return f"ENSEMBLE_STORAGE={shlex.quote(redact(url))} ensemble worker --run {run.name} --data DATA{extra}"
 
 
-def dashboard_command(run: Run, url: str | None = None) -> str:
-    """The shell command that opens this run in optuna-dashboard (a URL's password shown as ``***``)."""
+def dashboard_command(run: Run, url: str | None = None, artifacts: str | None = None) -> str:
+    """The shell command that opens this run in optuna-dashboard (a URL's password shown as ``***``).
+
+    With an artifact store (``artifacts``, else ``$ENSEMBLE_ARTIFACTS``) the dashboard lists each trial's
+    files: a folder is its ``--artifact-dir``; an S3 bucket needs a ``--from-config`` TOML file, since
+    ``--artifact-dir`` takes a local folder only.
+    """
+    from ensemble.search.artifacts import ARTIFACTS_ENV
+
     if (url or "").startswith(GRPC_SCHEME):
-        return "optuna-dashboard DATABASE_URL (the database behind the gRPC proxy: the dashboard does not read gRPC)"
-    return f"optuna-dashboard {shlex.quote(redact(storage_location(run, url)))}"
+        line = "optuna-dashboard DATABASE_URL"
+        why = "the database behind the gRPC proxy: the dashboard does not read gRPC"
+    else:
+        line, why = f"optuna-dashboard {shlex.quote(redact(storage_location(run, url)))}", ""
+    store = artifacts or os.environ.get(ARTIFACTS_ENV) or None
+    if store and store.startswith("s3://"):
+        bucket = store.removeprefix("s3://").strip("/")
+        line += " --from-config dashboard.toml"
+        why = "; ".join(filter(None, [why, f'dashboard.toml: [artifact_store.boto3] bucket_name = "{bucket}"']))
+    elif store:
+        line += f" --artifact-dir {shlex.quote(store)}"
+    return f"{line} ({why})" if why else line
 
 
 def stored_study(run: Run, study: str, url: str | None = None) -> str:

@@ -100,6 +100,13 @@ def study_trials(root: Path) -> dict[str, list[str]]:
     }
 
 
+def metric_names(root: Path, study: str) -> list[str] | None:
+    import optuna
+
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(root / "optuna.journal")))
+    return optuna.load_study(study_name=study, storage=storage).metric_names
+
+
 def test_run_end_to_end_then_resume(tmp_path: Path, runs_env: Path, capsys) -> None:
     from ensemble.inference.predict import load_ensemble
 
@@ -178,6 +185,7 @@ def test_run_cut_short_without_any_model_still_writes_a_submission(tmp_path: Pat
     summary = json.loads((root / "report" / "summary.json").read_text())
     assert summary["final_model"].startswith("baseline-fallback")  # the quick kNN fallback
     assert study_trials(root)["baseline-fallback"] == ["COMPLETE"]
+    assert metric_names(root, "baseline-fallback") == ["val_accuracy"]  # optuna-dashboard's name for the value
     np.testing.assert_array_equal(labels, final_labels("short"))
     stages = json.loads((root / "stages.json").read_text())["stages"]
     assert stages["cnn_search"]["cut_short"] is True and "skipped" in stages["build"]

@@ -97,6 +97,31 @@ def test_printed_commands_never_show_a_password(tmp_path: Path) -> None:
     assert str(tmp_path / "optuna.journal") in dashboard_command(run)  # type: ignore[arg-type]
 
 
+def test_the_dashboard_command_carries_the_artifact_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shlex
+    from types import SimpleNamespace
+
+    from ensemble.search.artifacts import ARTIFACTS_ENV
+    from ensemble.search.storage import dashboard_command
+
+    run = SimpleNamespace(path=lambda *parts: tmp_path.joinpath(*parts))
+    monkeypatch.delenv(ARTIFACTS_ENV, raising=False)
+    assert "--artifact-dir" not in dashboard_command(run)  # type: ignore[arg-type]
+    store = str(tmp_path / "shared store")
+    line = dashboard_command(run, None, store)  # type: ignore[arg-type]
+    assert shlex.split(line) == ["optuna-dashboard", str(tmp_path / "optuna.journal"), "--artifact-dir", store]
+    monkeypatch.setenv(ARTIFACTS_ENV, store)  # --artifacts puts it there for the whole command
+    url = "postgresql://alice:s3cret@db.example/ensemble"
+    line = dashboard_command(run, url)  # type: ignore[arg-type]
+    assert shlex.split(line) == ["optuna-dashboard", url.replace("s3cret", "***"), "--artifact-dir", store]
+    grpc = dashboard_command(run, "grpc://127.0.0.1:13000")  # type: ignore[arg-type]
+    assert grpc.startswith(f"optuna-dashboard DATABASE_URL --artifact-dir {shlex.quote(store)} (")
+    # optuna-dashboard's --artifact-dir takes a local folder only: an S3 bucket goes through a TOML config
+    s3 = dashboard_command(run, url, "s3://my-bucket")  # type: ignore[arg-type]
+    assert "--artifact-dir" not in s3 and "--from-config dashboard.toml" in s3
+    assert '[artifact_store.boto3] bucket_name = "my-bucket"' in s3
+
+
 def test_in_a_shared_storage_each_trial_is_judged_by_the_token_in_its_own_run_folder(study, tmp_path: Path) -> None:
     """Two run folders on one host share a storage: a live worker of folder B is not failed by folder A,
     and a dead one of folder B is."""

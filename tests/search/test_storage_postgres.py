@@ -40,6 +40,8 @@ def test_search_and_baselines_share_a_postgres_storage(
     assert main(["baselines", "--run", "pg", "--models", "logreg", "--trials", "1", "--jobs", "1"]) == 0
     assert states(postgres_url, "pg.cnn") == ["COMPLETE"]  # the run's studies are named after it
     assert "COMPLETE" in states(postgres_url, "pg.baseline-logreg")
+    for name in ("pg.cnn", "pg.baseline-logreg"):  # optuna-dashboard's name for the value
+        assert optuna.load_study(study_name=name, storage=postgres_url).metric_names == ["val_accuracy"]
     out = capsys.readouterr()
     assert "s3cret-pw" not in out.out + out.err  # the password is never printed
     assert redact(postgres_url) in out.out
@@ -267,6 +269,7 @@ def test_a_search_through_the_grpc_proxy_lands_in_the_database(
         args = ["search", "--run", "viaproxy", "--data", str(data), "--space", str(space), "--trials", "2"]
         assert main([*args, "--storage", f"grpc://127.0.0.1:{port}"]) == 0
         assert states(postgres_url, "viaproxy.cnn") == ["COMPLETE", "COMPLETE"]  # stored by the proxy, run-scoped
+        assert optuna.load_study(study_name="viaproxy.cnn", storage=postgres_url).metric_names == ["val_accuracy"]
     finally:
         proxy.terminate()
         out, _ = proxy.communicate(timeout=30)

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ensemble.search.artifacts import FALLBACK_STUDY
+from ensemble.search.artifacts import FALLBACK_STUDY, name_metric
 
 if TYPE_CHECKING:
     from ensemble.data.runs import Run
@@ -35,6 +35,7 @@ def fallback_model(run: Run, storage_url: str | None, log: Any, rows: int = 5000
     study = optuna.create_study(
         study_name=FALLBACK_STUDY, storage=open_storage(run, storage_url), direction="maximize", load_if_exists=True
     )
+    name_metric(study)
     folder = trial_dir(run, FALLBACK_STUDY, len(study.trials))
     save_probas(folder, probas)
     from ensemble.metrics import log_loss

@@ -8,7 +8,7 @@ import shutil
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from ensemble.search.artifacts import partial_trial_path, trial_path
+from ensemble.search.artifacts import name_metric, partial_trial_path, trial_path
 from ensemble.search.baselines.models import Family
 from ensemble.search.baselines.spaces import first_params
 from ensemble.search.baselines.study import Parts, Task
@@ -35,6 +35,7 @@ def ensure_studies(parts: Parts, families: Iterable[Family], spaces: dict[str, S
         studies[fam.name] = study
     for fam in families:  # every space fits its study: only now is any study changed
         study = studies[fam.name]
+        name_metric(study)
         if not study.trials:
             study.enqueue_trial(first_params(spaces[fam.name]), user_attrs={"stage": "search"})
         for number in fail_stale_trials(study, parts.root, local_storage=storage is None):  # killed mid-fit

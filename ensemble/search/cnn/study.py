@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ensemble.errors import UsageError
-from ensemble.search.artifacts import CNN_STUDY, trial_path
+from ensemble.search.artifacts import CNN_STUDY, name_metric, trial_path
 from ensemble.search.cnn import model as cnn
 from ensemble.search.cnn import spec as worker_spec
 from ensemble.search.cnn.arrays import write_arrays
@@ -95,6 +95,7 @@ def open_study(run: Run, storage_url: str | None, *, seed: int, pruner: optuna.p
         pruner=pruner,
     )
     check_run_identity(study, run)
+    name_metric(study)
     return study
 
 

@@ -73,6 +73,7 @@ def test_two_families_two_trials_leave_artifacts_and_user_attrs(setup, capsys):
     run = open_run("t")
     for family in ("logreg", "xgboost"):
         trials = _study(family).trials
+        assert _study(family).metric_names == ["val_accuracy"]  # optuna-dashboard's name for the value
         assert [t.user_attrs["stage"] for t in trials] == ["search", "search", "refit"]
         assert [t.user_attrs["n_train"] for t in trials] == [150, 150, 240]
         for t in trials:

@@ -45,6 +45,7 @@ def test_trials_leave_curves_attrs_and_artifacts(tiny) -> None:
     study = run_search(run, space, SearchSettings(isolate=False, trials=2, pruner="none"), say=_quiet)
     trials = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     assert len(trials) == 2
+    assert optuna.load_study(study_name="cnn", storage=open_storage(run)).metric_names == ["val_accuracy"]
     for t in trials:
         assert sorted(t.intermediate_values) == [1, 2]
         for key in ("val_accuracy", "val_logloss", "epochs_run", "train_seconds", "images_per_second", "params"):
