@@ -18,7 +18,7 @@ MAX_FUNCTION_LINES = 80
 LAYERS = ("base", "data", "search", "combine", "inference", "report", "pipeline", "cli")
 BASE = {
     "ensemble", "ensemble.errors", "ensemble.io", "ensemble.locks", "ensemble.quiet", "ensemble.durations",
-    "ensemble.metrics",
+    "ensemble.metrics", "ensemble.backends",
 }  # fmt: skip
 
 
