@@ -23,6 +23,7 @@ made for this example, and ``images``, a few of its test digits)::
 from __future__ import annotations
 
 import importlib
+import sys
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
@@ -72,8 +73,16 @@ if TYPE_CHECKING:
     from ensemble.report.make import make_report
 
 
+#: names whose modules load Keras: the backend is chosen first (ensemble.backends), as the CLI does
+_KERAS_USERS = {"run_pipeline", "build_ensemble", "load_ensemble", "predict_proba", "make_report"}
+
+
 def __getattr__(name: str) -> Any:
     if name not in _API:
         raise AttributeError(f"module 'ensemble' has no attribute {name!r}")
+    if name in _KERAS_USERS and "keras" not in sys.modules:
+        from ensemble.backends import use_backend
+
+        use_backend()  # $KERAS_BACKEND, else the first installed backend (Keras alone would assume TensorFlow)
     module = importlib.import_module(_API[name])
     return module if name == "errors" else getattr(module, name)

@@ -90,6 +90,7 @@ class Result:
         from ensemble.data.runs import RunFolder
         from ensemble.inference.final_model import load_final_model
 
+        use_backend(None)  # before Keras loads: $KERAS_BACKEND, else the first installed backend
         return load_final_model(RunFolder(self.run, self.path), self.final_model)
 
     def predict_proba(self, images: np.ndarray) -> np.ndarray:
@@ -200,15 +201,17 @@ def fit(
     return load(run)
 
 
-def use_backend(backend: str | None) -> None:
-    """Use ``backend`` for Keras in this process and its children (before Keras is imported)."""
-    loaded = sys.modules.get("keras")  # Keras picks its backend once, at import
+def use_backend(backend: str | None) -> str:
+    """Use ``backend`` for Keras in this process and its children (:func:`ensemble.backends.use_backend`).
+
+    Keras picks its backend once, at import: another one than a Keras already imported runs is refused.
+    """
+    from ensemble.backends import use_backend as choose_and_set
+
+    loaded = sys.modules.get("keras")
     if backend and loaded is not None and loaded.backend.backend() != backend:
         raise UsageError(f"backend {backend}: this process already runs Keras on {loaded.backend.backend()}")
-    if backend:
-        os.environ["KERAS_BACKEND"] = backend
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    return choose_and_set(backend)
 
 
 def _data_path(data: DataArg) -> str | None:

@@ -168,3 +168,42 @@ def tiny_built_run(tmp_path: Path, *, epochs: int) -> Run:
     run_search(run, space, SearchSettings(isolate=False, trials=2, pruner="none", epochs=epochs), say=lambda s: None)
     build_ensemble(run, top_k=2, weights="equal", tta="identity,shift:1:0", progress=False, say=lambda s: None)
     return run
+
+
+#: sitecustomize.py for :func:`without_packages`: a meta-path finder that makes the listed top-level packages
+#: absent (import and importlib.util.find_spec raise ModuleNotFoundError), in the process and its children.
+_BLOCKER = """\
+import os, sys
+
+_BLOCKED = set(filter(None, os.environ.get("ENSEMBLE_TEST_BLOCK", "").split(",")))
+
+
+class _Blocker:
+    @staticmethod
+    def find_spec(name, path=None, target=None):
+        if name.partition(".")[0] in _BLOCKED:
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)", name=name)
+        return None
+
+
+sys.meta_path.insert(0, _Blocker)
+"""
+
+
+def without_packages(tmp_path: Path, *packages: str) -> dict[str, str]:
+    """The environment of a child ``python`` that sees the repository's code and none of ``packages`` installed.
+
+    No KERAS_BACKEND or ENSEMBLE_* variables are inherited; runs and caches go under ``tmp_path``.
+    """
+    import os
+
+    site = tmp_path / "blocker"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(_BLOCKER)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ENSEMBLE_", "KERAS_BACKEND", "PYTHON"))}
+    return env | {
+        "PYTHONPATH": os.pathsep.join([str(site), str(REPO)]),
+        "ENSEMBLE_TEST_BLOCK": ",".join(packages),
+        "ENSEMBLE_RUNS": str(tmp_path / "runs"),
+        "ENSEMBLE_CACHE": str(tmp_path / "cache"),
+    }

@@ -18,7 +18,7 @@ MAX_FUNCTION_LINES = 80
 LAYERS = ("base", "data", "search", "combine", "inference", "report", "pipeline", "api", "cli")
 BASE = {
     "ensemble", "ensemble.errors", "ensemble.io", "ensemble.locks", "ensemble.quiet", "ensemble.durations",
-    "ensemble.metrics", "ensemble.logs",
+    "ensemble.metrics", "ensemble.logs", "ensemble.backends",
 }  # fmt: skip
 
 

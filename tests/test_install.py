@@ -92,6 +92,10 @@ def test_wheel_install_finds_shipped_spaces_from_another_folder(tmp_path):
     (wheel,) = wheels.glob("ensemble-*.whl")
     _run([*pip, "install", "--no-deps", "--target", str(site), str(wheel)], tmp_path, pip_env)
     assert (site / "ensemble" / "search_spaces" / "cnn_quick.yaml").is_file()
+    assert (site / "ensemble" / "py.typed").is_file()  # PEP 561: the package's annotations are for type checkers
+    (dist,) = site.glob("ensemble-*.dist-info")
+    assert (dist / "licenses" / "LICENSE").read_text() == (REPO / "LICENSE").read_text()
+    assert "License-Expression: MIT" in (dist / "METADATA").read_text().splitlines()
     assert not (site / "search_spaces").exists()  # no top-level package of that name
 
     empty = tmp_path / "elsewhere"

@@ -10,6 +10,7 @@ import traceback
 from collections.abc import Sequence
 
 from ensemble import __version__
+from ensemble.backends import use_backend
 from ensemble.errors import EnsembleError
 
 # Module names under ensemble.cli, in the order the pipeline runs: data -> ... -> submission.
@@ -48,6 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         filter_native_logs()  # TensorFlow's native start-up lines, here and in trial workers
     try:
+        use_backend(getattr(args, "backend", None))  # every command, before Keras loads; children inherit it
         return int(args.func(args) or 0)
     except EnsembleError as exc:
         if args.debug:

@@ -47,7 +47,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--backend",
         choices=BACKENDS,
-        help="Keras backend of every stage (default: $KERAS_BACKEND or tensorflow)",
+        help="Keras backend of every stage (default: $KERAS_BACKEND, else the first installed of tensorflow, "
+        "jax, torch)",
     )
     add_storage_arg(p)
     add_artifacts_arg(p)

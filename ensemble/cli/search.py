@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import os
 
+from ensemble.backends import BACKENDS, use_backend
 from ensemble.cli.common import add_artifacts_arg, add_jobs_arg, add_run_args, add_storage_arg
 from ensemble.durations import parse_duration
 
 DEFAULT_SPACE = "cnn.yaml"  # a shipped space (ensemble.search.spaces.space_file)
-BACKENDS = ("tensorflow", "jax", "torch")
+BACKEND_HELP = "Keras backend (default: $KERAS_BACKEND, else the first installed of tensorflow, jax, torch)"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,23 +28,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--pruner", choices=("median", "hyperband", "none"), default="median", help="default: median")
     p.add_argument("--seed", type=int, default=0, help="sampler and training seed (default 0)")
-    p.add_argument("--backend", choices=BACKENDS, help="Keras backend (default: $KERAS_BACKEND or tensorflow)")
+    p.add_argument("--backend", choices=BACKENDS, help=BACKEND_HELP)
     p.add_argument("--mixed-precision", action="store_true", help="train in mixed float16 (for GPUs)")
     p.add_argument("--max-train", type=int, metavar="N", help="train each trial on at most N rows of the train part")
     add_jobs_arg(p)
     p.set_defaults(func=cmd_search)
 
 
-def set_backend(name: str | None) -> None:
-    """Select the Keras backend before keras is imported.
-
-    JAX does not preallocate GPU memory in this process: its trainer processes share the GPU
-    (each caps its own share, see ensemble.search.cnn.pool).
-    """
-    if name:
-        os.environ["KERAS_BACKEND"] = name
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+def set_backend(name: str | None) -> str:
+    """Select the Keras backend before keras is imported (:func:`ensemble.backends.use_backend`)."""
+    return use_backend(name)
 
 
 def cmd_search(args: argparse.Namespace) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ensemble.cli.common import add_artifacts_arg, add_jobs_arg, add_run_args, add_storage_arg
-from ensemble.cli.search import BACKENDS, set_backend
+from ensemble.cli.search import BACKEND_HELP, BACKENDS, set_backend
 from ensemble.durations import parse_duration
 
 
@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_run_args(p)
     add_storage_arg(p)
     add_artifacts_arg(p)
-    p.add_argument("--backend", choices=BACKENDS, help="Keras backend (default: $KERAS_BACKEND or tensorflow)")
+    p.add_argument("--backend", choices=BACKENDS, help=BACKEND_HELP)
     p.add_argument("--timeout", metavar="DURATION", help="stop starting trials after e.g. 2h")
     add_jobs_arg(p)
     p.set_defaults(func=cmd_worker)

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from ensemble.backends import is_installed
 from ensemble.errors import InvalidValueError
 from ensemble.search.artifacts import baseline_study
 
@@ -44,10 +45,18 @@ class Family:
     keys: tuple[str, ...]
     build: Callable[[dict[str, Any], FitContext], Any]
     kind: str = "sklearn"  # or "xgboost"
+    package: str | None = None  # an optional package it needs (an extra of the same name), beyond scikit-learn
 
     @property
     def study_name(self) -> str:
         return baseline_study(self.name)
+
+    @property
+    def missing(self) -> str | None:
+        """Why the family cannot run here (its optional package is not installed), or None."""
+        if self.package is None or is_installed(self.package):
+            return None
+        return f'not installed: pip install "ensemble[{self.package}]"'
 
 
 def _logreg(p: dict[str, Any], ctx: FitContext) -> Any:
@@ -160,6 +169,7 @@ FAMILIES: dict[str, Family] = {
             ),
             _xgboost,
             kind="xgboost",
+            package="xgboost",
         ),
     )
 }

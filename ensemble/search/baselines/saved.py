@@ -95,7 +95,11 @@ def load_saved(blobs: Mapping[str, bytes], folder: str | Path = "") -> Any:
         return _unpickle(blobs["model.joblib"], folder / "model.joblib")
     if set(blobs) != set(MODEL_FILES["xgboost"]):
         raise ArtifactError(f"{folder}: expected model.joblib or model.ubj + preprocess.joblib, got {sorted(blobs)}")
-    import xgboost as xgb
+    try:
+        import xgboost as xgb
+    except ImportError as exc:  # trained where XGBoost was installed, loaded where it is not
+        why = 'xgboost is not installed: pip install "ensemble[xgboost]"'
+        raise ArtifactError(f"{folder}: an XGBoost model, and {why}") from exc
 
     model = xgb.XGBClassifier()
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,23 @@ def parse_models(text: str | None) -> list[str]:
     if bad or not names:
         raise UsageError(f"unknown model(s) {', '.join(bad) or repr(text)}; valid: {', '.join(FAMILIES)}")
     return list(dict.fromkeys(names))
+
+
+def runnable(names: list[str], say: Callable[[str], object] = print) -> list[str]:
+    """``names`` less the families whose optional package is missing, each skipped with one line through ``say``.
+
+    UsageError (one line) when none is left: the families asked for cannot run here.
+    """
+    kept = []
+    for name in names:
+        why = FAMILIES[name].missing
+        if why:
+            say(f"{name}: skipped ({why})")
+        else:
+            kept.append(name)
+    if names and not kept:
+        raise UsageError(f"no baseline family can run: {', '.join(f'{n} {FAMILIES[n].missing}' for n in names)}")
+    return kept
 
 
 def first_params(space: Space) -> dict[str, Any]:
