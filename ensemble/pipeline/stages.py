@@ -79,6 +79,7 @@ def cnn_search(
         max_train=s.max_train,
         epochs=(lambda: planned.plan.epochs) if planned else None,
         jobs=s.trials_per_device,
+        devices=s.devices,
     )
     if planned:
         settings = dataclasses.replace(settings, trials=s.cnn_trials)  # a cap: the plan stops it

@@ -14,6 +14,7 @@ from typing import Any
 from ensemble.errors import one_line
 from ensemble.search.cnn.memory import release
 from ensemble.search.cnn.trainer import ARRAYS, PruneRequested, die_with_parent, train_and_save
+from ensemble.search.devices import VISIBLE_ENV
 
 
 def rss_mb() -> float:
@@ -69,7 +70,8 @@ def _one_trial(conn: Any, arrays: dict[str, Any], config: dict[str, Any], folder
 
     try:
         result = train_and_save(config, arrays, Path(folder), seed=seed, on_epoch=on_epoch, release=False)
-        conn.send(("done", {**result, "trainer_pid": os.getpid()}, rss_mb()))
+        pinned = {"cuda_visible_devices": os.environ[VISIBLE_ENV]} if VISIBLE_ENV in os.environ else {}
+        conn.send(("done", {**result, "trainer_pid": os.getpid(), **pinned}, rss_mb()))
     except PruneRequested as p:
         conn.send(("pruned", p.args[0], rss_mb()))
     except Exception as exc:  # NaN loss, out of memory, a bad combination: this trial fails

@@ -21,6 +21,7 @@ from ensemble.search.cnn.objective import SearchSettings, TrialFailed, discard, 
 from ensemble.search.cnn.parallel import AUTO_MAX, Meter, optimize, parse_jobs
 from ensemble.search.cnn.pool import TrainerLimits, TrainerPool
 from ensemble.search.cnn.takeover import optimize_past_takeovers
+from ensemble.search.devices import select
 from ensemble.search.interrupt import on_interrupt, quiet_interrupts
 from ensemble.search.spaces import Space, load_space
 from ensemble.search.storage import check_run_identity, fail_stale_trials, open_storage, was_killed
@@ -148,7 +149,7 @@ def run_search(
     more = "until the study reaches its target" if settings.trials >= 10**9 else f"up to {todo} more"
     say(f"Study '{STUDY}': {done} finished trial(s) so far, running {more}")
     arrays_path = write_arrays(run, max_train=settings.max_train, seed=settings.seed) if settings.isolate else None
-    pool = _pool(run, settings, arrays_path, jobs) if arrays_path is not None else None
+    pool = _pool(run, settings, arrays_path, jobs, say) if arrays_path is not None else None
     meter = Meter()
     stops = [_stop_at(settings.trials), *(callbacks or [])]
     quiet_interrupts()  # Ctrl-C: the CLI's one line, not Optuna's traceback
@@ -211,12 +212,17 @@ def _prepare(
         say(f"Marked {len(stale)} trial(s) left RUNNING by a stopped process as FAIL: {stale}")
 
 
-def _pool(run: Run, settings: SearchSettings, arrays_path: Path, jobs: int | str) -> TrainerPool:
-    """The trainer processes of this search (started as trials need them); JAX shares a compilation cache."""
+def _pool(
+    run: Run, settings: SearchSettings, arrays_path: Path, jobs: int | str, say: Callable[[str], None]
+) -> TrainerPool:
+    """The trainer processes of this search, ``jobs`` on each device (started as trials need them); JAX shares a
+    compilation cache."""
+    devices = select(settings.devices)
     most = AUTO_MAX if jobs == "auto" else int(jobs)
+    say(f"devices: {devices.describe()}; trials at once per device: {jobs}")
     cache = run.path(".cache", "jax-compile") if cnn.backend_name() == "jax" else None
     limits = TrainerLimits(recycle_after=settings.recycle_after, trainers=most, compile_cache=cache and str(cache))
-    return TrainerPool(arrays_path, 1 if jobs == "auto" else most, limits)
+    return TrainerPool(arrays_path, 1 if jobs == "auto" else most, limits, devices.devices)
 
 
 def _stop_at(target: int) -> Callable[[optuna.Study, optuna.trial.FrozenTrial], None]:
