@@ -137,6 +137,14 @@ def select(choice: str, found: Found | None = None) -> Devices:
     return Devices(tuple(Device(f"gpu:{i}", i) for i in wanted), f"--devices {choice} of {found.source}")
 
 
+def free_gpu(choice: str, found: Found | None = None) -> str | None:
+    """A GPU that ``choice``'s trainers leave free (the first), for XGBoost in the baselines; None when every GPU
+    has trainers (XGBoost then shares one) or there is none."""
+    found = discover() if found is None else found
+    used = set(select(choice, found).labels)
+    return next((i for i in found.ids if f"gpu:{i}" not in used), None)
+
+
 def merged_devices(labels: Iterable[str]) -> str | None:
     """Several devices in one report cell: ``jax/gpu:0``, ``jax/gpu:2``, ``cpu`` -> ``cpu + jax/gpu:0,2``."""
     groups: dict[str, list[str]] = {}

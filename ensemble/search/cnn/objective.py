@@ -21,9 +21,10 @@ from ensemble.errors import EnsembleError, TrialError
 from ensemble.search.artifacts import CNN_STUDY, trial_path, upload_trial
 from ensemble.search.cnn import model as cnn
 from ensemble.search.cnn.arrays import search_arrays
+from ensemble.search.cnn.limits import RECYCLE_AFTER
 from ensemble.search.cnn.measure import curve_png, overhead, recent_speed
 from ensemble.search.cnn.parallel import Meter
-from ensemble.search.cnn.pool import RECYCLE_AFTER, Trainer, TrainerPool
+from ensemble.search.cnn.pool import Trainer, TrainerPool
 from ensemble.search.cnn.takeover import TrialTakenOver
 from ensemble.search.cnn.trainer import partial_dir, train_and_save
 from ensemble.search.devices import CPU

@@ -28,43 +28,13 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ensemble.search.cnn.limits import TrainerLimits, trainer_env
 from ensemble.search.cnn.serve import serve
 from ensemble.search.cnn.trainer import OnEpoch, WorkerError
-from ensemble.search.devices import CPU, VISIBLE_ENV, Device
-
-RECYCLE_AFTER = 10  # trials per trainer process (TensorFlow: ~22 MiB kept per model)
-MAX_RSS_MB = 4096.0  # a trainer above this resident memory after a trial is replaced
-GPU_SHARE = 0.9  # of a GPU's memory, for all its trainers together (JAX caps each at its part)
-ENV_PREFIXES = ("KERAS_", "TF_", "CUDA_", "XLA_", "JAX_")
-
-
-@dataclass(frozen=True)
-class TrainerLimits:
-    """When a trainer process is replaced, and what share of the GPU each one may take."""
-
-    recycle_after: int = RECYCLE_AFTER
-    max_rss_mb: float = MAX_RSS_MB
-    trainers: int = 1  # at most this many at once per device: each caps its GPU memory at GPU_SHARE / trainers
-    compile_cache: str | None = None  # a folder for JAX's persistent compilation cache (None: off)
-
-
-def trainer_env(limits: TrainerLimits, device: Device | None = None) -> dict[str, str]:
-    """The environment of a trainer: the backend's variables, its device, and its GPU memory cap unless already set."""
-    env = {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIXES)}
-    if device is not None and device.visible is not None:
-        env[VISIBLE_ENV] = device.visible  # pinned: the backend, imported after this, sees that GPU only
-    env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-    env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", f"{GPU_SHARE / max(1, limits.trainers):.3f}")
-    env.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
-    if limits.compile_cache:
-        env.setdefault("JAX_COMPILATION_CACHE_DIR", limits.compile_cache)
-        env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-        env.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
-    return env
+from ensemble.search.devices import CPU, Device
 
 
 class Trainer:
@@ -106,11 +76,17 @@ class Trainer:
                 raise WorkerError(msg[1])
             self.ready = True
 
-    def train(self, config: dict[str, Any], folder: Path, *, seed: int, on_epoch: OnEpoch) -> dict[str, Any]:
-        """Train one trial (see :func:`ensemble.search.cnn.trainer.train_and_save`); ``on_epoch`` may raise to prune."""
+    def train(
+        self, config: dict[str, Any], folder: Path, *, seed: int, on_epoch: OnEpoch, job: str = "trial"
+    ) -> dict[str, Any]:
+        """Train one trial (see :func:`ensemble.search.cnn.trainer.train_and_save`); ``on_epoch`` may raise to prune.
+
+        ``job="fit"``: fit ``config`` on all the trainer's ``x_train`` and save the model for prediction at
+        ``folder`` (a ``.keras`` file): a refit on every labeled digit.
+        """
         try:
             self.wait_ready()
-            self._send(("trial", config, str(folder), seed))
+            self._send((job, config, str(folder), seed))
             kind, value, rss, pending = self._exchange(on_epoch)
         except WorkerError:
             self.close()
@@ -127,6 +103,23 @@ class Trainer:
         if kind == "pruned":
             raise pending if pending is not None else WorkerError("pruned without a request")
         return value
+
+    def probe(self, config: dict[str, Any], images: int) -> float:
+        """The speed probe (training images/s of ``config``) as a job of this trainer, which stays warm after it."""
+        try:
+            self.wait_ready()
+            self._send(("probe", config, images))
+            msg = self._recv()
+        except WorkerError:
+            self.close()
+            raise
+        except BaseException:  # Ctrl-C: the probe is of no use now
+            self.kill()
+            raise
+        if msg[0] != "done":
+            self.close()
+            raise WorkerError(f"speed probe failed: {msg[1]}")
+        return float(msg[1])
 
     def _exchange(self, on_epoch: OnEpoch) -> tuple[str, Any, float, BaseException | None]:
         """Relay epochs until the trial ends: (kind, result or reason, trainer RSS, the exception that pruned)."""
@@ -275,6 +268,12 @@ class TrainerPool:
                 self._busy[trainer.device.label] -= 1
                 self._free.append(trainer)
                 self._cond.notify()
+
+    def probe(self, config: dict[str, Any], images: int) -> float:
+        """The speed probe on ``images`` training rows as the first trainer's first job; that trainer then trains
+        the search's first trial, warm (the probe's own process: :func:`.trainer.probe_speed`)."""
+        with self.lease() as trainer:
+            return trainer.probe(config, images)
 
     def interrupt(self) -> None:
         """Ctrl-C: SIGKILL every trainer process now, so the trials they train end at once (called from a

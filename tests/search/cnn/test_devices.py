@@ -15,32 +15,13 @@ from conftest import write_dataset
 
 from ensemble.data.runs import open_run
 from ensemble.errors import UsageError
+from ensemble.pipeline.baselines_child import baselines_gpu_env
 from ensemble.pipeline.presets import PRESETS, settings_for
 from ensemble.search.cnn import study as study_module
-from ensemble.search.cnn.pool import TrainerLimits, TrainerPool, trainer_env
+from ensemble.search.cnn.limits import TrainerLimits, trainer_env
+from ensemble.search.cnn.pool import TrainerPool
 from ensemble.search.cnn.study import SearchSettings, load_cnn_space, run_search
 from ensemble.search.devices import Device, Found, check_choice, discover, merged_devices, select, visible_ids
-
-SMI = """#!/bin/sh
-if [ "$1" = "-L" ]; then
-  for i in 0 1 2 3; do echo "GPU $i: NVIDIA Fake T4 (UUID: GPU-0000000$i)"; done
-  exit 0
-fi
-exit 1
-"""
-
-
-@pytest.fixture
-def four_gpus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A fake ``nvidia-smi`` first on PATH that lists 4 GPUs; CUDA_VISIBLE_DEVICES unset."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    smi = bin_dir / "nvidia-smi"
-    smi.write_text(SMI)
-    smi.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    return smi
 
 
 def test_discovery_reads_cuda_visible_devices_first_then_nvidia_smi(
@@ -148,3 +129,9 @@ def test_devices_is_a_run_setting_checked_before_the_run() -> None:
     assert PRESETS["best"].devices == "all" and settings_for("quick", {"devices": "gpu:0,1"}).devices == "0,1"
     with pytest.raises(UsageError, match="--devices"):
         settings_for("quick", {"devices": "0,0"})
+
+
+def test_xgboost_gets_a_gpu_the_trainers_leave_free_or_shares_one(four_gpus: Path) -> None:
+    assert baselines_gpu_env("0,1") == {"CUDA_VISIBLE_DEVICES": "2"}
+    assert baselines_gpu_env("cpu") == {"CUDA_VISIBLE_DEVICES": "0"}
+    assert baselines_gpu_env("all") == {}  # every GPU has trainers: XGBoost shares one, as before
