@@ -189,7 +189,8 @@ from ensemble.inference.predict import load_ensemble, predict_proba
 ens = load_ensemble(sys.argv[1])
 where = [sorted(str(d) for d in m.model.weights[0].value.devices()) for m in ens.members]
 np.save(sys.argv[3], predict_proba(ens, np.load(sys.argv[2])))
-print(json.dumps({"devices": ens.devices, "where": where}))
+from ensemble.search.devices import backend_gpu_count
+print(json.dumps({"devices": ens.devices, "where": where, "gpus": backend_gpu_count()}))
 """
 
 
@@ -211,7 +212,7 @@ def test_members_predict_on_four_jax_host_devices_at_once(tmp_path: Path) -> Non
     )
     assert r.returncode == 0, r.stderr[-2000:]
     got = json.loads(r.stdout.strip().splitlines()[-1])
-    assert got["devices"] == 4
+    assert got["devices"] == 4 and got["gpus"] == 0  # host devices spread predictions; they are no trainer GPUs
     assert [w[0][-1] for w in got["where"]] == ["0", "1", "2", "3", "0"] and all(len(w) == 1 for w in got["where"])
     np.testing.assert_allclose(np.load(out), here, atol=1e-5)
 
