@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# GPU check, for a machine with one NVIDIA GPU and JAX, as lent by the device tool. One run, about 8 minutes:
-#   `ensemble run --data DATA --preset best --time-budget 7m` with KERAS_BACKEND=jax, nvidia-smi sampling the
-#   GPU's utilization and memory every second meanwhile; then benchmarks/gpu_check_summary.py prints the
-#   holdout accuracy of the final model and of the best single CNN, the CNN trials completed (and on which
-#   device), the per-trial overhead, the trials at once, the GPU utilization during the CNN search and each
+# GPU check, for a machine with one or more NVIDIA GPUs and JAX, as lent by the device tool. One run, about 8
+#   minutes: `ensemble run --data DATA --preset best --time-budget 7m` with KERAS_BACKEND=jax (every GPU found,
+#   or those ENSEMBLE_RUN_OVERRIDES='{"devices": "0"}' names), nvidia-smi sampling each GPU's utilization and
+#   memory every second meanwhile; then benchmarks/gpu_check_summary.py prints the holdout accuracy of the
+#   final model and of the best single CNN, the CNN trials completed (and on which device), the per-trial
+#   overhead, the trials at once, the GPU utilization (all, and per GPU) during the CNN search and each
 #   stage's wall time. Everything also lands in $OUT (run.log, gpu_samples.csv, summary.txt, the report).
 # THROUGHPUT=1 first runs benchmarks/gpu_throughput.py (about 3 more minutes).
 # Expects the Kaggle files in $ENSEMBLE_DATA (default .data; empty: the offline demo digits) and, optionally,
@@ -47,9 +48,10 @@ if [ -z "${ENSEMBLE_RUN_OVERRIDES:-}" ] && ! $PY -c "import xgboost" 2>/dev/null
   echo "xgboost is not installed: baselines without it"
 fi
 
-sample_gpu() {  # one line a second: epoch seconds, utilization %, memory used MiB
+sample_gpu() {  # one line a second per GPU: epoch seconds, GPU index, utilization %, memory used MiB
   while :; do
-    printf '%s,%s\n' "$(date +%s.%N)" "$(nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader,nounits | head -n 1)"
+    NOW=$(date +%s.%N)
+    nvidia-smi --query-gpu=index,utilization.gpu,memory.used --format=csv,noheader,nounits | sed "s/^/$NOW,/"
     sleep 1
   done
 }

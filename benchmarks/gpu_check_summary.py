@@ -5,8 +5,9 @@
 Prints: the holdout accuracy of the final model and of the best single CNN (the one with the best
 validation accuracy, as the build picks), CNN trials by state and the device they trained on, the
 per-trial overhead (wall time less steady training) and trials at once, GPU utilization sampled
-during the CNN search (``--gpu-samples``: lines ``EPOCH_SECONDS,UTIL_PERCENT,MEMORY_MIB`` as
-gpu_check.sh writes them; "not measured" without samples), and each stage's wall time.
+during the CNN search, all GPUs together and each one (``--gpu-samples``: lines
+``EPOCH_SECONDS,GPU_INDEX,UTIL_PERCENT,MEMORY_MIB`` as gpu_check.sh writes them, or without the index
+for one GPU; "not measured" without samples), and each stage's wall time.
 """
 
 from __future__ import annotations
@@ -52,7 +53,9 @@ def cnn_trials(run: Path) -> tuple[list[str], dict[str, Any]]:
     for t in trials:
         states[t.state.name.lower()] = states.get(t.state.name.lower(), 0) + 1
     done = [t.user_attrs for t in trials if t.state.name == "COMPLETE"]
-    devices = sorted({f"{a.get('backend')}/{a.get('device')}" for a in done})
+    devices = sorted(
+        {f"{a.get('backend')}/{'cpu' if a.get('backend_device') == 'cpu' else a.get('device')}" for a in done}
+    )
     out = [f"CNN trials: {states.get('complete', 0)} completed ({', '.join(f'{k} {v}' for k, v in states.items())})"
            f" on {', '.join(devices) or '-'}"]  # fmt: skip
     over = [float(a["overhead_seconds"]) for a in done if "overhead_seconds" in a]
@@ -87,24 +90,40 @@ def stage_times(run: Path) -> tuple[list[str], tuple[float, float] | None]:
     return out, window
 
 
-def gpu_utilization(samples: Path | None, window: tuple[float, float] | None) -> str:
+def gpu_utilization(samples: Path | None, window: tuple[float, float] | None) -> list[str]:
+    """The GPUs' utilization during the search: all together, then each GPU's when there are several.
+
+    A sample line is ``seconds,index,utilization,memory`` (``seconds,utilization,memory``: GPU 0).
+    """
     if samples is None or not samples.is_file() or not samples.read_text().strip():
-        return "GPU utilization during the search: not measured (no nvidia-smi samples)"
+        return ["GPU utilization during the search: not measured (no nvidia-smi samples)"]
     rows = []
     for line in samples.read_text().splitlines():
         parts = [p.strip() for p in line.split(",")]
+        if len(parts) == 3:
+            parts.insert(1, "0")
         try:
-            rows.append((float(parts[0]), float(parts[1]), float(parts[2])))
+            rows.append((float(parts[0]), parts[1], float(parts[2]), float(parts[3])))
         except (ValueError, IndexError):
             continue
     if window is not None:
         rows = [r for r in rows if window[0] <= r[0] <= window[1]]
     if not rows:
-        return "GPU utilization during the search: not measured (no samples in the search's time)"
-    util = [r[1] for r in rows]
-    memory = max(r[2] for r in rows)
-    return (f"GPU utilization during the search: mean {statistics.mean(util):.0f}%, median "
-            f"{statistics.median(util):.0f}%, max memory {memory:,.0f} MiB ({len(rows)} samples)")  # fmt: skip
+        return ["GPU utilization during the search: not measured (no samples in the search's time)"]
+    out = [_utilization("GPU utilization during the search", rows)]
+    gpus = sorted({r[1] for r in rows})
+    if len(gpus) > 1:
+        out += [_utilization(f"  GPU {g}", [r for r in rows if r[1] == g]) for g in gpus]
+    return out
+
+
+def _utilization(what: str, rows: list[tuple[float, str, float, float]]) -> str:
+    util = [r[2] for r in rows]
+    memory = max(r[3] for r in rows)
+    return (
+        f"{what}: mean {statistics.mean(util):.0f}%, median {statistics.median(util):.0f}%, "
+        f"max memory {memory:,.0f} MiB ({len(rows)} samples)"
+    )
 
 
 def main() -> None:
@@ -115,7 +134,7 @@ def main() -> None:
     lines = holdout(args.run)
     trials, _ = cnn_trials(args.run)
     stages, window = stage_times(args.run)
-    for line in [*lines, *trials, gpu_utilization(args.gpu_samples, window), *stages]:
+    for line in [*lines, *trials, *gpu_utilization(args.gpu_samples, window), *stages]:
         print(line)
 
 

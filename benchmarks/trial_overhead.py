@@ -14,6 +14,10 @@ A trial's overhead is its wall time (as the search sees it) less its steady trai
 x the median time between epoch ends): process start-up, imports, data loading, compiling,
 predicting validation/holdout/test, saving. Printed per trial, then the mean (start-ups and
 recycles included) and median per mode, and the ratio reference / reused.
+
+``--probe`` then times the start of a planned search, the speed probe and the first trial, both ways:
+the probe in a process of its own and the trial in a fresh trainer (as before), against the probe as the
+first trainer's first job, that trainer then training the trial (as ``ensemble run`` does now).
 """
 
 from __future__ import annotations
@@ -54,12 +58,37 @@ def search(name: str, space_file: Path, trials: int, recycle_after: int) -> list
     ]  # fmt: skip
 
 
+def probe_then_trial(name: str, space_file: Path, in_trainer: bool) -> float:
+    """Seconds for the speed probe (1,000 digits) and then one trial: the probe in its own process or in the
+    search's first trainer."""
+    from ensemble.data.runs import open_run
+    from ensemble.search.cnn import model as cnn
+    from ensemble.search.cnn.study import SearchSettings, load_cnn_space, run_search, trainers
+    from ensemble.search.cnn.trainer import probe_speed
+
+    run = open_run(name, say=lambda s: None)
+    space = load_cnn_space(space_file)
+    config = cnn.validate_config({k: v for k, v in space.defaults().items() if k in cnn.DEFAULTS})
+    settings = SearchSettings(trials=1, pruner="none", max_train=1000)
+    t0 = time.perf_counter()
+    if in_trainer:
+        with trainers(run, settings, lambda s: None) as pool:
+            pool.probe(config, 1000)
+            run_search(run, space, settings, say=lambda s: None, pool=pool)
+    else:
+        x, y = run.part("train")
+        probe_speed(config, x[:1000], y[:1000], images=1000)
+        run_search(run, space, settings, say=lambda s: None)
+    return time.perf_counter() - t0
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--trials", type=int, default=6, help="trials per search")
     ap.add_argument("--epochs", type=int, default=3, help="epochs per trial (at least 2: the steady epoch time)")
     ap.add_argument("--rounds", type=int, default=1, help="reference + reused searches, alternated")
     ap.add_argument("--recycle-after", type=int, default=10, help="trials per reused trainer process")
+    ap.add_argument("--probe", action="store_true", help="also time the speed probe + first trial, both ways")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="trial-overhead-"))
     os.environ["ENSEMBLE_RUNS"] = str(tmp / "runs")
@@ -87,6 +116,12 @@ def main() -> None:
         )
     ratio = summary["reference"] / max(summary["reused"], 1e-9)
     print(f"overhead per trial, reference / reused (means): {ratio:.2f}x")
+    if args.probe:
+        for r in range(args.rounds):
+            own = probe_then_trial(f"probe-own-{r}", tmp / "cnn.yaml", in_trainer=False)
+            first = probe_then_trial(f"probe-first-{r}", tmp / "cnn.yaml", in_trainer=True)
+            both = f"own process {own:.1f}s, first trainer's job {first:.1f}s ({own / first:.2f}x)"
+            print(f"round {r + 1} probe + first trial: {both}", flush=True)
     print(f"CPU after: {machine_line()}")
     shutil.rmtree(tmp, ignore_errors=True)
 

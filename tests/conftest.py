@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import subprocess
 import time
 from collections.abc import Iterator
@@ -207,3 +208,25 @@ def without_packages(tmp_path: Path, *packages: str) -> dict[str, str]:
         "ENSEMBLE_RUNS": str(tmp_path / "runs"),
         "ENSEMBLE_CACHE": str(tmp_path / "cache"),
     }
+
+
+FAKE_SMI = """#!/bin/sh
+if [ "$1" = "-L" ]; then
+  for i in 0 1 2 3; do echo "GPU $i: NVIDIA Fake T4 (UUID: GPU-0000000$i)"; done
+  exit 0
+fi
+exit 1
+"""
+
+
+@pytest.fixture
+def four_gpus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fake ``nvidia-smi`` first on PATH that lists 4 GPUs; CUDA_VISIBLE_DEVICES unset."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    smi = bin_dir / "nvidia-smi"
+    smi.write_text(FAKE_SMI)
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    return smi

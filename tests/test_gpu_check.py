@@ -20,7 +20,8 @@ FAKE_SMI = """#!/bin/sh
 case "$*" in
   -L) echo "GPU 0: Test GPU (UUID: GPU-test)" ;;
   *--query-gpu=name,*) echo "Test GPU, 1000 MiB, 1.0" ;;
-  *) echo "55, 1234" ;;
+  *--query-gpu=index,*) echo "0, 55, 1234" ;;
+  *) echo "unexpected query" ;;
 esac
 """
 
@@ -53,10 +54,12 @@ def test_the_script_runs_a_tiny_check_on_the_cpu(tmp_path: Path) -> None:
     assert summary.startswith("ensemble run --preset best --time-budget 20m (KERAS_BACKEND=tensorflow): exit code 0")
     final = json.loads((runs / "cpu" / "report" / "summary.json").read_text())
     assert f"final model: {final['final_model']}, holdout accuracy {final['holdout_accuracy']:.4f}" in summary
-    assert "CNN trials: 1 completed" in summary and "tensorflow/cpu" in summary
+    assert (
+        "CNN trials: 1 completed" in summary and "tensorflow/cpu" in summary
+    )  # a listed GPU's slot, but TensorFlow saw none
     assert "GPU utilization during the search: mean 55%" in summary and "1,234 MiB" in summary
     samples = (out / "gpu_samples.csv").read_text().splitlines()
-    assert samples and all(line.split(",", 1)[1] == "55, 1234" for line in samples)  # one line a second
+    assert samples and all(line.split(",", 1)[1] == "0, 55, 1234" for line in samples)  # one line a second
     assert {"run.log", "report.md", "leaderboard.csv", "stages.json"} <= {p.name for p in out.iterdir()}
 
 
@@ -109,6 +112,18 @@ def test_the_summary_reads_a_finished_run(tmp_path: Path) -> None:
     assert "per-trial overhead: median 3.0s" in out
     assert "GPU utilization during the search: mean 70%" in out and "1,200 MiB (2 samples)" in out
     assert "CNN trials at once: 1, 4" in out and "stage build" in out
+
+
+def test_the_summary_gives_each_gpus_utilization(tmp_path: Path) -> None:
+    end = time.time()
+    _fake_run(tmp_path / "run", end)
+    samples = tmp_path / "gpu.csv"
+    rows = [(end - 50, 0, 90, 900), (end - 50, 1, 30, 500), (end - 40, 0, 70, 1000), (end - 40, 1, 50, 600)]
+    samples.write_text("".join(f"{t:.3f},{g}, {u}, {m}\n" for t, g, u, m in rows))
+    out = _summary(tmp_path / "run", "--gpu-samples", str(samples))
+    assert "GPU utilization during the search: mean 60%" in out and "(4 samples)" in out
+    assert "  GPU 0: mean 80%, median 80%, max memory 1,000 MiB (2 samples)" in out
+    assert "  GPU 1: mean 40%, median 40%, max memory 600 MiB (2 samples)" in out
 
 
 def test_without_nvidia_smi_the_utilization_is_not_measured(tmp_path: Path) -> None:

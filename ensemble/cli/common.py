@@ -38,7 +38,20 @@ def add_jobs_arg(p: argparse.ArgumentParser) -> None:
         "--jobs",
         default="1",
         metavar="N",
-        help="trials at once, each in its own trainer process (default 1); auto: ramp up while it trains faster",
+        help="trials at once per device, each in its own trainer process (default 1); auto: ramp up while it "
+        "trains faster",
+    )
+
+
+def add_devices_arg(p: argparse.ArgumentParser, default: str | None = "all") -> None:
+    """``--devices all|cpu|0,1,...``: the devices the CNN trainers use (``ensemble run``, ``search``, ``worker``)."""
+    p.add_argument(
+        "--devices",
+        default=default,
+        metavar="LIST",
+        help="devices of the CNN trainers: all (every GPU found through CUDA_VISIBLE_DEVICES, nvidia-smi -L or "
+        "the backend; the CPU when none), cpu, or GPU ids such as 0,1 (default: all); each device gets its "
+        "own trainers (trials_per_device of them)",
     )
 
 

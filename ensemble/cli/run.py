@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from ensemble.cli.common import add_artifacts_arg, add_storage_arg
+from ensemble.cli.common import add_artifacts_arg, add_devices_arg, add_storage_arg
 from ensemble.cli.search import BACKENDS
 from ensemble.durations import parse_duration
 
@@ -50,6 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="Keras backend of every stage (default: $KERAS_BACKEND, else the first installed of tensorflow, "
         "jax, torch)",
     )
+    add_devices_arg(p, default=None)
     add_storage_arg(p)
     add_artifacts_arg(p)
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help=argparse.SUPPRESS)  # preset overrides
@@ -69,7 +70,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         backend=args.backend,
         storage=args.storage,
         restart=args.restart,
-        settings=parse_overrides(args.set),
+        settings={**parse_overrides(args.set), **({"devices": args.devices} if args.devices else {})},
     )
     print(
         f"done in {time.time() - t0:.0f}s: final model {result.final_model} "

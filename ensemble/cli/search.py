@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ensemble.backends import BACKENDS, use_backend
-from ensemble.cli.common import add_artifacts_arg, add_jobs_arg, add_run_args, add_storage_arg
+from ensemble.cli.common import add_artifacts_arg, add_devices_arg, add_jobs_arg, add_run_args, add_storage_arg
 from ensemble.durations import parse_duration
 
 DEFAULT_SPACE = "cnn.yaml"  # a shipped space (ensemble.search.spaces.space_file)
@@ -32,6 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mixed-precision", action="store_true", help="train in mixed float16 (for GPUs)")
     p.add_argument("--max-train", type=int, metavar="N", help="train each trial on at most N rows of the train part")
     add_jobs_arg(p)
+    add_devices_arg(p)
     p.set_defaults(func=cmd_search)
 
 
@@ -46,6 +47,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     from ensemble.errors import UsageError
     from ensemble.search.cnn.parallel import parse_jobs
     from ensemble.search.cnn.study import SearchSettings, load_cnn_space, run_search
+    from ensemble.search.devices import check_choice
     from ensemble.search.spaces import space_file
     from ensemble.search.storage import dashboard_command, optuna_cli_args, stored_study, worker_command
 
@@ -53,6 +55,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise UsageError(f"--trials must be at least 1, got {args.trials}")
     timeout = parse_duration(args.timeout) if args.timeout else None
     jobs = parse_jobs(args.jobs)
+    devices = check_choice(args.devices)
     space = load_cnn_space(space_file(args.space))
     run = open_run(args.run, data=args.data)
     print(f"Watch it live:  {dashboard_command(run, args.storage)}")
@@ -66,6 +69,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         max_train=args.max_train,
         mixed_precision=args.mixed_precision,
         jobs=jobs,
+        devices=devices,
     )
     study = run_search(run, space, settings, storage_url=args.storage, publish={})
     best = _best(study)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ensemble.cli.common import add_artifacts_arg, add_jobs_arg, add_run_args, add_storage_arg
+from ensemble.cli.common import add_artifacts_arg, add_devices_arg, add_jobs_arg, add_run_args, add_storage_arg
 from ensemble.cli.search import BACKEND_HELP, BACKENDS, set_backend
 from ensemble.durations import parse_duration
 
@@ -26,6 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backend", choices=BACKENDS, help=BACKEND_HELP)
     p.add_argument("--timeout", metavar="DURATION", help="stop starting trials after e.g. 2h")
     add_jobs_arg(p)
+    add_devices_arg(p)
     p.set_defaults(func=cmd_worker)
 
 
@@ -35,12 +36,14 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from ensemble.errors import UsageError
     from ensemble.search.cnn.parallel import parse_jobs
     from ensemble.search.cnn.worker import join
+    from ensemble.search.devices import check_choice
 
     if not args.storage:
         raise UsageError("ensemble worker needs the run's shared storage: --storage URL or $ENSEMBLE_STORAGE")
     timeout = parse_duration(args.timeout) if args.timeout else None
     jobs = parse_jobs(args.jobs)
+    devices = check_choice(args.devices)
     run = open_run(args.run, data=args.data)
-    ran = join(run, args.storage, timeout=timeout, jobs=jobs)
+    ran = join(run, args.storage, timeout=timeout, jobs=jobs, devices=devices)
     print(f"worker: done; this machine ran {ran} trial(s) of run '{run.name}'")
     return 0

@@ -34,6 +34,7 @@ from ensemble.combine.members import (
 from ensemble.combine.tta import IDENTITY
 from ensemble.combine.voting import soft_vote
 from ensemble.errors import ArtifactError, DataError, one_line
+from ensemble.inference.placement import OnDevice, on, prediction_devices
 
 # ------------------------------------------------------------------------------ ensemble
 
@@ -60,6 +61,7 @@ class Ensemble:
     folder: Path
     manifest: dict[str, Any]
     members: list[Member]
+    devices: int = 1  # devices its CNN members predict on (JAX: spread over the local devices)
 
     @property
     def views(self) -> list[str]:
@@ -105,12 +107,15 @@ def load_ensemble(folder: str | Path, *, load_models: bool = True) -> Ensemble:
     if not isinstance(entries, list) or not entries:
         raise ArtifactError(f"{folder / MANIFEST}: no members")
     members = [_member(folder, entry, hashed) for entry in entries]
-    if load_models:
-        for m in members:
-            if m.file:
-                data = read_verified(folder, manifest, m.file)
-                m.model = prediction_copy(load_keras_model(folder / m.file, m.name, data=data), m.name)
-    return Ensemble(folder, manifest, members)
+    cnns = [m for m in members if m.file] if load_models else []
+    devices = prediction_devices() if len(cnns) > 1 else []
+    for i, m in enumerate(cnns):  # under JAX with several devices: member i on device i mod D
+        device = devices[i % len(devices)] if devices else None
+        data = read_verified(folder, manifest, m.file)
+        with on(device):
+            model = prediction_copy(load_keras_model(folder / m.file, m.name, data=data), m.name)
+        m.model = model if device is None else OnDevice(model, device)
+    return Ensemble(folder, manifest, members, devices=max(1, min(len(devices), len(cnns))))
 
 
 def _baseline(ens: Ensemble, m: Member, images: np.ndarray) -> np.ndarray:
@@ -170,7 +175,7 @@ def predict_proba(
                 batch_size=batch_size,
                 advance=adv,
                 names=[m.name for m in cnns],
-                workers=workers,
+                workers=workers if workers is not None or ens.devices == 1 else ens.devices,  # a thread per device
                 precision=precision,
             )
         parts += [p.mean(axis=0) for p in probs]

@@ -26,6 +26,7 @@ from ensemble.errors import ArtifactError
 from ensemble.io import read_json, rebuilt_dir, save_npy
 from ensemble.search.artifacts import CNN_STUDY, sha256_file, trial_path
 from ensemble.search.cnn.simplify import save_for_inference
+from ensemble.search.devices import Devices, select
 
 if TYPE_CHECKING:
     from ensemble.data.runs import Run
@@ -96,10 +97,13 @@ def refit_full(
     batch_size: int = 256,
     storage_url: str | None = None,
     say: Callable[[str], None] = print,
+    devices: str | None = None,
 ) -> dict[str, Any] | None:
     """Refit the final model's CNNs on every labeled digit and write ``runs/NAME/ensemble-full/``.
 
     A member whose refit would end past ``deadline`` keeps its pre-refit model (recorded as skipped).
+    ``devices`` (``all``, ``cpu``, GPU ids: :mod:`ensemble.search.devices`): with two or more, the members
+    refit one per device at once, each in a trainer pinned to its device; else one after another here.
     Returns the new manifest, or None when the final model has no CNN to refit.
     """
     src = refit_source(run, final)
@@ -110,7 +114,12 @@ def refit_full(
     x_all, y_all = run.dataset.x_train, run.dataset.y_train
     with rebuilt_dir(run.path(FOLDER)) as tmp:
         _copy_source(run, src, tmp)
-        models, record = _refit_members(run, src, cnns, x_all, y_all, tmp, deadline, seed, storage_url, say)
+        chosen = select(devices) if devices else None
+        if chosen is not None and len(chosen.devices) > 1:
+            say(f"refitting {len(cnns)} CNN member(s) one per device at once: {chosen.describe()}")
+            models, record = _refit_on(chosen, run, src, cnns, x_all, y_all, tmp, deadline, seed, storage_url, say)
+        else:
+            models, record = _refit_members(run, src, cnns, x_all, y_all, tmp, deadline, seed, storage_url, say)
         timing: dict[str, Any] = {}
         proba_test = _test_proba(run, src, cnns, models, tmp, batch_size, timing)
         manifest = _manifest(run, src, record, len(y_all), proba_test, tmp, timing["predict_seconds"])
@@ -165,6 +174,36 @@ def _refit_members(
             "seconds": round(time.perf_counter() - t0, 1),
         }
     return models, record
+
+
+def _refit_on(
+    devices: Devices,
+    run: Run,
+    src: RefitSource,
+    cnns: list,
+    x: np.ndarray,
+    y: np.ndarray,
+    tmp: Path,
+    deadline: float | None,
+    seed: int,
+    storage_url: str | None,
+    say: Callable[[str], None],
+) -> tuple[list[Any], dict[str, dict[str, Any]]]:
+    """:func:`_refit_members` over several devices at once (:mod:`.refit_devices`); the models loaded back."""
+    from ensemble.combine.members import load_keras_model
+    from ensemble.inference.refit_devices import RefitJob, refit_on_devices
+    from ensemble.search.cnn import model as cnn
+
+    jobs = []
+    for entry in cnns:
+        path, config = _member_files(run, src, entry)
+        config = {k: v for k, v in config.items() if k in cnn.DEFAULTS}
+        epochs = int(config["epochs"])
+        need = epochs * len(x) / trial_speed(run, entry, storage_url)
+        member_seed = seed + int(entry.get("trial", 0))
+        jobs.append(RefitJob(entry["name"], config, member_seed, epochs, need, tmp / entry["file"], path))
+    record = refit_on_devices(jobs, devices, x, y, deadline=deadline, say=say)
+    return [load_keras_model(tmp / e["file"], e["name"]) for e in cnns], record
 
 
 def trial_speed(run: Run, entry: dict[str, Any], storage_url: str | None) -> float:

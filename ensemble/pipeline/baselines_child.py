@@ -16,6 +16,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ensemble.search.artifacts import baseline_study
+from ensemble.search.devices import VISIBLE_ENV, free_gpu
 from ensemble.search.storage import STORAGE_ENV
 
 if TYPE_CHECKING:
@@ -67,6 +68,13 @@ def baseline_cores(wanted: int | str) -> list[int]:
     return cores[-n:]
 
 
+def baselines_gpu_env(devices: str) -> dict[str, str]:
+    """The baselines child's GPU: one that the CNN trainers leave free (``CUDA_VISIBLE_DEVICES``), when there is
+    one; else nothing changes, and XGBoost on CUDA shares a GPU with the trainers."""
+    free = free_gpu(devices)
+    return {VISIBLE_ENV: free} if free is not None else {}
+
+
 def _child_setup(nice: int, cores: list[int]) -> None:
     """In the child: lower priority, pinned to ``cores``, dies with the parent."""
     try:
@@ -88,6 +96,9 @@ class BaselineWorker(threading.Thread):
         self.proc: subprocess.Popen | None = None
         self.ok, self.stopped, self.errors = True, False, []
         self.cores = baseline_cores(s.baseline_cores)
+        self.gpu_env = baselines_gpu_env(s.devices)
+        if self.gpu_env:
+            log(f"XGBoost may use gpu:{self.gpu_env[VISIBLE_ENV]}, a GPU without CNN trainers")
         self.on_done: Any = None
 
     def command(self, families: list[str], trials: int) -> list[str]:
@@ -104,7 +115,7 @@ class BaselineWorker(threading.Thread):
             cmd = self.command(families, trials)
             where = f"core {self.cores[0]}" if len(self.cores) == 1 else f"cores {self.cores[0]}-{self.cores[-1]}"
             self.log(f"{' '.join(cmd[3:])} (nice +{self.s.baseline_nice}, {where})")
-            env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "120"}
+            env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "120", **self.gpu_env}
             env.pop(STORAGE_ENV, None)
             if self.storage_url:
                 env[STORAGE_ENV] = self.storage_url

@@ -10,6 +10,7 @@ from typing import Any
 
 from ensemble.errors import UsageError
 from ensemble.search.cnn.parallel import parse_jobs
+from ensemble.search.devices import check_choice
 from ensemble.search.plan import PlanSettings
 
 
@@ -37,6 +38,9 @@ class Preset:
     # CNN trials that train at once on the device, each in its own trainer process; "auto": measured over
     # the first trials (1, 2, 4, ... while the images trained per second grow)
     trials_per_device: int | str = 1
+    # the devices the CNN trainers use: "all" found (CUDA_VISIBLE_DEVICES, nvidia-smi -L, the backend), "cpu",
+    # or GPU ids such as "0,1" (ensemble.search.devices); trials_per_device trainers on each
+    devices: str = "all"
     seed: int = 0
     # the anytime final stage: at most this many more members of the final model's CNNs, trained on every
     # labeled digit with new seeds while they fit the budget (0: off); see ensemble.inference.extend
@@ -195,6 +199,8 @@ def _checked(s: Preset, key: str, value: Any) -> Any:
             return parse_jobs(value)
         except UsageError:
             raise UsageError(f"--set {key}=: expected a positive integer or auto, got {value!r}") from None
+    if key == "devices":
+        return check_choice(value)
     if key == "max_train":
         ok = value is None or isinstance(value, int) and not isinstance(value, bool) and value > 0
     elif key == "mixed_precision":

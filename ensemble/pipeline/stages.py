@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from collections.abc import Callable
@@ -56,7 +57,7 @@ def deadline_pruner(
 
 
 def cnn_search(
-    run: Run, s: Preset, deadline: float, log: Any, storage_url: str | None, planned: Any = None
+    run: Run, s: Preset, deadline: float, log: Any, storage_url: str | None, planned: Any = None, pool: Any = None
 ) -> dict[str, Any]:
     """Run or continue the ``cnn`` study until its trial count (or the budget's plan) or its deadline."""
     import optuna
@@ -79,6 +80,7 @@ def cnn_search(
         max_train=s.max_train,
         epochs=(lambda: planned.plan.epochs) if planned else None,
         jobs=s.trials_per_device,
+        devices=s.devices,
     )
     if planned:
         settings = dataclasses.replace(settings, trials=s.cnn_trials)  # a cap: the plan stops it
@@ -89,7 +91,7 @@ def cnn_search(
     publish = {"target": planned.plan.members, "count": "complete"} if planned else {}  # for ensemble worker
     study = search.run_search(
         run, space, settings, storage_url=storage_url, pruner=pruner, callbacks=callbacks, say=log, publish=publish,
-        on_jobs=planned.set_jobs if planned else None,
+        on_jobs=planned.set_jobs if planned else None, pool=pool,
     )  # fmt: skip
     states = [t.state for t in study.get_trials(deepcopy=False)]
     count = {k.name.lower(): states.count(k) for k in optuna.trial.TrialState if states.count(k)}
@@ -115,16 +117,43 @@ def search_stage(run: Run, s: Preset, stages: Stages, budget: Budget, log: Log, 
     if not (need_cnn or need_base):
         log("search", "CNN search and baselines already finished (stages.json); skipping")
         return
+    with contextlib.ExitStack() as stack:
+        pool = None
+        if need_cnn:  # a changed space is refused before the plan's probe and the baselines start
+            from ensemble.search.cnn.study import check_space
+
+            check_space(run, _cnn_space(s)[1], storage_url)
+            pool = stack.enter_context(_trainers(run, s, log.for_stage("cnn")))
+        _search_and_baselines(run, s, stages, budget, log, storage_url, pool, need_cnn=need_cnn, need_base=need_base)
+
+
+def _trainers(run: Run, s: Preset, log: Any) -> Any:
+    """The CNN search's trainers, started before its plan: the first one runs the speed probe, then trials."""
+    from ensemble.search.cnn import study as search
+
+    settings = search.SearchSettings(seed=s.seed, max_train=s.max_train, jobs=s.trials_per_device, devices=s.devices)
+    return search.trainers(run, settings, log)
+
+
+def _search_and_baselines(
+    run: Run,
+    s: Preset,
+    stages: Stages,
+    budget: Budget,
+    log: Log,
+    storage_url: str | None,
+    pool: Any,
+    *,
+    need_cnn: bool,
+    need_base: bool,
+) -> None:
+    """The plan (its probe in ``pool``'s first trainer), then the CNN study here and the baselines beside it."""
     deadline = budget.ends["search"]
     worker, planned = None, None
     t0 = time.time()
-    if need_cnn:  # a changed space is refused before the plan's probe and the baselines start
-        from ensemble.search.cnn.study import check_space
-
-        check_space(run, _cnn_space(s)[1], storage_url)
     if need_cnn and s.plan:  # searches + refits may use the build/report shares they will not need
         post = min(budget.ends["report"] - budget.ends["search"], POST_SEARCH_S)
-        planned = _plan(run, s, stages, budget.ends["report"] - post, log, storage_url)
+        planned = _plan(run, s, stages, budget.ends["report"] - post, log, storage_url, pool)
         deadline = planned.deadline
     if need_base and s.baselines:
         worker = BaselineWorker(run, s, deadline, log.for_stage("baselines"), storage_url)
@@ -132,7 +161,7 @@ def search_stage(run: Run, s: Preset, stages: Stages, budget: Budget, log: Log, 
         worker.start()
     try:
         if need_cnn:
-            info = cnn_search(run, s, budget.ends["search"], log.for_stage("cnn"), storage_url, planned)
+            info = cnn_search(run, s, budget.ends["search"], log.for_stage("cnn"), storage_url, planned, pool)
             stages.finish("cnn_search", time.time() - t0, **info)
             log("cnn", f"CNN search finished: {info['trials']}" + (" (cut short by the budget)" * info["cut_short"]))
         if worker is not None:
@@ -149,7 +178,7 @@ def search_stage(run: Run, s: Preset, stages: Stages, budget: Budget, log: Log, 
         log("baselines", f"baselines did not finish cleanly ({'; '.join(worker.errors)}); a re-run continues them")
 
 
-def _plan(run: Run, s: Preset, stages: Stages, end: float, log: Log, storage_url: str | None) -> Any:
+def _plan(run: Run, s: Preset, stages: Stages, end: float, log: Log, storage_url: str | None, pool: Any) -> Any:
     """Measure, plan members x epochs until ``end`` (searches + refits), and record the plan in stages.json."""
     from ensemble.search.cnn import model as cnn
     from ensemble.search.planned import plan_search
@@ -163,7 +192,7 @@ def _plan(run: Run, s: Preset, stages: Stages, end: float, log: Log, storage_url
     )
     planned = plan_search(
         run, config, settings=settings, max_train=s.max_train, end=end, log=log.for_stage("plan"),
-        previous=stages.data.get("plan"), storage_url=storage_url,
+        previous=stages.data.get("plan"), storage_url=storage_url, probe=pool.probe if pool is not None else None,
     )  # fmt: skip
     stages.note(plan={"members": planned.plan.members, "epochs": planned.plan.epochs})
     return planned
@@ -252,7 +281,7 @@ def refit_stage(run: Run, s: Preset, stages: Stages, end: float, log: Log, final
 
     m = refit_full(
         run, final=final, deadline=end - 20.0, seed=s.seed, storage_url=storage_url,
-        say=log.for_stage("refit"),
+        say=log.for_stage("refit"), devices=s.devices,
     )  # fmt: skip
     done = [e["name"] for e in (m or {}).get("members", []) if (e.get("refit_full") or {}).get("refit")]
     stages.finish("refit", time.time() - t0, final_model=final, refitted=done)

@@ -20,6 +20,7 @@ from ensemble.errors import ArtifactError, NoModelError, UsageError
 from ensemble.io import read_json
 from ensemble.report.stats import mcnemar, mcnemar_words, score
 from ensemble.search.artifacts import load_proba, trial_path
+from ensemble.search.devices import merged_devices
 
 if TYPE_CHECKING:
     from ensemble.data.runs import Run
@@ -111,7 +112,10 @@ def trial_entries(
 
 def _trained_on(attrs: dict[str, Any], kind: str) -> str | None:
     if kind == "cnn":
-        return f"{attrs['backend']}/{attrs['device']}" if "backend" in attrs and "device" in attrs else None
+        if "backend" not in attrs or "device" not in attrs:
+            return None
+        seen = attrs.get("backend_device")  # a GPU slot whose backend saw no GPU trained on the CPU
+        return f"{attrs['backend']}/{'cpu' if seen == 'cpu' else attrs['device']}"
     return attrs.get("device")
 
 
@@ -141,10 +145,9 @@ def ensemble_entries(run: Run, by_trial: dict[tuple[str, int], Entry]) -> tuple[
     params = sum(int(e.get("params") or 0) for e in members) or None
     size = sum(f.stat().st_size for f in (folder / "members").rglob("*") if f.is_file() and "proba_" not in f.name)
     label = f"{len(members)} members, {m['weights']['mode']} weights"
-    devices = sorted({d for k in ((e["study"], e["trial"]) for e in members) if k in by_trial
-                      for d in [by_trial[k].device] if d})  # fmt: skip
+    devices = [by_trial[k].device for k in ((e["study"], e["trial"]) for e in members) if k in by_trial]
     common = {"kind": "ensemble", "family": "ensemble", "fit_seconds": fit, "params": params, "size_bytes": size,
-              "device": " + ".join(devices) or None}  # fmt: skip
+              "device": merged_devices(d for d in devices if d)}  # fmt: skip
     val = m.get("metrics", {}).get(f"top_k_{m['weights']['mode']}_tta", {}).get("val", {}).get("accuracy")
     out = []
     plain = []

@@ -81,12 +81,15 @@ def plan_search(
     log: Callable[[str], None],
     previous: dict[str, int] | None = None,
     storage_url: str | None = None,
+    probe: Callable[[dict[str, Any], int], float] | None = None,
 ) -> PlannedSearch:
     """Measure the speed of ``config`` here, now, and plan the members that fit until ``end``.
 
     ``settings``: the preset's (``refit`` and ``max_members`` included); ``max_train``: rows the CNNs train on.
     ``previous``: the plan an interrupted invocation of this run recorded; its epoch count is kept
     (members of one ensemble train alike) and the members it already trained count.
+    ``probe(config, images)``: measures the speed (the search's first trainer:
+    :meth:`ensemble.search.cnn.pool.TrainerPool.probe`); None: a process of its own.
     """
     from ensemble.search.cnn.trainer import probe_speed
 
@@ -94,7 +97,8 @@ def plan_search(
     if max_train:
         x, y = x[:max_train], y[:max_train]
     t0 = time.time()
-    ips = probe_speed(config, x, y, images=min(4096, len(y)))
+    images = min(4096, len(y))
+    ips = probe(config, images) if probe is not None else probe_speed(config, x, y, images=images)
     log(f"measured {ips:,.0f} training images/s ({time.time() - t0:.0f}s probe)")
     work = Workload(n_train=len(y), n_all=len(run.dataset.y_train), settings=settings)
     left = max(0.0, end - time.time())

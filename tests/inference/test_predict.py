@@ -183,6 +183,40 @@ def test_predicts_under_another_backend(tmp_path: Path) -> None:
         np.testing.assert_allclose(np.load(out), here, atol=1e-5)
 
 
+HOST_DEVICES = """
+import json, sys, numpy as np
+from ensemble.inference.predict import load_ensemble, predict_proba
+ens = load_ensemble(sys.argv[1])
+where = [sorted(str(d) for d in m.model.weights[0].value.devices()) for m in ens.members]
+np.save(sys.argv[3], predict_proba(ens, np.load(sys.argv[2])))
+from ensemble.search.devices import backend_gpu_count
+print(json.dumps({"devices": ens.devices, "where": where, "gpus": backend_gpu_count()}))
+"""
+
+
+def test_members_predict_on_four_jax_host_devices_at_once(tmp_path: Path) -> None:
+    """Under JAX with 4 host devices, 5 members load and predict on devices 0-3, 0, with the same probabilities."""
+    pytest.importorskip("jax")
+    folder = make_ensemble(tmp_path / "e", n=5)
+    x = images(9)
+    np.save(tmp_path / "x.npy", x)
+    here = predict_proba(load_ensemble(folder), x)
+    env = {**os.environ, "KERAS_BACKEND": "jax", "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    out = tmp_path / "p.npy"
+    r = subprocess.run(
+        [sys.executable, "-c", HOST_DEVICES, str(folder), str(tmp_path / "x.npy"), str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    assert got["devices"] == 4 and got["gpus"] == 0  # host devices spread predictions; they are no trainer GPUs
+    assert [w[0][-1] for w in got["where"]] == ["0", "1", "2", "3", "0"] and all(len(w) == 1 for w in got["where"])
+    np.testing.assert_allclose(np.load(out), here, atol=1e-5)
+
+
 def test_inference_model_folds_batchnorm_and_keeps_outputs() -> None:
     from keras import layers
 

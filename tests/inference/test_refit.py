@@ -53,3 +53,13 @@ def test_report_submits_the_refit_of_the_final_model_only(built) -> None:
     build_ensemble(run, top_k=1, weights="equal", tta="none", progress=False, say=lambda s: None)
     if final.startswith("ensemble"):
         assert current_refit(run, final) is None
+
+
+def test_members_refit_one_per_device_at_once_on_four_gpus(built, four_gpus: Path) -> None:
+    run = built
+    m = refit_full(run, final="ensemble (TTA)", say=lambda s: None, devices="all")
+    records = [e["refit_full"] for e in m["members"] if e["kind"] == "cnn"]
+    assert all(r["refit"] and r["epochs"] == 3 and r["rows"] == 300 for r in records)
+    assert sorted(r["device"] for r in records) == ["gpu:0", "gpu:1"]  # two members, two devices at once
+    p = predict_proba(load_ensemble(run.path("ensemble-full")), run.x_test)
+    assert np.allclose(p, np.load(run.path("ensemble-full", "proba_test.npy")), atol=1e-5)

@@ -166,3 +166,16 @@ def test_final_submission_is_checked_before_it_replaces_the_old_one(run, monkeyp
     path, labels = write_final_submission(run, second)
     np.testing.assert_array_equal(check_submission(path, n_rows=n), _probas(n, 2).argmax(axis=1))
     assert path.read_bytes() != before
+
+
+def test_trained_on_names_each_cnns_gpu_and_the_gpus_of_an_ensembles_members(tmp_path: Path, runs_env: Path) -> None:
+    data = write_dataset(tmp_path / "data", n_train=400, n_test=30, seed=2)
+    r = open_run("gpus", data=str(data), val_frac=0.25, holdout_frac=0.25, say=lambda s: None)
+    for i, acc in enumerate((0.9, 0.85, 0.8)):
+        attrs = {"train_seconds": 10.0, "predict_seconds": 0.2, "params": 1000, "n_train": 200}
+        fake_trial(r, "cnn", i, acc, attrs | {"backend": "jax", "device": f"gpu:{2 * i}"}, 10 + i)
+    add_ensemble(r, [0, 1, 2])
+    assert main(["report", "--run", "gpus"]) == 0
+    rows = {row["model"]: row["device"] for row in csv.DictReader(r.path("report", "leaderboard.csv").open())}
+    assert rows["cnn-trial-0000"] == "jax/gpu:0" and rows["cnn-trial-0002"] == "jax/gpu:4"
+    assert rows["ensemble (TTA)"] == "jax/gpu:0,2,4"

@@ -9,7 +9,8 @@ from __future__ import annotations
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -20,11 +21,13 @@ from ensemble.errors import EnsembleError, TrialError
 from ensemble.search.artifacts import CNN_STUDY, trial_path, upload_trial
 from ensemble.search.cnn import model as cnn
 from ensemble.search.cnn.arrays import search_arrays
+from ensemble.search.cnn.limits import RECYCLE_AFTER
 from ensemble.search.cnn.measure import curve_png, overhead, recent_speed
 from ensemble.search.cnn.parallel import Meter
-from ensemble.search.cnn.pool import RECYCLE_AFTER, TrainerPool
+from ensemble.search.cnn.pool import Trainer, TrainerPool
 from ensemble.search.cnn.takeover import TrialTakenOver
 from ensemble.search.cnn.trainer import partial_dir, train_and_save
+from ensemble.search.devices import CPU
 from ensemble.search.interrupt import interrupted
 from ensemble.search.spaces import Space
 from ensemble.search.storage import mark_owner
@@ -52,7 +55,8 @@ class SearchSettings:
     mixed_precision: bool = False  # float16 compute (useful on GPUs), float32 output layer
     isolate: bool = True  # train trials in trainer processes, recycled every recycle_after trials (bounded memory)
     recycle_after: int = RECYCLE_AFTER
-    jobs: int | str = 1  # trials at once, each in its own trainer process; "auto": ramped up over the first trials
+    jobs: int | str = 1  # trials at once per device, each in its own trainer process; "auto": ramped up
+    devices: str = "all"  # all, cpu or GPU ids such as "0,1" (ensemble.search.devices): one trainer slot on each
     # every trial trains this many epochs (the budget's plan, read as each trial starts), whatever the space says
     epochs: int | Callable[[], int] | None = None
 
@@ -99,7 +103,8 @@ def _trial_function(
 
     arrays = search_arrays(run, max_train=settings.max_train, seed=settings.seed)
     n_train = len(arrays["y_train"])
-    backend, device = cnn.backend_name(), cnn.device_name()
+    backend = cnn.backend_name()
+    device = cnn.device_name() if pool is None else CPU  # with a pool: each trainer's own device
 
     def objective(trial: optuna.Trial) -> float:
         try:
@@ -111,7 +116,6 @@ def _trial_function(
     def run_trial(trial: optuna.Trial) -> float:
         mark_owner(trial, run.root)
         config = _trial_config(trial, space, settings)
-        say(f"trial {trial.number}: {backend}/{device}, {_short(config)}")
         started = time.perf_counter()
         ends: list[float] = []  # when each epoch ended: the trial's speed at its end, for the budget's plan
         curve: list[float] = []  # validation accuracy per epoch: the trial's learning-curve picture
@@ -128,12 +132,16 @@ def _trial_function(
 
         folder = trial_path(run, CNN_STUDY, trial.number)
         seed = settings.seed + trial.number
-        metrics = _train(trial, config, folder, seed, on_epoch, arrays if pool is None else pool, say)
+        with _lease(pool) as trainer:
+            where = trainer.device.label if trainer is not None else device
+            trial.set_user_attr("device", where)  # a failed trial too: where it ran
+            say(f"trial {trial.number}: {backend}/{where}, {_short(config)}")
+            metrics = _train(trial, config, folder, seed, on_epoch, arrays if trainer is None else trainer, say)
         curve_png(folder / "learning_curve.png", curve, trial.number)
         attrs = {
             **metrics,
             "backend": backend,
-            "device": device,
+            "device": where,
             "n_train": n_train,
             **recent_speed(ends, n_train),
             **overhead(started, ends, metrics),
@@ -163,22 +171,31 @@ def _trial_config(trial: optuna.Trial, space: Space, settings: SearchSettings) -
     return config
 
 
+@contextmanager
+def _lease(pool: TrainerPool | None) -> Iterator[Trainer | None]:
+    """A trainer of ``pool`` for one trial (None without a pool: the trial trains in this process)."""
+    if pool is None:
+        yield None
+        return
+    with pool.lease() as trainer:
+        yield trainer
+
+
 def _train(
     trial: optuna.Trial,
     config: dict[str, Any],
     folder: Path,
     seed: int,
     on_epoch: Callable[[int, dict[str, float]], None],
-    where: TrainerPool | dict[str, np.ndarray],
+    where: Trainer | dict[str, np.ndarray],
     say: Callable[[str], None],
 ) -> dict[str, Any]:
-    """Train the trial in a trainer of the pool (or here, on ``where``'s arrays); a failure fails only this trial."""
+    """Train the trial in the trainer ``where`` (or here, on ``where``'s arrays); a failure fails only this trial."""
     import optuna
 
     try:
-        if isinstance(where, TrainerPool):
-            with where.lease() as trainer:
-                return trainer.train(config, folder, seed=seed, on_epoch=on_epoch)
+        if isinstance(where, Trainer):
+            return where.train(config, folder, seed=seed, on_epoch=on_epoch)
         return train_and_save(config, where, folder, seed=seed, on_epoch=on_epoch)
     except optuna.TrialPruned as exc:
         discard(folder)

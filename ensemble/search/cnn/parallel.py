@@ -1,9 +1,12 @@
 """Several CNN trials at once: Optuna's ``n_jobs`` threads, each training in its own trainer process.
 
+``jobs`` counts trials per device: with D devices (:mod:`ensemble.search.devices`) the search runs
+D x ``jobs`` trials at once, ``jobs`` trainers on each device.
+
 One small CNN does not fill a large GPU: a trial's compile, prediction and saving leave it idle,
 and so does a small batch. ``jobs`` trials then run side by side, each in a trainer process of the
 pool (:mod:`ensemble.search.cnn.pool`); the TPE sampler's ``constant_liar`` keeps them from
-sampling the same region. ``jobs="auto"`` ramps up over the first trials: 1 trial, then 2 at once,
+sampling the same region. ``jobs="auto"`` ramps up over the first trials: 1 trial per device, then 2,
 then 4, ... (at most ``AUTO_MAX``) while the images trained per second of wall time, all trials of
 the round together, grow by at least ``AUTO_GAIN``; the rest of the search runs with the best count.
 Trainers are started before each round, so their start-up does not count against a count.
@@ -72,22 +75,25 @@ def optimize(
     on_jobs: Callable[[int], None] | None = None,
     **kwargs: Any,
 ) -> int:
-    """``study.optimize`` with ``jobs`` trials at once (``"auto"``: ramped up); returns the count it ran with.
+    """``study.optimize`` with ``jobs`` trials at once per device (``"auto"``: ramped up); returns the count per
+    device it ran with. ``on_jobs`` is told the trials at once on all devices together.
 
     ``kwargs`` go to ``study.optimize`` (catch, callbacks, gc_after_trial).
     """
     end = None if timeout is None else time.time() + timeout
+    devices = len(pool.devices) if pool is not None else 1
 
     def phase(trials: int, k: int) -> bool:
-        """Run ``trials`` trials ``k`` at once; False when the search is over (stopped, out of time or trials)."""
+        """Run ``trials`` trials ``k`` at once per device; False when the search is over (stopped, out of time or
+        trials)."""
         left = None if end is None else end - time.time()
         if trials <= 0 or (left is not None and left <= 0):
             return False
         if pool is not None:
             pool.resize(k)
         if on_jobs is not None:
-            on_jobs(k)
-        study.optimize(objective, n_trials=trials, timeout=left, n_jobs=k, **kwargs)
+            on_jobs(k * devices)
+        study.optimize(objective, n_trials=trials, timeout=left, n_jobs=k * devices, **kwargs)
         return not study._stop_flag and (end is None or time.time() < end)
 
     jobs = parse_jobs(jobs)
@@ -99,18 +105,23 @@ def optimize(
     while True:
         if pool is not None:
             pool.resize(k)
-            pool.warm(k)
+            pool.warm()
         images, t0 = meter.images, time.perf_counter()
-        going = phase(min(k, n_trials - used), k)
-        used += k
+        going = phase(min(k * devices, n_trials - used), k)
+        used += k * devices
         if meter.images > images:
             rates[k] = (meter.images - images) / (time.perf_counter() - t0)
-            say(f"{k} trial(s) at once: {rates[k]:,.0f} images/s")
+            say(f"{k} trial(s) at once{_per(devices)}: {rates[k]:,.0f} images/s")
         if not going or k >= AUTO_MAX or (k > 1 and k // 2 in rates and rates.get(k, 0.0) < AUTO_GAIN * rates[k // 2]):
             break
         k *= 2
     best = choose_jobs(rates) if rates else 1
     if going:
-        say(f"trials at once: {best} (auto, from {', '.join(f'{j}: {r:,.0f}' for j, r in rates.items())} images/s)")
+        measured = ", ".join(f"{j}: {r:,.0f}" for j, r in rates.items())
+        say(f"trials at once: {best}{_per(devices)} (auto, from {measured} images/s)")
         phase(n_trials - used, best)
     return best
+
+
+def _per(devices: int) -> str:
+    return f" per device ({devices} devices)" if devices > 1 else ""

@@ -10,62 +10,39 @@ answers whether to prune) and saves the trial's files. A trainer is replaced by 
 - after a trial that failed inside it (its state may be bad: a GPU out of memory, a NaN);
 - when it dies (killed, out of memory): only the trial it was training fails.
 
-A :class:`TrainerPool` holds one trainer per trial that runs at the same time (Optuna's ``n_jobs``).
-Each trainer caps its share of GPU memory (JAX: no preallocation, ``XLA_PYTHON_CLIENT_MEM_FRACTION``;
-TensorFlow: memory growth), and under JAX compiled programs are kept in a disk cache that trainers
-share, so a trainer that starts later, or a trial whose model has the same shapes, skips the compile.
+A :class:`TrainerPool` holds one trainer per trial that runs at the same time (Optuna's ``n_jobs``):
+``per_device`` trainers on each device of the search (:mod:`ensemble.search.devices`). Each trainer is
+pinned to its device (``CUDA_VISIBLE_DEVICES`` set in the process before it imports the backend), a
+trial leases a free trainer on the least busy device, and a trainer that dies is replaced on the same
+device. Each trainer caps its share of its GPU's memory (JAX: no preallocation,
+``XLA_PYTHON_CLIENT_MEM_FRACTION``; TensorFlow: memory growth), and under JAX compiled programs are kept
+in a disk cache that trainers share, so a trainer that starts later, or a trial whose model has the
+same shapes, skips the compile.
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
 import os
-import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ensemble.search.cnn.limits import TrainerLimits, trainer_env
 from ensemble.search.cnn.serve import serve
 from ensemble.search.cnn.trainer import OnEpoch, WorkerError
-
-RECYCLE_AFTER = 10  # trials per trainer process (TensorFlow: ~22 MiB kept per model)
-MAX_RSS_MB = 4096.0  # a trainer above this resident memory after a trial is replaced
-GPU_SHARE = 0.9  # of the GPU's memory, for all trainers together (JAX caps each at its part)
-ENV_PREFIXES = ("KERAS_", "TF_", "CUDA_", "XLA_", "JAX_")
-
-
-@dataclass(frozen=True)
-class TrainerLimits:
-    """When a trainer process is replaced, and what share of the GPU each one may take."""
-
-    recycle_after: int = RECYCLE_AFTER
-    max_rss_mb: float = MAX_RSS_MB
-    trainers: int = 1  # at most this many at once: each caps its GPU memory at GPU_SHARE / trainers
-    compile_cache: str | None = None  # a folder for JAX's persistent compilation cache (None: off)
-
-
-def trainer_env(limits: TrainerLimits) -> dict[str, str]:
-    """The environment of a trainer: the backend's variables, and its GPU memory cap unless already set."""
-    env = {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIXES)}
-    env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-    env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", f"{GPU_SHARE / max(1, limits.trainers):.3f}")
-    env.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
-    if limits.compile_cache:
-        env.setdefault("JAX_COMPILATION_CACHE_DIR", limits.compile_cache)
-        env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-        env.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
-    return env
+from ensemble.search.devices import CPU, Device
 
 
 class Trainer:
     """One trainer process at a time, started when needed and replaced as :class:`TrainerLimits` say."""
 
-    def __init__(self, arrays_path: Path, limits: TrainerLimits) -> None:
+    def __init__(self, arrays_path: Path, limits: TrainerLimits, device: Device | None = None) -> None:
         self.arrays_path, self.limits = arrays_path, limits
+        self.device = device or Device(CPU, None)
         self.proc: Any = None
         self.conn: Any = None
         self.trials = 0  # trials the current process has trained
@@ -83,7 +60,7 @@ class Trainer:
             return
         ctx = mp.get_context("spawn")
         self.conn, child = ctx.Pipe()
-        args = (child, str(self.arrays_path), trainer_env(self.limits), os.getpid())
+        args = (child, str(self.arrays_path), trainer_env(self.limits, self.device), os.getpid())
         self.proc = ctx.Process(target=serve, args=args, daemon=True)
         self.proc.start()
         child.close()
@@ -99,11 +76,17 @@ class Trainer:
                 raise WorkerError(msg[1])
             self.ready = True
 
-    def train(self, config: dict[str, Any], folder: Path, *, seed: int, on_epoch: OnEpoch) -> dict[str, Any]:
-        """Train one trial (see :func:`ensemble.search.cnn.trainer.train_and_save`); ``on_epoch`` may raise to prune."""
+    def train(
+        self, config: dict[str, Any], folder: Path, *, seed: int, on_epoch: OnEpoch, job: str = "trial"
+    ) -> dict[str, Any]:
+        """Train one trial (see :func:`ensemble.search.cnn.trainer.train_and_save`); ``on_epoch`` may raise to prune.
+
+        ``job="fit"``: fit ``config`` on all the trainer's ``x_train`` and save the model for prediction at
+        ``folder`` (a ``.keras`` file): a refit on every labeled digit.
+        """
         try:
             self.wait_ready()
-            self._send(("trial", config, str(folder), seed))
+            self._send((job, config, str(folder), seed))
             kind, value, rss, pending = self._exchange(on_epoch)
         except WorkerError:
             self.close()
@@ -120,6 +103,23 @@ class Trainer:
         if kind == "pruned":
             raise pending if pending is not None else WorkerError("pruned without a request")
         return value
+
+    def probe(self, config: dict[str, Any], images: int) -> float:
+        """The speed probe (training images/s of ``config``) as a job of this trainer, which stays warm after it."""
+        try:
+            self.wait_ready()
+            self._send(("probe", config, images))
+            msg = self._recv()
+        except WorkerError:
+            self.close()
+            raise
+        except BaseException:  # Ctrl-C: the probe is of no use now
+            self.kill()
+            raise
+        if msg[0] != "done":
+            self.close()
+            raise WorkerError(f"speed probe failed: {msg[1]}")
+        return float(msg[1])
 
     def _exchange(self, on_epoch: OnEpoch) -> tuple[str, Any, float, BaseException | None]:
         """Relay epochs until the trial ends: (kind, result or reason, trainer RSS, the exception that pruned)."""
@@ -200,39 +200,51 @@ def _reap(proc: Any, conn: Any, grace: float) -> None:
 
 
 class TrainerPool:
-    """Trainers for the trials that run at the same time: a trial leases one for its whole training."""
+    """Trainers for the trials that run at the same time: a trial leases one for its whole training.
 
-    def __init__(self, arrays_path: Path, size: int, limits: TrainerLimits) -> None:
+    ``per_device`` trainers on each of ``devices`` (default: one, the CPU as it is).
+    """
+
+    def __init__(
+        self, arrays_path: Path, per_device: int, limits: TrainerLimits, devices: Sequence[Device] | None = None
+    ) -> None:
         self.arrays_path, self.limits = arrays_path, limits
+        self.devices: tuple[Device, ...] = tuple(devices or (Device(CPU, None),))
         self.trainers: list[Trainer] = []
-        self._free: queue.LifoQueue[Trainer] = queue.LifoQueue()  # the warmest trainer first
-        self._lock = threading.Lock()
-        self.resize(size)
+        self._free: list[Trainer] = []  # the warmest (last returned) at the end
+        self._busy = {d.label: 0 for d in self.devices}
+        self._cond = threading.Condition()
+        self.resize(per_device)
 
     @property
     def size(self) -> int:
         return len(self.trainers)
 
     @property
+    def per_device(self) -> int:
+        return self.size // len(self.devices)
+
+    @property
     def starts(self) -> int:
         """Trainer processes started so far (a fresh one per recycle)."""
         return sum(t.starts for t in self.trainers)
 
-    def resize(self, size: int) -> None:
-        """Grow to ``size`` trainers (a pool never shrinks: an idle trainer costs only its memory)."""
-        with self._lock:
-            while len(self.trainers) < size:
-                trainer = Trainer(self.arrays_path, self.limits)
-                self.trainers.append(trainer)
-                self._free.put(trainer)
+    def resize(self, per_device: int) -> None:
+        """Grow to ``per_device`` trainers on each device (a pool never shrinks: an idle trainer costs only memory)."""
+        with self._cond:
+            while self.per_device < per_device:
+                for device in self.devices:
+                    trainer = Trainer(self.arrays_path, self.limits, device)
+                    self.trainers.append(trainer)
+                    self._free.insert(0, trainer)
+            self._cond.notify_all()
 
-    def warm(self, n: int | None = None) -> float:
-        """Start ``n`` trainers (all by default) side by side and wait until each is ready; returns the seconds."""
+    def warm(self) -> float:
+        """Start every trainer side by side and wait until each is ready; returns the seconds."""
         t0 = time.perf_counter()
-        chosen = self.trainers[: n or self.size]
-        for trainer in chosen:
+        for trainer in self.trainers:
             trainer.start()
-        for trainer in chosen:
+        for trainer in self.trainers:
             try:
                 trainer.wait_ready()
             except WorkerError:  # it starts again for its first trial, which fails if it cannot
@@ -241,11 +253,27 @@ class TrainerPool:
 
     @contextmanager
     def lease(self) -> Iterator[Trainer]:
-        trainer = self._free.get()
+        """A free trainer on the least busy device (the warmest there), until the trial is over."""
+        with self._cond:
+            while not self._free:
+                self._cond.wait()
+            order = range(len(self._free) - 1, -1, -1)  # the warmest first among equals
+            pick = min(order, key=lambda i: (self._busy[self._free[i].device.label], not self._free[i].alive))
+            trainer = self._free.pop(pick)
+            self._busy[trainer.device.label] += 1
         try:
             yield trainer
         finally:
-            self._free.put(trainer)
+            with self._cond:
+                self._busy[trainer.device.label] -= 1
+                self._free.append(trainer)
+                self._cond.notify()
+
+    def probe(self, config: dict[str, Any], images: int) -> float:
+        """The speed probe on ``images`` training rows as the first trainer's first job; that trainer then trains
+        the search's first trial, warm (the probe's own process: :func:`.trainer.probe_speed`)."""
+        with self.lease() as trainer:
+            return trainer.probe(config, images)
 
     def interrupt(self) -> None:
         """Ctrl-C: SIGKILL every trainer process now, so the trials they train end at once (called from a

@@ -8,12 +8,14 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
 from ensemble.errors import one_line
 from ensemble.search.cnn.memory import release
 from ensemble.search.cnn.trainer import ARRAYS, PruneRequested, die_with_parent, train_and_save
+from ensemble.search.devices import VISIBLE_ENV
 
 
 def rss_mb() -> float:
@@ -37,7 +39,7 @@ def serve(conn: Any, arrays_path: str, env: dict[str, str], parent: int) -> None
 
     try:
         with np.load(arrays_path) as npz:
-            arrays = {k: npz[k] for k in ARRAYS}
+            arrays = {k: npz[k] for k in ARRAYS if k in npz.files}  # a refit's: x_train and y_train only
         import keras  # noqa: F401  (the backend loads once per trainer, before the first trial)
 
         # TensorFlow warns that prediction functions are "retraced" when a process builds many models:
@@ -47,9 +49,12 @@ def serve(conn: Any, arrays_path: str, env: dict[str, str], parent: int) -> None
         conn.send(("ready", os.getpid()))
         while True:
             msg = conn.recv()
-            if msg[0] != "trial":
+            if msg[0] == "probe":
+                _probe(conn, arrays, *msg[1:])
+            elif msg[0] in ("trial", "fit"):
+                _one_trial(conn, arrays, *msg[1:], fit_only=msg[0] == "fit")
+            else:
                 return
-            _one_trial(conn, arrays, *msg[1:])
     except (EOFError, BrokenPipeError, ConnectionResetError):  # the search went away
         pass
     except BaseException as exc:  # Ctrl-C, or the arrays could not be read: this trainer ends
@@ -61,18 +66,49 @@ def serve(conn: Any, arrays_path: str, env: dict[str, str], parent: int) -> None
         conn.close()
 
 
-def _one_trial(conn: Any, arrays: dict[str, Any], config: dict[str, Any], folder: str, seed: int) -> None:
+def _one_trial(
+    conn: Any, arrays: dict[str, Any], config: dict[str, Any], folder: str, seed: int, *, fit_only: bool = False
+) -> None:
+    """Train a trial and save its files; ``fit_only``: fit on all of ``x_train`` and save the model at ``folder``."""
+
     def on_epoch(epoch: int, logs: dict[str, float]) -> None:
         conn.send(("epoch", epoch, logs))
         if conn.recv() == "prune":
             raise PruneRequested(epoch)
 
     try:
-        result = train_and_save(config, arrays, Path(folder), seed=seed, on_epoch=on_epoch, release=False)
-        conn.send(("done", {**result, "trainer_pid": os.getpid()}, rss_mb()))
+        if fit_only:
+            result = _fit(arrays, config, Path(folder), seed, on_epoch)
+        else:
+            result = train_and_save(config, arrays, Path(folder), seed=seed, on_epoch=on_epoch, release=False)
+        pinned = {"cuda_visible_devices": os.environ[VISIBLE_ENV]} if VISIBLE_ENV in os.environ else {}
+        conn.send(("done", {**result, "trainer_pid": os.getpid(), **pinned}, rss_mb()))
     except PruneRequested as p:
         conn.send(("pruned", p.args[0], rss_mb()))
     except Exception as exc:  # NaN loss, out of memory, a bad combination: this trial fails
         conn.send(("error", one_line(exc, 300, typed=True), rss_mb()))
     finally:
         release()  # after the answer: the search records the trial while this trainer tidies up
+
+
+def _fit(arrays: dict[str, Any], config: dict[str, Any], out: Path, seed: int, on_epoch: Any) -> dict[str, Any]:
+    """A refit: ``config`` trained on every row of ``x_train``, saved for prediction at ``out``."""
+    from ensemble.search.cnn import model as cnn
+    from ensemble.search.cnn.simplify import save_for_inference
+
+    t0 = time.perf_counter()
+    model, info = cnn.fit_model(config, arrays["x_train"], arrays["y_train"], seed=seed, on_epoch=on_epoch)
+    save_for_inference(model, out)
+    return {"epochs_run": info["epochs_run"], "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def _probe(conn: Any, arrays: dict[str, Any], config: dict[str, Any], images: int) -> None:
+    """The speed probe (:func:`ensemble.search.cnn.trainer.probe_fit`) on ``images`` rows of ``x_train``."""
+    from ensemble.search.cnn.trainer import probe_fit
+
+    try:
+        conn.send(("done", probe_fit(config, arrays["x_train"], arrays["y_train"], images=images), rss_mb()))
+    except Exception as exc:
+        conn.send(("error", one_line(exc, 300, typed=True), rss_mb()))
+    finally:
+        release()

@@ -8,7 +8,8 @@ draws learning curves and the pruner can stop bad trials), then saves ``model.ke
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,10 +18,12 @@ from ensemble.search.artifacts import CNN_STUDY, name_metric, trial_path
 from ensemble.search.cnn import model as cnn
 from ensemble.search.cnn import spec as worker_spec
 from ensemble.search.cnn.arrays import write_arrays
+from ensemble.search.cnn.limits import TrainerLimits
 from ensemble.search.cnn.objective import SearchSettings, TrialFailed, discard, make_objective
 from ensemble.search.cnn.parallel import AUTO_MAX, Meter, optimize, parse_jobs
-from ensemble.search.cnn.pool import TrainerLimits, TrainerPool
+from ensemble.search.cnn.pool import TrainerPool
 from ensemble.search.cnn.takeover import optimize_past_takeovers
+from ensemble.search.devices import select
 from ensemble.search.interrupt import on_interrupt, quiet_interrupts
 from ensemble.search.spaces import Space, load_space
 from ensemble.search.storage import check_run_identity, fail_stale_trials, open_storage, was_killed
@@ -121,6 +124,7 @@ def run_search(
     say: Callable[[str], None] = print,
     publish: dict[str, Any] | None = None,
     on_jobs: Callable[[int], None] | None = None,
+    pool: TrainerPool | None = None,
 ) -> optuna.Study:
     """Run (or continue) the study until it has ``settings.trials`` finished trials or time runs out.
 
@@ -128,6 +132,8 @@ def run_search(
     ``publish``: record in the study what ``ensemble worker`` needs to join (:mod:`.worker`), with these
     fields overridden (e.g. the plan's target); ``None``: don't (a worker itself).
     ``on_jobs``: told how many trials run at once from now on (``settings.jobs``, ramped up when "auto").
+    ``pool``: trainers already started (:func:`trainers`, e.g. the one that ran the speed probe); the caller
+    closes them. None: this search starts its own and stops them at its end.
     """
     import optuna
 
@@ -147,12 +153,12 @@ def run_search(
         return study
     more = "until the study reaches its target" if settings.trials >= 10**9 else f"up to {todo} more"
     say(f"Study '{STUDY}': {done} finished trial(s) so far, running {more}")
-    arrays_path = write_arrays(run, max_train=settings.max_train, seed=settings.seed) if settings.isolate else None
-    pool = _pool(run, settings, arrays_path, jobs) if arrays_path is not None else None
     meter = Meter()
     stops = [_stop_at(settings.trials), *(callbacks or [])]
     quiet_interrupts()  # Ctrl-C: the CLI's one line, not Optuna's traceback
-    try:
+    with contextlib.ExitStack() as stack:
+        if pool is None and settings.isolate:
+            pool = stack.enter_context(trainers(run, settings, say))
         with on_interrupt(pool.interrupt if pool is not None else None) as stopping:
             objective = make_objective(run, space, settings, say, pool, meter, stopping)
 
@@ -174,11 +180,6 @@ def run_search(
 
             # a trial failed by another process while this one was paused is dropped: the search goes on
             optimize_past_takeovers(study, search, timeout=settings.timeout, callbacks=stops, say=say)
-    finally:
-        if pool is not None:
-            pool.close()
-        if arrays_path is not None:
-            arrays_path.unlink(missing_ok=True)
     return study
 
 
@@ -211,12 +212,31 @@ def _prepare(
         say(f"Marked {len(stale)} trial(s) left RUNNING by a stopped process as FAIL: {stale}")
 
 
-def _pool(run: Run, settings: SearchSettings, arrays_path: Path, jobs: int | str) -> TrainerPool:
-    """The trainer processes of this search (started as trials need them); JAX shares a compilation cache."""
+@contextlib.contextmanager
+def trainers(run: Run, settings: SearchSettings, say: Callable[[str], None] = print) -> Iterator[TrainerPool]:
+    """The trainer processes of a search with ``settings`` (its arrays written for them); stopped at the end."""
+    arrays_path = write_arrays(run, max_train=settings.max_train, seed=settings.seed)
+    pool = None
+    try:
+        pool = _pool(run, settings, arrays_path, parse_jobs(settings.jobs), say)
+        yield pool
+    finally:
+        if pool is not None:
+            pool.close()
+        arrays_path.unlink(missing_ok=True)
+
+
+def _pool(
+    run: Run, settings: SearchSettings, arrays_path: Path, jobs: int | str, say: Callable[[str], None]
+) -> TrainerPool:
+    """The trainer processes of this search, ``jobs`` on each device (started as trials need them); JAX shares a
+    compilation cache."""
+    devices = select(settings.devices)
     most = AUTO_MAX if jobs == "auto" else int(jobs)
+    say(f"devices: {devices.describe()}; trials at once per device: {jobs}")
     cache = run.path(".cache", "jax-compile") if cnn.backend_name() == "jax" else None
     limits = TrainerLimits(recycle_after=settings.recycle_after, trainers=most, compile_cache=cache and str(cache))
-    return TrainerPool(arrays_path, 1 if jobs == "auto" else most, limits)
+    return TrainerPool(arrays_path, 1 if jobs == "auto" else most, limits, devices.devices)
 
 
 def _stop_at(target: int) -> Callable[[optuna.Study, optuna.trial.FrozenTrial], None]:

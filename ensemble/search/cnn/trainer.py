@@ -29,6 +29,7 @@ from ensemble.search.cnn.simplify import save_for_inference
 
 OnEpoch = Callable[[int, dict[str, float]], None]
 ARRAYS = ("x_train", "y_train", "x_val", "y_val", "x_holdout", "x_test")
+PARTS = ("val", "holdout", "test")  # what a trial predicts and saves
 
 
 class WorkerError(TrialError):
@@ -63,7 +64,7 @@ def train_and_save(
             seed=seed,
         )
         t0 = time.perf_counter()
-        probas = {part: cnn.predict_proba(model, arrays[f"x_{part}"]) for part in ("val", "holdout", "test")}
+        probas = dict(zip(PARTS, predict_parts(model, [arrays[f"x_{part}"] for part in PARTS])))
         predict_s = time.perf_counter() - t0
         _save(folder, model, probas, {**config, "best_epoch": info["best_epoch"]})
         params = cnn.count_params(model)
@@ -80,7 +81,21 @@ def train_and_save(
         "predict_seconds": round(predict_s, 2),
         "images_per_second": round(info["images_per_second"], 1),
         "params": params,
+        "backend_device": cnn.device_name(),  # what the backend trained on ('cpu' on a GPU slot without CUDA)
     }
+
+
+def predict_parts(model: Any, parts: list[np.ndarray], batch_size: int = 1024) -> list[np.ndarray]:
+    """Probabilities of each of ``parts`` from one prediction of them all, padded to whole batches: every batch
+    has one shape, so the backend traces (JAX: compiles) the prediction step once per model, not once per
+    part's last batch."""
+    x = np.concatenate(parts)
+    pad = -len(x) % batch_size
+    if pad:
+        x = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)])
+    p = cnn.predict_proba(model, x, batch_size=batch_size)
+    ends = np.cumsum([len(part) for part in parts])
+    return [p[end - len(part) : end] for part, end in zip(parts, ends)]
 
 
 def die_with_parent(parent_pid: int) -> None:
@@ -112,15 +127,21 @@ def _save(folder: Path, model: Any, probas: dict[str, np.ndarray], config: dict[
     tmp.rename(folder)
 
 
+def probe_fit(config: dict[str, Any], x: np.ndarray, y: np.ndarray, *, images: int = 4096) -> float:
+    """Training images/s of ``config`` here, now: the second of two epochs on ``images`` digits of ``x``."""
+    keep = np.random.default_rng(0).permutation(len(y))[:images]
+    marks: list[float] = []
+    cnn.fit_model({**config, "epochs": 2}, x[keep], y[keep], on_epoch=lambda e, logs: marks.append(time.perf_counter()))
+    return len(keep) / max(marks[1] - marks[0], 1e-9)
+
+
 def _probe_child(conn: Any, arrays_path: str, config: dict[str, Any], env: dict[str, str], parent: int) -> None:
     die_with_parent(parent)
     os.environ.update(env)
     try:
         with np.load(arrays_path) as npz:
             x, y = npz["x"], npz["y"]
-        marks: list[float] = []
-        cnn.fit_model({**config, "epochs": 2}, x, y, on_epoch=lambda e, logs: marks.append(time.perf_counter()))
-        conn.send(("done", len(x) / max(marks[1] - marks[0], 1e-9)))
+        conn.send(("done", probe_fit(config, x, y, images=len(y))))
     except BaseException as exc:
         conn.send(("error", f"{type(exc).__name__}: {exc}".splitlines()[0][:300]))
     finally:
@@ -130,7 +151,8 @@ def _probe_child(conn: Any, arrays_path: str, config: dict[str, Any], env: dict[
 def probe_speed(config: dict[str, Any], x: np.ndarray, y: np.ndarray, *, images: int = 4096) -> float:
     """Training images/s of ``config`` on this machine now: the second of two epochs on ``images`` digits.
 
-    Runs in a spawned process (like a trial), so the figure includes what a trial pays per image.
+    Runs in a spawned process (like a trial), so the figure includes what a trial pays per image. The search
+    of ``ensemble run`` runs it as its first trainer's first job instead (:meth:`.pool.TrainerPool.probe`).
     """
     import tempfile
 

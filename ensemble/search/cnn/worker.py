@@ -49,7 +49,7 @@ def _reached(study: optuna.Study, spec: Spec) -> bool:
 
 
 def worker_settings(
-    spec: Spec, *, timeout: float | None, jobs: int | str, epochs: Callable[[], int | None]
+    spec: Spec, *, timeout: float | None, jobs: int | str, epochs: Callable[[], int | None], devices: str = "all"
 ) -> SearchSettings:
     """What this worker trains with: the run's settings from ``spec``, its own sampler seed and its own jobs.
 
@@ -67,6 +67,7 @@ def worker_settings(
         mixed_precision=spec.mixed_precision,
         epochs=epochs,  # type: ignore[arg-type]
         jobs=jobs,
+        devices=devices,
     )
 
 
@@ -77,10 +78,12 @@ def join(
     timeout: float | None = None,
     say: Callable[[str], None] = print,
     jobs: int | str = 1,
+    devices: str = "all",
 ) -> int:
     """Train trials of run ``run``'s CNN study until it reaches its target; returns the trials this worker ran.
 
-    ``jobs``: trials at once on this machine (see :mod:`ensemble.search.cnn.parallel`).
+    ``jobs``: trials at once per device on this machine (see :mod:`ensemble.search.cnn.parallel`);
+    ``devices``: which of this machine's devices (:mod:`ensemble.search.devices`).
     """
     import optuna
 
@@ -106,7 +109,7 @@ def join(
         if _reached(s, current()):
             s.stop()
 
-    settings = worker_settings(spec, timeout=timeout, jobs=jobs, epochs=lambda: current().epochs)
+    settings = worker_settings(spec, timeout=timeout, jobs=jobs, epochs=lambda: current().epochs, devices=devices)
     say(f"worker: joining run '{run.name}' (target {spec.target} {spec.count} trial(s)), "
         f"sampler seed {settings.sampler_seed}")  # fmt: skip
     study = run_search(run, spec.space, settings, storage_url=storage_url, callbacks=[stop_when_reached], say=say,

@@ -16,8 +16,9 @@ from conftest import write_dataset
 
 from ensemble.data.runs import open_run
 from ensemble.errors import UsageError
+from ensemble.search.cnn.limits import TrainerLimits, trainer_env
 from ensemble.search.cnn.parallel import AUTO_MAX, Meter, choose_jobs, optimize, parse_jobs
-from ensemble.search.cnn.pool import Trainer, TrainerLimits, trainer_env
+from ensemble.search.cnn.pool import Trainer
 from ensemble.search.cnn.study import SearchSettings, load_cnn_space, run_search
 
 
@@ -148,3 +149,45 @@ def test_trainers_cap_their_share_of_gpu_memory(monkeypatch: pytest.MonkeyPatch)
     assert env["XLA_PYTHON_CLIENT_MEM_FRACTION"] == "0.225" and env["XLA_PYTHON_CLIENT_PREALLOCATE"] == "true"
     assert env["JAX_COMPILATION_CACHE_DIR"] == "/tmp/cache"
     assert "JAX_COMPILATION_CACHE_DIR" not in trainer_env(TrainerLimits())
+
+
+def test_the_speed_probe_is_the_first_trainers_first_job_and_it_then_trains_the_first_trial(tiny) -> None:
+    from ensemble.search.cnn import model as cnn
+    from ensemble.search.cnn.study import trainers
+
+    run, space = tiny
+    config = cnn.validate_config({k: v for k, v in space.defaults().items() if k in cnn.DEFAULTS})
+    settings = SearchSettings(trials=1, pruner="none")
+    with trainers(run, settings, _quiet) as pool:
+        speed = pool.probe(config, 128)
+        probed_in = pool.trainers[0].proc.pid
+        study = run_search(run, space, settings, say=_quiet, pool=pool)
+        assert pool.starts == 1  # no process of its own for the probe, and no second start for the trial
+    assert speed > 0 and study.trials[0].user_attrs["trainer_pid"] == probed_in
+    assert not mp.active_children()
+
+
+def test_a_trial_predicts_its_three_parts_in_whole_batches_of_one_shape() -> None:
+    import keras
+    import numpy as np
+
+    from ensemble.search.cnn.model import as_input
+    from ensemble.search.cnn.trainer import predict_parts
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((28, 28, 1))
+    h = keras.layers.Rescaling(1 / 255.0)(inp)
+    model = keras.Model(inp, keras.layers.Dense(10, activation="softmax")(keras.layers.Flatten()(h)))
+    parts = [np.random.default_rng(i).integers(0, 256, (n, 28, 28), dtype=np.uint8) for i, n in enumerate((7, 5, 9))]
+    shapes: list[int] = []
+    predict = model.predict
+
+    def recorded(x, **kwargs):
+        shapes.append(len(x))
+        return predict(x, **kwargs)
+
+    model.predict = recorded
+    got = predict_parts(model, parts, batch_size=8)
+    assert [len(p) for p in got] == [7, 5, 9] and shapes == [24]  # one call, 21 images padded to 3 batches of 8
+    for p, x in zip(got, parts):
+        np.testing.assert_allclose(p, predict(as_input(x), verbose=0), atol=1e-6)
