@@ -18,6 +18,7 @@ import numpy as np
 from ensemble.combine.voting import soft_vote
 from ensemble.errors import ArtifactError, NoModelError, UsageError
 from ensemble.io import read_json
+from ensemble.metrics import accuracy
 from ensemble.report.stats import mcnemar, mcnemar_words, score
 from ensemble.search.artifacts import load_proba, trial_path
 from ensemble.search.devices import merged_devices
@@ -159,7 +160,7 @@ def ensemble_entries(run: Run, by_trial: dict[tuple[str, int], Entry]) -> tuple[
         plain.append((float(e["weight"]), trial))
     if all((t / "proba_holdout.npy").is_file() for _, t in plain):
         val_plain = _weighted([(w, proba_loader(t, "val")) for w, t in plain])()
-        acc_plain = float((val_plain.argmax(axis=1) == run.part("val")[1]).mean())
+        acc_plain = accuracy(run.part("val")[1], val_plain)
         out.append(
             Entry(
                 name="ensemble (no TTA)",

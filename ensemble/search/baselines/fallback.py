@@ -5,8 +5,6 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from ensemble.search.artifacts import FALLBACK_STUDY, name_metric
 
 if TYPE_CHECKING:
@@ -38,9 +36,9 @@ def fallback_model(run: Run, storage_url: str | None, log: Any, rows: int = 5000
     name_metric(study)
     folder = trial_dir(run, FALLBACK_STUDY, len(study.trials))
     save_probas(folder, probas)
-    from ensemble.metrics import log_loss
+    from ensemble.metrics import accuracy, log_loss
 
-    acc = float(np.mean(probas["val"].argmax(1) == yv))
+    acc = accuracy(yv, probas["val"])
     attrs = {
         "family": "fallback-knn", "stage": "fallback", "val_accuracy": acc, "val_logloss": log_loss(yv, probas["val"]),
         "fit_seconds": round(fit_s, 3), "predict_seconds": round(predict_s, 3), "artifact_dir": str(folder),

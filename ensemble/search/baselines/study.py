@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ensemble.locks import worker_token
+from ensemble.metrics import accuracy, log_loss
 from ensemble.search.artifacts import partial_trial_path, save_probas, trial_dir, upload_trial
 from ensemble.search.baselines.models import (
     FAMILIES,
@@ -165,8 +166,6 @@ def _write_artifacts(parts: Parts, family: Family, number: int, out: dict, confi
 
 def objective(trial: optuna.Trial, *, parts: Parts, family: Family, space: Space, task: Task) -> float:
     """Fit one configuration, save its artifacts, record user_attrs; returns validation accuracy."""
-    from sklearn.metrics import log_loss
-
     mark_owner(trial, parts.root)
     stage = trial.user_attrs.get("stage", "search")
     params = space.suggest(trial)
@@ -175,8 +174,8 @@ def objective(trial: optuna.Trial, *, parts: Parts, family: Family, space: Space
     try:
         out = _fit_and_predict(parts, family, params, rows, task)
         p_val = out["probas"]["val"]
-        acc = float((p_val.argmax(1) == parts.y_val).mean())
-        loss = float(log_loss(parts.y_val, np.clip(p_val, 1e-7, 1.0), labels=list(range(10))))
+        acc = accuracy(parts.y_val, p_val)
+        loss = log_loss(parts.y_val, p_val)
         from ensemble.search.baselines.preprocess import describe
 
         config = {

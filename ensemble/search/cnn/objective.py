@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import numpy as np
 
-from ensemble.errors import EnsembleError, TrialError
+from ensemble.errors import EnsembleError, TrialError, one_line
 from ensemble.search.artifacts import CNN_STUDY, trial_path, upload_trial
 from ensemble.search.cnn import model as cnn
 from ensemble.search.cnn.arrays import search_arrays
@@ -216,7 +216,7 @@ def _train(
 def _fail(trial: optuna.Trial, folder: Path, exc: BaseException, say: Callable[[str], None]) -> NoReturn:
     """This trial failed on its own (its worker's error, NaN loss, OOM, ...): record why; the study goes on."""
     discard(folder)
-    reason = str(exc) if isinstance(exc, TrialError) else f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+    reason = str(exc) if isinstance(exc, TrialError) else one_line(exc, typed=True)
     trial.set_user_attr("fail_reason", reason)
     say(f"  trial {trial.number} FAILED: {reason}")
     raise TrialFailed(reason) from exc

@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from ensemble.errors import TrialError
+from ensemble.errors import TrialError, one_line
 from ensemble.io import write_json
-from ensemble.metrics import log_loss
+from ensemble.metrics import accuracy, log_loss
 from ensemble.search.artifacts import save_probas
 from ensemble.search.cnn import model as cnn
 from ensemble.search.cnn.memory import release as release_memory
@@ -73,7 +73,7 @@ def train_and_save(
             release_memory()
     y_val = arrays["y_val"]
     return {
-        "val_accuracy": float(np.mean(probas["val"].argmax(1) == y_val)),
+        "val_accuracy": accuracy(y_val, probas["val"]),
         "val_logloss": log_loss(y_val, probas["val"]),
         "epochs_run": info["epochs_run"],
         "best_epoch": info["best_epoch"],
@@ -143,7 +143,7 @@ def _probe_child(conn: Any, arrays_path: str, config: dict[str, Any], env: dict[
             x, y = npz["x"], npz["y"]
         conn.send(("done", probe_fit(config, x, y, images=len(y))))
     except BaseException as exc:
-        conn.send(("error", f"{type(exc).__name__}: {exc}".splitlines()[0][:300]))
+        conn.send(("error", one_line(exc, typed=True)))
     finally:
         conn.close()
 
