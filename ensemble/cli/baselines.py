@@ -55,6 +55,13 @@ def cmd_baselines(args: argparse.Namespace) -> int:
     timeout = parse_duration(args.timeout) if args.timeout else None
     run = open_run(args.run, data=args.data)
     return run_baselines(
-        run, models=args.models, trials=args.trials, jobs=args.jobs, timeout=timeout, storage_url=args.storage,
-        spaces_dir=Path(args.spaces) if args.spaces else None, refit=not args.no_refit, seed=args.seed,
-    )  # fmt: skip
+        run,
+        models=args.models,
+        trials=args.trials,
+        jobs=args.jobs,
+        timeout=timeout,
+        storage_url=args.storage,
+        spaces_dir=Path(args.spaces) if args.spaces else None,
+        refit=not args.no_refit,
+        seed=args.seed,
+    )

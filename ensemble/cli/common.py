@@ -58,8 +58,13 @@ def add_devices_arg(p: argparse.ArgumentParser, default: str | None = "all") -> 
 class _ToEnvironment(argparse.Action):
     """Store the value, and put it in the environment too, so child processes (trials, baselines) use it."""
 
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
-                 option_string: str | None = None) -> None:  # fmt: skip
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
         setattr(namespace, self.dest, values)
         os.environ[ARTIFACTS_ENV] = str(values)
 

@@ -22,9 +22,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         f"Presets: {describe_presets()}.",
     )
     p.add_argument(
-        "--run", "--name", dest="name", default="main", metavar="NAME",
+        "--run",
+        "--name",
+        dest="name",
+        default="main",
+        metavar="NAME",
         help="run folder runs/NAME (default: main); --name is the same option",
-    )  # fmt: skip
+    )
     p.add_argument(
         "--data",
         metavar="PATH",

@@ -138,10 +138,14 @@ def _build(
     if weights == "greedy":
         weights_record.update(_greedy_record(vote.voter.greedy_, vote.members, greedy_metric))
     manifest = write_folder(
-        run, vote.cnn_members(kept_models, refit_info), vote.baseline_members(),
+        run,
+        vote.cnn_members(kept_models, refit_info),
+        vote.baseline_members(),
         probas={"val": vote.final_val, "holdout": final_hold, "test": proba_test},
-        extra={"weights": weights_record, "tta": tta_record}, comparison=vote.comparison, refit=refit,
-    )  # fmt: skip
+        extra={"weights": weights_record, "tta": tta_record},
+        comparison=vote.comparison,
+        refit=refit,
+    )
     manifest["seconds"] = round(time.perf_counter() - t0, 1)
     return manifest
 
@@ -239,9 +243,17 @@ class _Vote:
 
 
 def _vote(
-    pred: _Predicted, baselines: list[Candidate], views: list[str], y_val: np.ndarray, y_hold: np.ndarray, *,
-    weights: str, n_iter: int, seed: int, metric: str,
-) -> _Vote:  # fmt: skip
+    pred: _Predicted,
+    baselines: list[Candidate],
+    views: list[str],
+    y_val: np.ndarray,
+    y_hold: np.ndarray,
+    *,
+    weights: str,
+    n_iter: int,
+    seed: int,
+    metric: str,
+) -> _Vote:
     tta_val, tta_hold = pred.tta(views)
     val_all = list(tta_val) + [load_proba(b.folder, "val") for b in baselines]
     hold_all = list(tta_hold) + [load_proba(b.folder, "holdout") for b in baselines]
@@ -283,9 +295,16 @@ def _kept_models(
 
 
 def _ensemble_proba(
-    fast: list[Any], vote: _Vote, views: list[str], x: np.ndarray, part: str, batch_size: int, progress: bool,
-    *, label: str = "",
-) -> np.ndarray:  # fmt: skip
+    fast: list[Any],
+    vote: _Vote,
+    views: list[str],
+    x: np.ndarray,
+    part: str,
+    batch_size: int,
+    progress: bool,
+    *,
+    label: str = "",
+) -> np.ndarray:
     """The weighted ensemble's probabilities on ``x``: kept CNNs predicted with TTA, baselines from their files."""
     parts: list[np.ndarray] = []
     if fast:

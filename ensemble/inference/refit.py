@@ -57,8 +57,15 @@ def refit_source(run: Run, final: str) -> RefitSource | None:
         folder = trial_path(run, CNN_STUDY, number)
         if not (folder / "model.keras").is_file():
             return None
-        entry = {"name": final, "kind": "cnn", "weight": 1.0, "file": f"members/{final}.keras", "study": "cnn",
-                 "trial": number, "config": f"members/{final}.config.json"}  # fmt: skip
+        entry = {
+            "name": final,
+            "kind": "cnn",
+            "weight": 1.0,
+            "file": f"members/{final}.keras",
+            "study": "cnn",
+            "trial": number,
+            "config": f"members/{final}.config.json",
+        }
         m = {"members": [entry], "tta": {"mode": "none", "views": ["identity"]}, "trial_folder": str(folder)}
         return RefitSource(final, m, ["identity"], sha256_file(folder / "model.keras"))
     return None
@@ -138,9 +145,17 @@ def _copy_source(run: Run, src: RefitSource, tmp: Path) -> None:
 
 
 def _refit_members(
-    run: Run, src: RefitSource, cnns: list, x: np.ndarray, y: np.ndarray, tmp: Path, deadline: float | None,
-    seed: int, storage_url: str | None, say: Callable[[str], None],
-) -> tuple[list[Any], dict[str, dict[str, Any]]]:  # fmt: skip
+    run: Run,
+    src: RefitSource,
+    cnns: list,
+    x: np.ndarray,
+    y: np.ndarray,
+    tmp: Path,
+    deadline: float | None,
+    seed: int,
+    storage_url: str | None,
+    say: Callable[[str], None],
+) -> tuple[list[Any], dict[str, dict[str, Any]]]:
     from ensemble.combine.members import load_keras_model
     from ensemble.search.cnn import model as cnn
 
@@ -262,8 +277,14 @@ def _manifest(
     m.setdefault("weights", {"mode": "single"})
     m.setdefault("preprocessing", {"input": INPUT_SPEC, "views": "applied to raw pixels before each model"})
     m["keras"] = {"backend": keras.backend.backend(), "version": keras.version()}  # what trained the refits
-    m.setdefault("data", {"fingerprint": run.meta["data"]["fingerprint"], "n_test": len(run.x_test),
-                          "test_fingerprint": images_fingerprint(run.x_test)})  # fmt: skip
+    m.setdefault(
+        "data",
+        {
+            "fingerprint": run.meta["data"]["fingerprint"],
+            "n_test": len(run.x_test),
+            "test_fingerprint": images_fingerprint(run.x_test),
+        },
+    )
     m["tta"] = {**m.get("tta", {}), "views": src.views}
     m["members"] = [{**e, "refit_full": record.get(e["name"])} for e in src.manifest["members"]]
     for e in m["members"]:

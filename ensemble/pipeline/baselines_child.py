@@ -120,9 +120,14 @@ class BaselineWorker(threading.Thread):
             if self.storage_url:
                 env[STORAGE_ENV] = self.storage_url
             self.proc = subprocess.Popen(
-                cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True,
+                cmd,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                env=env,
+                start_new_session=True,
                 preexec_fn=lambda: _child_setup(int(self.s.baseline_nice), self.cores),
-            )  # fmt: skip
+            )
             for line in self.proc.stdout or []:
                 if line.strip() and not line.startswith(("Optuna dashboard", "inspect:")) and "━" not in line:
                     self.log(line.rstrip())

@@ -90,9 +90,17 @@ def cnn_search(
     callbacks = [planned.callback] if planned else []
     publish = {"target": planned.plan.members, "count": "complete"} if planned else {}  # for ensemble worker
     study = search.run_search(
-        run, space, settings, storage_url=storage_url, pruner=pruner, callbacks=callbacks, say=log, publish=publish,
-        on_jobs=planned.set_jobs if planned else None, pool=pool,
-    )  # fmt: skip
+        run,
+        space,
+        settings,
+        storage_url=storage_url,
+        pruner=pruner,
+        callbacks=callbacks,
+        say=log,
+        publish=publish,
+        on_jobs=planned.set_jobs if planned else None,
+        pool=pool,
+    )
     states = [t.state for t in study.get_trials(deepcopy=False)]
     count = {k.name.lower(): states.count(k) for k in optuna.trial.TrialState if states.count(k)}
     if planned:  # cut short: fewer members trained than the plan has
@@ -191,9 +199,16 @@ def _plan(run: Run, s: Preset, stages: Stages, end: float, log: Log, storage_url
         s.plan, refit=s.refit_full, max_members=min(s.plan.max_members, s.cnn_trials), refit_members=refits
     )
     planned = plan_search(
-        run, config, settings=settings, max_train=s.max_train, end=end, log=log.for_stage("plan"),
-        previous=stages.data.get("plan"), storage_url=storage_url, probe=pool.probe if pool is not None else None,
-    )  # fmt: skip
+        run,
+        config,
+        settings=settings,
+        max_train=s.max_train,
+        end=end,
+        log=log.for_stage("plan"),
+        previous=stages.data.get("plan"),
+        storage_url=storage_url,
+        probe=pool.probe if pool is not None else None,
+    )
     stages.note(plan={"members": planned.plan.members, "epochs": planned.plan.epochs})
     return planned
 
@@ -209,10 +224,16 @@ def build_stage(run: Run, s: Preset, stages: Stages, log: Log, storage_url: str 
     t0 = time.time()
     try:
         m = build_ensemble(
-            run, top_k=s.top_k, weights=s.weights, tta=s.tta, seed=s.seed,
-            include_baselines=s.include_baselines, storage_url=storage_url, progress=False,
+            run,
+            top_k=s.top_k,
+            weights=s.weights,
+            tta=s.tta,
+            seed=s.seed,
+            include_baselines=s.include_baselines,
+            storage_url=storage_url,
+            progress=False,
             say=log.for_stage("build"),
-        )  # fmt: skip
+        )
     except NoModelError as exc:
         log("build", f"no ensemble: {exc}")
         stages.finish("build", time.time() - t0, skipped=str(exc))
@@ -280,12 +301,20 @@ def refit_stage(run: Run, s: Preset, stages: Stages, end: float, log: Log, final
     from ensemble.inference.refit import refit_full
 
     m = refit_full(
-        run, final=final, deadline=end - 20.0, seed=s.seed, storage_url=storage_url,
-        say=log.for_stage("refit"), devices=s.devices,
-    )  # fmt: skip
+        run,
+        final=final,
+        deadline=end - 20.0,
+        seed=s.seed,
+        storage_url=storage_url,
+        say=log.for_stage("refit"),
+        devices=s.devices,
+    )
     done = [e["name"] for e in (m or {}).get("members", []) if (e.get("refit_full") or {}).get("refit")]
     stages.finish("refit", time.time() - t0, final_model=final, refitted=done)
     if m is not None:
-        log("refit", f"refitted {len(done)} CNN member(s) of {final} on {m['refit_full']['rows']:,} digits "
-                     f"in {time.time() - t0:.0f}s")  # fmt: skip
+        log(
+            "refit",
+            f"refitted {len(done)} CNN member(s) of {final} on {m['refit_full']['rows']:,} digits "
+            f"in {time.time() - t0:.0f}s",
+        )
     return m is not None

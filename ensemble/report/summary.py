@@ -147,8 +147,14 @@ def ensemble_entries(run: Run, by_trial: dict[tuple[str, int], Entry]) -> tuple[
     size = sum(f.stat().st_size for f in (folder / "members").rglob("*") if f.is_file() and "proba_" not in f.name)
     label = f"{len(members)} members, {m['weights']['mode']} weights"
     devices = [by_trial[k].device for k in ((e["study"], e["trial"]) for e in members) if k in by_trial]
-    common = {"kind": "ensemble", "family": "ensemble", "fit_seconds": fit, "params": params, "size_bytes": size,
-              "device": merged_devices(d for d in devices if d)}  # fmt: skip
+    common = {
+        "kind": "ensemble",
+        "family": "ensemble",
+        "fit_seconds": fit,
+        "params": params,
+        "size_bytes": size,
+        "device": merged_devices(d for d in devices if d),
+    }
     val = m.get("metrics", {}).get(f"top_k_{m['weights']['mode']}_tta", {}).get("val", {}).get("accuracy")
     out = []
     plain = []
@@ -291,14 +297,23 @@ def leaderboard_rows(entries: list[Entry]) -> list[dict[str, Any]]:
         m = e.metrics
         out.append(
             {
-                "rank": i, "model": e.name, "kind": e.kind, "family": e.family,
-                "holdout_accuracy": round(m["holdout_accuracy"], 6), "ci95_low": round(m["ci95_low"], 6),
-                "ci95_high": round(m["ci95_high"], 6), "holdout_correct": m["holdout_correct"],
-                "holdout_logloss": round(m["holdout_logloss"], 6) + 0.0, "ece": round(m["ece"], 6),
+                "rank": i,
+                "model": e.name,
+                "kind": e.kind,
+                "family": e.family,
+                "holdout_accuracy": round(m["holdout_accuracy"], 6),
+                "ci95_low": round(m["ci95_low"], 6),
+                "ci95_high": round(m["ci95_high"], 6),
+                "holdout_correct": m["holdout_correct"],
+                "holdout_logloss": round(m["holdout_logloss"], 6) + 0.0,
+                "ece": round(m["ece"], 6),
                 "val_accuracy": None if e.val_accuracy is None else round(e.val_accuracy, 6),
                 "fit_seconds": None if e.fit_seconds is None else round(float(e.fit_seconds), 2),
                 "predict_ms_per_1000": None if e.predict_ms is None else round(e.predict_ms, 2),
-                "params": e.params, "size_bytes": e.size_bytes, "n_train": e.n_train, "device": e.device,
+                "params": e.params,
+                "size_bytes": e.size_bytes,
+                "n_train": e.n_train,
+                "device": e.device,
             }
-        )  # fmt: skip
+        )
     return out

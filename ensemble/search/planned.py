@@ -43,11 +43,17 @@ class PlannedSearch:
 
     def record(self, why: str) -> None:
         p = self.plan
-        self.history.append({
-            "why": why, "members": p.members, "epochs": p.epochs, "images_per_second": round(p.images_per_second),
-            "refit_images_per_second": round(p.refit_images_per_second), "at_once": p.parallel,
-            "at": round(time.time()),
-        })  # fmt: skip
+        self.history.append(
+            {
+                "why": why,
+                "members": p.members,
+                "epochs": p.epochs,
+                "images_per_second": round(p.images_per_second),
+                "refit_images_per_second": round(p.refit_images_per_second),
+                "at_once": p.parallel,
+                "at": round(time.time()),
+            }
+        )
         self.log(f"plan ({why}): {p.describe()}")
 
     def set_jobs(self, jobs: int) -> None:

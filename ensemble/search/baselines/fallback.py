@@ -40,10 +40,15 @@ def fallback_model(run: Run, storage_url: str | None, log: Any, rows: int = 5000
 
     acc = accuracy(yv, probas["val"])
     attrs = {
-        "family": "fallback-knn", "stage": "fallback", "val_accuracy": acc, "val_logloss": log_loss(yv, probas["val"]),
-        "fit_seconds": round(fit_s, 3), "predict_seconds": round(predict_s, 3), "artifact_dir": str(folder),
+        "family": "fallback-knn",
+        "stage": "fallback",
+        "val_accuracy": acc,
+        "val_logloss": log_loss(yv, probas["val"]),
+        "fit_seconds": round(fit_s, 3),
+        "predict_seconds": round(predict_s, 3),
+        "artifact_dir": str(folder),
         "n_train": int(len(keep)),
-    }  # fmt: skip
+    }
     study.add_trial(optuna.trial.create_trial(value=acc, user_attrs=attrs))
     upload_trial(study.trials[-1], folder, storage=study._storage)  # to the artifact store, when there is one
     log(f"fallback kNN on {len(keep):,} rows: val accuracy {acc:.4f} ({fit_s + predict_s:.0f}s)")

@@ -69,9 +69,15 @@ def run_baselines(
     def make(name: str, i: int = 0, **kw: Any) -> Task:
         base = len(studies[name].trials) + zlib.crc32(name.encode()) % 10_000  # families draw differently
         return bl.Task(
-            name, space_path(name, spaces_dir).resolve(), storage_url, seed=seed * 100_003 + base + i,
-            threads=threads, data_seed=seed, deadline=deadline, **kw,
-        )  # fmt: skip
+            name,
+            space_path(name, spaces_dir).resolve(),
+            storage_url,
+            seed=seed * 100_003 + base + i,
+            threads=threads,
+            data_seed=seed,
+            deadline=deadline,
+            **kw,
+        )
 
     search = [make(n, i) for i in range(trials) for n in names]
     results: list[TaskResult] = []
@@ -93,9 +99,12 @@ class _Progress:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         self.progress = Progress(
-            TextColumn("{task.description:<11}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[best]}"),
+            TextColumn("{task.description:<11}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[best]}"),
             TimeElapsedColumn(),
-        )  # fmt: skip
+        )
         self.ids = {n: self.progress.add_task(n, total=per_family, best="") for n in names}
         self.best: dict[str, float] = {}
 

@@ -139,8 +139,15 @@ def _fit_and_predict(parts: Parts, family: Family, params: dict[str, Any], rows:
         }
         predict_s = time.perf_counter() - t0
     notes = sorted({f"{w.category.__name__}: {str(w.message).splitlines()[0]}" for w in caught})
-    return {"pre": pre, "model": model, "probas": probas, "fit_s": fit_s, "predict_s": predict_s, "notes": notes,
-            "device": device}  # fmt: skip
+    return {
+        "pre": pre,
+        "model": model,
+        "probas": probas,
+        "fit_s": fit_s,
+        "predict_s": predict_s,
+        "notes": notes,
+        "device": device,
+    }
 
 
 def _write_artifacts(parts: Parts, family: Family, number: int, out: dict, config: dict) -> Path:

@@ -71,8 +71,16 @@ def validate_config(config: dict[str, Any], where: str = "config") -> dict[str, 
     for key in ("batch_norm", "mixed_precision"):
         if not isinstance(cfg[key], bool):
             raise SpaceError(f"{where}: key '{key}': must be true or false, got {cfg[key]!r}")
-    for key in ("conv_dropout", "dense_dropout", "zoom", "shift", "label_smoothing", "rotation", "learning_rate",
-                "weight_decay"):  # fmt: skip
+    for key in (
+        "conv_dropout",
+        "dense_dropout",
+        "zoom",
+        "shift",
+        "label_smoothing",
+        "rotation",
+        "learning_rate",
+        "weight_decay",
+    ):
         if isinstance(cfg[key], bool) or not isinstance(cfg[key], int | float):
             raise SpaceError(f"{where}: key '{key}': must be a number, got {cfg[key]!r}")
     if cfg["conv_blocks"] > 4:

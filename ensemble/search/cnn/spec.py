@@ -99,11 +99,15 @@ def read(raw: Any, *, run: str) -> Spec:
     if not isinstance(raw, dict):
         raise UsageError(f"{where} is not a mapping but {type(raw).__name__}")
     if raw.get("format") != SPEC_FORMAT:
-        raise UsageError(f"{where}: field 'format' is {_show(raw.get('format'))}, this worker reads {SPEC_FORMAT}: "
-                         "run the same ensemble version as the run's first machine")  # fmt: skip
+        raise UsageError(
+            f"{where}: field 'format' is {_show(raw.get('format'))}, this worker reads {SPEC_FORMAT}: "
+            "run the same ensemble version as the run's first machine"
+        )
     if raw.get("version") != __version__:
-        raise UsageError(f"{where}: field 'version': written by ensemble {_show(raw.get('version'))}, this worker "
-                         f"is ensemble {__version__}: run the same version on every machine")  # fmt: skip
+        raise UsageError(
+            f"{where}: field 'version': written by ensemble {_show(raw.get('version'))}, this worker "
+            f"is ensemble {__version__}: run the same version on every machine"
+        )
     extra, missing = sorted(set(raw) - set(FIELDS), key=str), [f for f in FIELDS if f not in raw]
     if extra or missing:
         name = extra[0] if extra else missing[0]

@@ -93,8 +93,10 @@ def join(
 
     storage = open_storage(run, storage_url)
     if STUDY not in optuna.get_all_study_names(storage=storage):
-        raise UsageError(f"run '{run.name}' has no CNN study in that storage yet: start it with ensemble run or "
-                         "ensemble search --storage on the first machine")  # fmt: skip
+        raise UsageError(
+            f"run '{run.name}' has no CNN study in that storage yet: start it with ensemble run or "
+            "ensemble search --storage on the first machine"
+        )
     study = optuna.load_study(study_name=STUDY, storage=storage)
     check_run_identity(study, run)
     spec = read(study.user_attrs.get(SPEC_ATTR), run=run.name)  # checked: the storage is not trusted
@@ -110,9 +112,12 @@ def join(
             s.stop()
 
     settings = worker_settings(spec, timeout=timeout, jobs=jobs, epochs=lambda: current().epochs, devices=devices)
-    say(f"worker: joining run '{run.name}' (target {spec.target} {spec.count} trial(s)), "
-        f"sampler seed {settings.sampler_seed}")  # fmt: skip
-    study = run_search(run, spec.space, settings, storage_url=storage_url, callbacks=[stop_when_reached], say=say,
-                       publish=None)  # fmt: skip
+    say(
+        f"worker: joining run '{run.name}' (target {spec.target} {spec.count} trial(s)), "
+        f"sampler seed {settings.sampler_seed}"
+    )
+    study = run_search(
+        run, spec.space, settings, storage_url=storage_url, callbacks=[stop_when_reached], say=say, publish=None
+    )
     mine = worker_token(run.root)
     return sum(t.user_attrs.get("worker") == mine for t in study.get_trials(deepcopy=False))
