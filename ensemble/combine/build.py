@@ -17,6 +17,7 @@ import numpy as np
 
 from ensemble.combine.candidates import Candidate, find_candidates
 from ensemble.combine.folder import write_folder
+from ensemble.combine.manifest import Comparison
 from ensemble.combine.members import load_keras_model, member_probas, prediction_copy, progress_bar
 from ensemble.combine.tta import CANDIDATES, IDENTITY, MIN_GAIN_SE, parse_views, select_views
 from ensemble.combine.voting import SoftVoter, soft_vote
@@ -120,7 +121,7 @@ def _build(
     final_hold = vote.final_hold
     if refit:
         final_hold = _ensemble_proba(fast, vote, views, run.part("holdout")[0], "holdout", batch_size, progress)
-        vote.comparison[f"top_k_{weights}_tta_refit"] = {"holdout": _metrics(y_hold, final_hold)}
+        vote.comparison[Comparison.final_refit(weights)] = {"holdout": _metrics(y_hold, final_hold)}
     label = f"test {len(kept_models)} models x {len(views)} views"
     proba_test = _ensemble_proba(fast, vote, views, run.x_test, "test", batch_size, progress, label=label)
     tta_record = {
@@ -261,14 +262,20 @@ def _vote(
     final_val, final_hold = voter.predict_proba(val_all), voter.predict_proba(hold_all)
     pv, ph = pred.val, pred.holdout
     comparison = {
-        "best_single": {
+        Comparison.BEST_SINGLE: {
             "member": pred.cnns[0].name,
             "val": _metrics(y_val, pv[0, 0]),
             "holdout": _metrics(y_hold, ph[0, 0]),
         },
-        "top_k_equal": {"val": _metrics(y_val, pv[:, 0].mean(0)), "holdout": _metrics(y_hold, ph[:, 0].mean(0))},
-        "top_k_equal_tta": {"val": _metrics(y_val, tta_val.mean(0)), "holdout": _metrics(y_hold, tta_hold.mean(0))},
-        f"top_k_{weights}_tta": {"val": _metrics(y_val, final_val), "holdout": _metrics(y_hold, final_hold)},
+        Comparison.TOP_K_EQUAL: {
+            "val": _metrics(y_val, pv[:, 0].mean(0)),
+            "holdout": _metrics(y_hold, ph[:, 0].mean(0)),
+        },
+        Comparison.TOP_K_EQUAL_TTA: {
+            "val": _metrics(y_val, tta_val.mean(0)),
+            "holdout": _metrics(y_hold, tta_hold.mean(0)),
+        },
+        Comparison.final(weights): {"val": _metrics(y_val, final_val), "holdout": _metrics(y_hold, final_hold)},
     }
     members = pred.cnns + baselines
     return _Vote(members, len(pred.cnns), voter, voter.weights_, final_val, final_hold, comparison)

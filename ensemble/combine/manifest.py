@@ -14,6 +14,7 @@ import re
 import stat
 import time
 from collections.abc import Mapping
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -32,6 +33,30 @@ FORMAT = "ensemble-manifest/1"
 N_CLASSES = 10
 INPUT_SPEC = "float32 (N, 28, 28, 1) raw pixel values 0-255; rescaling is inside each model"
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+class Comparison(StrEnum):
+    """The keys of a manifest's ``metrics``: what ``ensemble build`` compared on validation and holdout.
+
+    Stored as their string values, so older manifests read the same.
+    """
+
+    BEST_SINGLE = "best_single"
+    TOP_K_EQUAL = "top_k_equal"
+    TOP_K_EQUAL_TTA = "top_k_equal_tta"
+    TOP_K_GREEDY_TTA = "top_k_greedy_tta"
+    TOP_K_EQUAL_TTA_REFIT = "top_k_equal_tta_refit"
+    TOP_K_GREEDY_TTA_REFIT = "top_k_greedy_tta_refit"
+
+    @classmethod
+    def final(cls, weights: str) -> Comparison:
+        """The final ensemble's entry: the top CNNs (and baselines) with ``weights``, over the TTA views."""
+        return cls(f"top_k_{weights}_tta")
+
+    @classmethod
+    def final_refit(cls, weights: str) -> Comparison:
+        """The same ensemble with its CNNs refitted on train + validation (``ensemble build --refit``)."""
+        return cls(f"top_k_{weights}_tta_refit")
 
 
 def images_fingerprint(images: np.ndarray) -> str:

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ensemble.combine.manifest import Comparison
 from ensemble.errors import NoModelError
 from ensemble.pipeline.baselines_child import KILL_GRACE_S, BaselineWorker, wait_for
 from ensemble.search.baselines.fallback import fallback_model
@@ -238,7 +239,7 @@ def build_stage(run: Run, s: Preset, stages: Stages, log: Log, storage_url: str 
         log("build", f"no ensemble: {exc}")
         stages.finish("build", time.time() - t0, skipped=str(exc))
         return
-    h = m["metrics"][f"top_k_{s.weights}_tta"]["holdout"]
+    h = m["metrics"][Comparison.final(s.weights)]["holdout"]
     log(
         "build", f"ensemble of {len(m['members'])} members written in {m['seconds']:.0f}s (holdout {h['accuracy']:.4f})"
     )

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ensemble.combine.manifest import Comparison
 from ensemble.combine.voting import soft_vote
 from ensemble.errors import ArtifactError, NoModelError, UsageError
 from ensemble.io import read_json
@@ -155,7 +156,7 @@ def ensemble_entries(run: Run, by_trial: dict[tuple[str, int], Entry]) -> tuple[
         "size_bytes": size,
         "device": merged_devices(d for d in devices if d),
     }
-    val = m.get("metrics", {}).get(f"top_k_{m['weights']['mode']}_tta", {}).get("val", {}).get("accuracy")
+    val = m.get("metrics", {}).get(Comparison.final(m["weights"]["mode"]), {}).get("val", {}).get("accuracy")
     out = []
     plain = []
     for e in members:
@@ -209,10 +210,10 @@ def tta_and_ensembling(manifest: dict | None) -> list[dict[str, Any]]:
         return []
     metrics = manifest.get("metrics", {})
     steps = [
-        ("best_single", "best single CNN (identity view)"),
-        ("top_k_equal", "+ ensembling: equal-weight soft vote of the top CNNs"),
-        ("top_k_equal_tta", "+ TTA: same vote over the kept TTA views"),
-        (f"top_k_{manifest['weights']['mode']}_tta", f"+ {manifest['weights']['mode']} weights (final ensemble)"),
+        (Comparison.BEST_SINGLE, "best single CNN (identity view)"),
+        (Comparison.TOP_K_EQUAL, "+ ensembling: equal-weight soft vote of the top CNNs"),
+        (Comparison.TOP_K_EQUAL_TTA, "+ TTA: same vote over the kept TTA views"),
+        (Comparison.final(manifest["weights"]["mode"]), f"+ {manifest['weights']['mode']} weights (final ensemble)"),
     ]
     out, prev = [], None
     for key, what in steps:
