@@ -11,9 +11,9 @@ from ensemble.errors import ArtifactError, DataError, NoModelError, UsageError
 from ensemble.search.artifacts import (
     BASELINE_PREFIX,
     CNN_STUDY,
+    ModelId,
     load_proba,
     local_trial,
-    trial_folder_name,
     trial_path,
 )
 
@@ -47,7 +47,7 @@ def study_candidates(run: Run, storage: Any, study_name: str, kind: str) -> list
         if not {"val_accuracy", "val_logloss", "artifact_dir"} <= set(a):
             continue
         label = CNN_STUDY if kind == "cnn" else study_name
-        name = f"{label}-{trial_folder_name(t.number)}"
+        name = ModelId(label, t.number).name
         folder = trial_path(run, study_name, t.number)
         if not folder.is_dir() and Path(a["artifact_dir"]).is_dir():
             folder = Path(a["artifact_dir"])  # written elsewhere on this machine

@@ -10,7 +10,6 @@ The report names the final model (``summary.json``). It is one of:
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,11 +19,10 @@ import numpy as np
 from ensemble.combine.members import as_images
 from ensemble.combine.tta import IDENTITY
 from ensemble.errors import ArtifactError
+from ensemble.search.artifacts import ModelId
 
 if TYPE_CHECKING:
     from ensemble.data.runs import Run, RunFolder
-
-_TRIAL = re.compile(r"^(?P<study>cnn|baseline-[a-z0-9_]+)-trial-(?P<number>\d+)$")
 
 
 @dataclass
@@ -65,10 +63,10 @@ def load_final_model(run: Run | RunFolder, final: str) -> FinalModel:
     if final in ENSEMBLE_ROWS:
         folder = run.path("ensemble")
         return FinalModel(final, folder, "ensemble", load_ensemble(folder), tta=final != "ensemble (no TTA)")
-    m = _TRIAL.match(final)
-    if m is None:
+    model = ModelId.parse(final)
+    if model is None:
         raise ArtifactError(f"{run.path()}: no model named {final!r} to load")
-    return _trial_model(run, final, m["study"], int(m["number"]))
+    return _trial_model(run, final, model.study, model.trial)
 
 
 def _trial_model(run: Run | RunFolder, final: str, study: str, number: int) -> FinalModel:

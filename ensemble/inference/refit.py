@@ -24,7 +24,7 @@ import numpy as np
 
 from ensemble.errors import ArtifactError
 from ensemble.io import read_json, rebuilt_dir, save_npy
-from ensemble.search.artifacts import CNN_STUDY, sha256_file, trial_path
+from ensemble.search.artifacts import CNN_STUDY, ModelId, sha256_file, trial_path
 from ensemble.search.cnn.simplify import save_for_inference
 from ensemble.search.devices import Devices, select
 
@@ -52,8 +52,9 @@ def refit_source(run: Run, final: str) -> RefitSource | None:
         m = read_json(src)
         views = ["identity"] if final == "ensemble (no TTA)" else list(m["tta"]["views"])
         return RefitSource(final, m, views, sha256_file(src))
-    if final.startswith("cnn-trial-"):
-        number = int(final.rsplit("-", 1)[1])
+    model = ModelId.parse(final)
+    if model is not None and model.study == CNN_STUDY:
+        number = model.trial
         folder = trial_path(run, CNN_STUDY, number)
         if not (folder / "model.keras").is_file():
             return None

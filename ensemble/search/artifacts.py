@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -58,6 +60,30 @@ def name_metric(study: Any) -> None:
 
 def trial_folder_name(number: int) -> str:
     return f"trial-{number:04d}"
+
+
+_MODEL_ID = re.compile(r"^(?P<study>cnn|baseline-[a-z0-9_]+)-trial-(?P<number>\d{4,})$")
+
+
+@dataclass(frozen=True)
+class ModelId:
+    """One trial's model: its study and trial number. Its name is ``STUDY-trial-NNNN`` (``cnn-trial-0003``)."""
+
+    study: str
+    trial: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.study}-{trial_folder_name(self.trial)}"
+
+    def __str__(self) -> str:
+        return self.name
+
+    @classmethod
+    def parse(cls, name: str) -> ModelId | None:
+        """The id a trial model's name spells, or None for any other name (an ensemble row)."""
+        m = _MODEL_ID.match(name)
+        return None if m is None else cls(m["study"], int(m["number"]))
 
 
 def trial_path(run: Run, study: str, number: int) -> Path:
