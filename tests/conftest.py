@@ -129,6 +129,13 @@ def postgres_url() -> Iterator[str]:
         server.__exit__(None, None, None)
 
 
+def our_children() -> list:
+    """This process's live multiprocessing children, less joblib's reusable loky workers (earlier tests' sklearn)."""
+    import multiprocessing as mp
+
+    return [p for p in mp.active_children() if not type(p).__name__.startswith("Loky")]
+
+
 def wait_until(what, timeout: float = 180.0) -> None:
     """Poll ``what()`` until it is true; fail the test after ``timeout`` seconds."""
     end = time.time() + timeout

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
 import signal
 import time
@@ -11,7 +10,7 @@ from pathlib import Path
 import optuna
 import pytest
 from conftest import TINY_CNN_SPACE as TINY
-from conftest import write_dataset
+from conftest import our_children, write_dataset
 
 from ensemble.data.runs import open_run
 from ensemble.errors import UsageError
@@ -117,7 +116,7 @@ def test_eight_trials_spread_over_four_gpus_and_a_killed_trainer_fails_only_its_
     assert on_two and pruner.killed[0] not in on_two  # slot 2 got a fresh trainer
     assert len({t.user_attrs["trainer_pid"] for t in done}) == 4
     assert any("gpu:0, gpu:1, gpu:2, gpu:3 (nvidia-smi -L)" in line for line in lines)
-    assert not mp.active_children()
+    assert not our_children()  # no trainer process is left
 
 
 def test_a_report_cell_merges_the_gpus_of_one_backend() -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import optuna
 import pytest
 from conftest import TINY_CNN_SPACE as TINY
-from conftest import write_dataset
+from conftest import our_children, write_dataset
 
 from ensemble.data.runs import open_run
 from ensemble.errors import UsageError
@@ -60,7 +60,7 @@ def test_a_trainer_trains_several_trials_is_recycled_and_a_killed_one_fails_only
     for t in (trials[0], trials[2], trials[3]):
         assert 0 <= t.user_attrs["overhead_seconds"] <= t.user_attrs["trial_seconds"]
         assert (Path(t.user_attrs["artifact_dir"]) / "model.keras").is_file()
-    assert not mp.active_children()  # the search closed its trainers
+    assert not our_children()  # the search closed its trainers
 
 
 def fake_train(self: Trainer, config: dict, folder: Path, *, seed: int, on_epoch) -> dict:
@@ -93,7 +93,7 @@ def test_two_trials_at_once_train_in_two_trainer_processes(tiny) -> None:
     assert len({t.user_attrs["trainer_pid"] for t in trials}) == 2
     first, second = sorted(trials, key=lambda t: t.datetime_start)
     assert second.datetime_start < first.datetime_complete  # they overlapped
-    assert not mp.active_children()
+    assert not our_children()
 
 
 def test_several_trials_at_once_need_trainer_processes(tiny) -> None:
@@ -164,7 +164,7 @@ def test_the_speed_probe_is_the_first_trainers_first_job_and_it_then_trains_the_
         study = run_search(run, space, settings, say=_quiet, pool=pool)
         assert pool.starts == 1  # no process of its own for the probe, and no second start for the trial
     assert speed > 0 and study.trials[0].user_attrs["trainer_pid"] == probed_in
-    assert not mp.active_children()
+    assert not our_children()
 
 
 def test_a_trial_predicts_its_three_parts_in_whole_batches_of_one_shape() -> None:
