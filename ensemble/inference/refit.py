@@ -30,6 +30,7 @@ from ensemble.search.devices import Devices, select
 
 if TYPE_CHECKING:
     from ensemble.data.runs import Run
+    from ensemble.inference.refit_devices import RefitJob
 
 FOLDER = "ensemble-full"
 ENSEMBLE_ROWS = ("ensemble", "ensemble (TTA)", "ensemble (no TTA)")
@@ -122,12 +123,13 @@ def refit_full(
     x_all, y_all = run.dataset.x_train, run.dataset.y_train
     with rebuilt_dir(run.path(FOLDER)) as tmp:
         _copy_source(run, src, tmp)
+        jobs = _refit_jobs(run, src, cnns, len(x_all), tmp, seed, storage_url)
         chosen = select(devices) if devices else None
         if chosen is not None and len(chosen.devices) > 1:
             say(f"refitting {len(cnns)} CNN member(s) one per device at once: {chosen.describe()}")
-            models, record = _refit_on(chosen, run, src, cnns, x_all, y_all, tmp, deadline, seed, storage_url, say)
+            models, record = _refit_on(chosen, jobs, x_all, y_all, deadline, say)
         else:
-            models, record = _refit_members(run, src, cnns, x_all, y_all, tmp, deadline, seed, storage_url, say)
+            models, record = _refit_members(jobs, x_all, y_all, deadline, say)
         timing: dict[str, Any] = {}
         proba_test = _test_proba(run, src, cnns, models, tmp, batch_size, timing)
         manifest = _manifest(run, src, record, len(y_all), proba_test, tmp, timing["predict_seconds"])
@@ -145,69 +147,11 @@ def _copy_source(run: Run, src: RefitSource, tmp: Path) -> None:
         (tmp / stale).unlink(missing_ok=True)
 
 
-def _refit_members(
-    run: Run,
-    src: RefitSource,
-    cnns: list,
-    x: np.ndarray,
-    y: np.ndarray,
-    tmp: Path,
-    deadline: float | None,
-    seed: int,
-    storage_url: str | None,
-    say: Callable[[str], None],
-) -> tuple[list[Any], dict[str, dict[str, Any]]]:
-    from ensemble.combine.members import load_keras_model
-    from ensemble.search.cnn import model as cnn
-
-    models, record = [], {}
-    for entry in cnns:
-        path, config = _member_files(run, src, entry)
-        config = {k: v for k, v in config.items() if k in cnn.DEFAULTS}
-        epochs, ips = int(config["epochs"]), trial_speed(run, entry, storage_url)
-        need = epochs * len(x) / ips
-        if deadline is not None and time.time() + need > deadline:
-            say(f"{entry['name']}: no time to refit ({need / 60:.1f} min needed): keeps its pre-refit model")
-            models.append(load_keras_model(path, entry["name"]))
-            shutil.copy2(path, tmp / entry["file"])
-            record[entry["name"]] = {"refit": False, "reason": "no time left in the budget"}
-            continue
-        say(f"refit {entry['name']}: {len(x):,} labeled digits x {epochs} epochs (~{need / 60:.1f} min)")
-        t0 = time.perf_counter()
-
-        def on_epoch(epoch: int, logs: dict[str, float], name: str = entry["name"], total: int = epochs) -> None:
-            say(f"  refit {name} epoch {epoch}/{total}: accuracy {logs.get('accuracy', float('nan')):.4f}")
-
-        member_seed = seed + int(entry.get("trial", 0))
-        model, _ = cnn.fit_model(config, x, y, seed=member_seed, on_epoch=on_epoch)
-        save_for_inference(model, tmp / entry["file"])
-        models.append(model)
-        record[entry["name"]] = {
-            "refit": True,
-            "epochs": epochs,
-            "rows": len(x),
-            "seed": member_seed,
-            "seconds": round(time.perf_counter() - t0, 1),
-        }
-    return models, record
-
-
-def _refit_on(
-    devices: Devices,
-    run: Run,
-    src: RefitSource,
-    cnns: list,
-    x: np.ndarray,
-    y: np.ndarray,
-    tmp: Path,
-    deadline: float | None,
-    seed: int,
-    storage_url: str | None,
-    say: Callable[[str], None],
-) -> tuple[list[Any], dict[str, dict[str, Any]]]:
-    """:func:`_refit_members` over several devices at once (:mod:`.refit_devices`); the models loaded back."""
-    from ensemble.combine.members import load_keras_model
-    from ensemble.inference.refit_devices import RefitJob, refit_on_devices
+def _refit_jobs(
+    run: Run, src: RefitSource, cnns: list, n_rows: int, tmp: Path, seed: int, storage_url: str | None
+) -> list[RefitJob]:
+    """What refitting each CNN member takes: its config, seed, epochs, the time needed, its files."""
+    from ensemble.inference.refit_devices import RefitJob
     from ensemble.search.cnn import model as cnn
 
     jobs = []
@@ -215,11 +159,60 @@ def _refit_on(
         path, config = _member_files(run, src, entry)
         config = {k: v for k, v in config.items() if k in cnn.DEFAULTS}
         epochs = int(config["epochs"])
-        need = epochs * len(x) / trial_speed(run, entry, storage_url)
+        need = epochs * n_rows / trial_speed(run, entry, storage_url)
         member_seed = seed + int(entry.get("trial", 0))
         jobs.append(RefitJob(entry["name"], config, member_seed, epochs, need, tmp / entry["file"], path))
+    return jobs
+
+
+def _refit_members(
+    jobs: list[RefitJob], x: np.ndarray, y: np.ndarray, deadline: float | None, say: Callable[[str], None]
+) -> tuple[list[Any], dict[str, dict[str, Any]]]:
+    """Refit the members one after another in this process; one that would end past ``deadline`` keeps its model."""
+    from ensemble.combine.members import load_keras_model
+    from ensemble.search.cnn import model as cnn
+
+    models, record = [], {}
+    for job in jobs:
+        if deadline is not None and time.time() + job.need_seconds > deadline:
+            say(f"{job.name}: no time to refit ({job.need_seconds / 60:.1f} min needed): keeps its pre-refit model")
+            models.append(load_keras_model(job.source, job.name))
+            shutil.copy2(job.source, job.out)
+            record[job.name] = {"refit": False, "reason": "no time left in the budget"}
+            continue
+        say(f"refit {job.name}: {len(x):,} labeled digits x {job.epochs} epochs (~{job.need_seconds / 60:.1f} min)")
+        t0 = time.perf_counter()
+
+        def on_epoch(epoch: int, logs: dict[str, float], name: str = job.name, total: int = job.epochs) -> None:
+            say(f"  refit {name} epoch {epoch}/{total}: accuracy {logs.get('accuracy', float('nan')):.4f}")
+
+        model, _ = cnn.fit_model(job.config, x, y, seed=job.seed, on_epoch=on_epoch)
+        save_for_inference(model, job.out)
+        models.append(model)
+        record[job.name] = {
+            "refit": True,
+            "epochs": job.epochs,
+            "rows": len(x),
+            "seed": job.seed,
+            "seconds": round(time.perf_counter() - t0, 1),
+        }
+    return models, record
+
+
+def _refit_on(
+    devices: Devices,
+    jobs: list[RefitJob],
+    x: np.ndarray,
+    y: np.ndarray,
+    deadline: float | None,
+    say: Callable[[str], None],
+) -> tuple[list[Any], dict[str, dict[str, Any]]]:
+    """:func:`_refit_members` over several devices at once (:mod:`.refit_devices`); the models loaded back."""
+    from ensemble.combine.members import load_keras_model
+    from ensemble.inference.refit_devices import refit_on_devices
+
     record = refit_on_devices(jobs, devices, x, y, deadline=deadline, say=say)
-    return [load_keras_model(tmp / e["file"], e["name"]) for e in cnns], record
+    return [load_keras_model(job.out, job.name) for job in jobs], record
 
 
 def trial_speed(run: Run, entry: dict[str, Any], storage_url: str | None) -> float:
