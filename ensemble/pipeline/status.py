@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ensemble.data.runs import RunFolder
 from ensemble.errors import UsageError
 from ensemble.pipeline.presets import STAGES
 
@@ -71,17 +72,6 @@ class RunStatus:
     leaderboard: tuple[StudyStatus, ...]
 
 
-@dataclass(frozen=True)
-class _RunFolder:
-    """What the storage needs of a run (``Run.name``, ``Run.path``), without loading its data."""
-
-    name: str
-    root: Path
-
-    def path(self, *parts: str) -> Path:
-        return self.root.joinpath(*parts)
-
-
 def run_status(name: str, storage_url: str | None = None) -> RunStatus:
     """Read where run ``name`` stands; UsageError when ``runs/NAME`` does not exist. Takes no lock."""
     from ensemble.data.runs import run_root
@@ -94,7 +84,7 @@ def run_status(name: str, storage_url: str | None = None) -> RunStatus:
         raise UsageError(f"no run '{name}': {root} does not exist (start one with: ensemble run --run {name})")
     path = root / "stages.json"
     data: dict[str, Any] = read_json(path) if path.is_file() else {}
-    folder = _RunFolder(name, root)
+    folder = RunFolder(name, root)
     studies = _read_studies(folder, storage_url)
     return RunStatus(
         name=name,
@@ -164,7 +154,7 @@ def current_plan(data: dict[str, Any], cnn: optuna.Study | None) -> PlanStatus |
     return PlanStatus(int(first["members"]), int(first["epochs"]), "start")
 
 
-def _read_studies(folder: _RunFolder, storage_url: str | None) -> dict[str, optuna.Study]:
+def _read_studies(folder: RunFolder, storage_url: str | None) -> dict[str, optuna.Study]:
     """The run's studies by name, opened read-only: no journal file is created, no stale trial is failed."""
     import optuna
 
