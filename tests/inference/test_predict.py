@@ -152,6 +152,15 @@ def test_model_cost_counts_conv_and_dense() -> None:
     assert c["params"] == 9 * 4 + 4 + 4 * 10 + 10
 
 
+def run_script(code: str, *args: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """``python -c code ARGS`` in a child with ``env``; it must succeed."""
+    r = subprocess.run(
+        [sys.executable, "-c", code, *map(str, args)], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    return r
+
+
 def test_predicts_under_another_backend(tmp_path: Path) -> None:
     """A .keras saved under this backend predicts the same under JAX or torch, when one is installed."""
     import importlib.util
@@ -171,14 +180,7 @@ def test_predicts_under_another_backend(tmp_path: Path) -> None:
     for backend in others:
         env = {**os.environ, "KERAS_BACKEND": backend}
         out = tmp_path / f"p_{backend}.npy"
-        r = subprocess.run(
-            [sys.executable, "-c", code, str(folder), str(tmp_path / "x.npy"), str(out)],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert r.returncode == 0, r.stderr[-2000:]
+        r = run_script(code, folder, tmp_path / "x.npy", out, env=env)
         assert r.stdout.strip().endswith(backend)
         np.testing.assert_allclose(np.load(out), here, atol=1e-5)
 
@@ -203,14 +205,7 @@ def test_members_predict_on_four_jax_host_devices_at_once(tmp_path: Path) -> Non
     here = predict_proba(load_ensemble(folder), x)
     env = {**os.environ, "KERAS_BACKEND": "jax", "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
     out = tmp_path / "p.npy"
-    r = subprocess.run(
-        [sys.executable, "-c", HOST_DEVICES, str(folder), str(tmp_path / "x.npy"), str(out)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert r.returncode == 0, r.stderr[-2000:]
+    r = run_script(HOST_DEVICES, folder, tmp_path / "x.npy", out, env=env)
     got = json.loads(r.stdout.strip().splitlines()[-1])
     assert got["devices"] == 4 and got["gpus"] == 0  # host devices spread predictions; they are no trainer GPUs
     assert [w[0][-1] for w in got["where"]] == ["0", "1", "2", "3", "0"] and all(len(w) == 1 for w in got["where"])
