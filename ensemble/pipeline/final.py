@@ -7,11 +7,12 @@ See :mod:`ensemble.inference.extend`. After each finished member the report stag
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ensemble.data.runs import Run
     from ensemble.pipeline.presets import Preset
+    from ensemble.pipeline.stages import ReportOutcome
     from ensemble.pipeline.state import Log, Stages
 
 END_MARGIN_S = 15.0  # the stage ends this long before the budget: the last lines, closing the studies
@@ -19,8 +20,8 @@ REPORT_S = 30.0  # a report's seconds when stages.json has none
 
 
 def final_stage(
-    run: Run, s: Preset, stages: Stages, end: float, log: Log, got: dict[str, Any], storage_url: str | None
-) -> dict[str, Any]:
+    run: Run, s: Preset, stages: Stages, end: float, log: Log, got: ReportOutcome, storage_url: str | None
+) -> ReportOutcome:
     """Add final members until ``end``; returns what the last report found (``got`` when none was added)."""
     from ensemble.inference.extend import extend_final
     from ensemble.pipeline.stages import report_stage
@@ -33,10 +34,10 @@ def final_stage(
         stages.finish("final", 0.0, skipped="refit_full is off" if not s.refit_full else "final_members is 0")
         return got
     report_seconds = float(stages.data["stages"].get("report", {}).get("seconds", REPORT_S))
-    latest = {"got": got}
+    latest = [got]
 
     def after() -> None:
-        latest["got"] = report_stage(run, s, stages, log, storage_url, again=True, show=False)
+        latest.append(report_stage(run, stages, log, storage_url, again=True, show=False))
 
     added = extend_final(
         run,
@@ -52,4 +53,4 @@ def final_stage(
     stages.finish("final", time.time() - t0, added=members)
     if added:
         log("final", f"{len(added)} more member(s) joined the final vote in {time.time() - t0:.0f}s")
-    return latest["got"]
+    return latest[-1]

@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ensemble.pipeline.presets import STAGES, scaled_budget, settings_for
 from ensemble.pipeline.state import Budget, Log, Stages, clock
+
+if TYPE_CHECKING:
+    from ensemble.pipeline.stages import ReportOutcome
 
 
 def run_pipeline(
@@ -32,8 +35,8 @@ def run_pipeline(
     overrides: dict[str, Any] | None = None,
     storage_url: str | None = None,
     say: Callable[[str], None] | None = None,
-) -> dict[str, Any]:
-    """The whole job; returns what the report stage found (final model, submission path...).
+) -> ReportOutcome:
+    """The whole job; returns what the last report wrote (the final model, its holdout score, the submission).
 
     Holds the run's writer lock throughout: a second ``ensemble run``/``build``/``report`` on the
     same run exits at once (workers that only add trials may still join).
@@ -55,7 +58,7 @@ def _run_locked(
     overrides: dict[str, Any] | None,
     storage_url: str | None,
     say: Callable[[str], None] | None,
-) -> dict[str, Any]:
+) -> ReportOutcome:
     from ensemble.data.runs import open_run, run_root, sweep_debris
     from ensemble.durations import parse_duration
     from ensemble.search.interrupt import quiet_interrupts
@@ -76,8 +79,7 @@ def _run_locked(
     if not todo:
         log("run", f"all stages of run '{name}' are finished (use --restart to redo them)")
     t = time.time()
-    run = open_run(name, data=data, say=log.for_stage("data"))
-    stages = Stages(run.path("stages.json"))
+    run = open_run(name, data=data, say=log.for_stage("data"))  # run.path() is root: the same stages.json
     if not stages.done("data"):
         sizes = run.meta["split"]["sizes"]
         log("data", f"split train {sizes['train']:,} / val {sizes['val']:,} / holdout {sizes['holdout']:,}")
@@ -103,10 +105,10 @@ def _run_locked(
 
     search_stage(run, s, stages, budget, log, storage_url)
     build_stage(run, s, stages, log, storage_url)
-    got = report_stage(run, s, stages, log, storage_url)
+    got = report_stage(run, stages, log, storage_url)
     end = budget.start + budget.seconds
-    if refit_stage(run, s, stages, end, log, got["final_model"], storage_url):
-        got = report_stage(run, s, stages, log, storage_url, again=True)  # the submission from the refit
+    if refit_stage(run, s, stages, end, log, got.final_model, storage_url):
+        got = report_stage(run, stages, log, storage_url, again=True)  # the submission from the refit
     got = final_stage(run, s, stages, end, log, got, storage_url)
     if len(todo) == len(STAGES):  # every stage ran in this invocation: its wall time is the run's
         stages.note(wall_seconds=round(time.time() - log.t0, 1))

@@ -6,118 +6,25 @@ import contextlib
 import dataclasses
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ensemble.combine.manifest import Comparison
 from ensemble.errors import NoModelError
 from ensemble.pipeline.baselines_child import KILL_GRACE_S, BaselineWorker, wait_for
+from ensemble.pipeline.cnn_stage import cnn_search, cnn_space
 from ensemble.search.baselines.fallback import fallback_model
 
 if TYPE_CHECKING:
-    import optuna
-
     from ensemble.data.runs import Run
     from ensemble.pipeline.presets import Preset
     from ensemble.pipeline.state import Budget, Log, Stages
+    from ensemble.search.cnn.pool import TrainerPool
+    from ensemble.search.planned import PlannedSearch
 
 POST_SEARCH_S = 150.0  # what build + report take at most (42k digits, quick preset: 15-60 s measured)
-
-
-# ---------------------------------------------------------------- CNN search with a deadline
-def deadline_pruner(
-    inner: optuna.pruners.BasePruner, deadline: float | Callable[[], float], epochs: int, log: Any
-) -> Any:
-    """Wrap ``inner``: prune (and stop the study) once a trial would end past ``deadline``.
-
-    A trial is pruned at an epoch end when the deadline has passed, or when its projected end
-    (time per epoch so far x epochs left) is past the deadline and the study already has a
-    completed trial (so stopping loses nothing that a report needs).
-    """
-    import optuna
-
-    complete = optuna.trial.TrialState.COMPLETE
-    when = deadline if callable(deadline) else (lambda: deadline)
-
-    class DeadlinePruner(optuna.pruners.BasePruner):
-        def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
-            now, deadline = time.time(), when()
-            if trial.intermediate_values and trial.datetime_start is not None:
-                done = max(trial.intermediate_values)
-                per_epoch = (now - trial.datetime_start.timestamp()) / max(done, 1)
-                total = int(trial.params.get("epochs", trial.user_attrs.get("epochs", epochs)))
-                projected = now + per_epoch * max(0, total - done)
-                has_model = bool(study.get_trials(deepcopy=False, states=(complete,)))
-                if now >= deadline or (has_model and projected > deadline):
-                    why = "time share used up" if now >= deadline else f"would end {projected - deadline:.0f}s late"
-                    log(f"trial {trial.number}: stopping the search at epoch {done} ({why})")
-                    study.stop()
-                    return True
-            return inner.prune(study, trial)
-
-    return DeadlinePruner()
-
-
-def cnn_search(
-    run: Run, s: Preset, deadline: float, log: Any, storage_url: str | None, planned: Any = None, pool: Any = None
-) -> dict[str, Any]:
-    """Run or continue the ``cnn`` study until its trial count (or the budget's plan) or its deadline."""
-    import optuna
-
-    from ensemble.search.cnn import study as search
-
-    space_path, space = _cnn_space(s)
-    epochs = planned.plan.epochs if planned else int(space.defaults().get("epochs", 1))
-    mixed = s.mixed_precision
-    if mixed == "auto":
-        from ensemble.search.cnn import model as cnn
-
-        mixed = cnn.device_name() == "gpu"
-    settings = search.SearchSettings(
-        mixed_precision=bool(mixed),
-        trials=planned.plan.members if planned else s.cnn_trials,
-        timeout=max(1.0, deadline - time.time()),
-        pruner=s.pruner,
-        seed=s.seed,
-        max_train=s.max_train,
-        epochs=(lambda: planned.plan.epochs) if planned else None,
-        jobs=s.trials_per_device,
-        devices=s.devices,
-    )
-    if planned:
-        settings = dataclasses.replace(settings, trials=s.cnn_trials)  # a cap: the plan stops it
-    when = (lambda: planned.deadline) if planned else deadline
-    pruner = deadline_pruner(search.make_pruner(s.pruner, epochs), when, epochs, log)
-    log(f"space {space_path}: up to {settings.trials} trials, stops starting new ones at the deadline")
-    callbacks = [planned.callback] if planned else []
-    publish = {"target": planned.plan.members, "count": "complete"} if planned else {}  # for ensemble worker
-    study = search.run_search(
-        run,
-        space,
-        settings,
-        storage_url=storage_url,
-        pruner=pruner,
-        callbacks=callbacks,
-        say=log,
-        publish=publish,
-        on_jobs=planned.set_jobs if planned else None,
-        pool=pool,
-    )
-    states = [t.state for t in study.get_trials(deepcopy=False)]
-    count = {k.name.lower(): states.count(k) for k in optuna.trial.TrialState if states.count(k)}
-    if planned:  # cut short: fewer members trained than the plan has
-        cut = count.get("complete", 0) < max(1, planned.plan.members)
-    else:
-        cut = search.finished_trials(study) < settings.trials
-    info = {"trials": count, "cut_short": cut}
-    return {**info, "plan": planned.history} if planned else info
-
-
-def _cnn_space(s: Preset) -> tuple[Any, Any]:
-    from ensemble.search.cnn import study as search
-    from ensemble.search.spaces import space_file
-
-    space_path = space_file(s.space)  # a shipped name (the presets) or a path (--set space=FILE)
-    return space_path, search.load_cnn_space(space_path)
 
 
 def search_stage(run: Run, s: Preset, stages: Stages, budget: Budget, log: Log, storage_url: str | None) -> None:
@@ -131,12 +38,12 @@ def search_stage(run: Run, s: Preset, stages: Stages, budget: Budget, log: Log, 
         if need_cnn:  # a changed space is refused before the plan's probe and the baselines start
             from ensemble.search.cnn.study import check_space
 
-            check_space(run, _cnn_space(s)[1], storage_url)
+            check_space(run, cnn_space(s)[1], storage_url)
             pool = stack.enter_context(_trainers(run, s, log.for_stage("cnn")))
         _search_and_baselines(run, s, stages, budget, log, storage_url, pool, need_cnn=need_cnn, need_base=need_base)
 
 
-def _trainers(run: Run, s: Preset, log: Any) -> Any:
+def _trainers(run: Run, s: Preset, log: Callable[[str], None]) -> AbstractContextManager[TrainerPool]:
     """The CNN search's trainers, started before its plan: the first one runs the speed probe, then trials."""
     from ensemble.search.cnn import study as search
 
@@ -151,14 +58,15 @@ def _search_and_baselines(
     budget: Budget,
     log: Log,
     storage_url: str | None,
-    pool: Any,
+    pool: TrainerPool | None,
     *,
     need_cnn: bool,
     need_base: bool,
 ) -> None:
     """The plan (its probe in ``pool``'s first trainer), then the CNN study here and the baselines beside it."""
     deadline = budget.ends["search"]
-    worker, planned = None, None
+    worker: BaselineWorker | None = None
+    planned: PlannedSearch | None = None
     t0 = time.time()
     if need_cnn and s.plan:  # searches + refits may use the build/report shares they will not need
         post = min(budget.ends["report"] - budget.ends["search"], POST_SEARCH_S)
@@ -171,8 +79,8 @@ def _search_and_baselines(
     try:
         if need_cnn:
             info = cnn_search(run, s, budget.ends["search"], log.for_stage("cnn"), storage_url, planned, pool)
-            stages.finish("cnn_search", time.time() - t0, **info)
-            log("cnn", f"CNN search finished: {info['trials']}" + (" (cut short by the budget)" * info["cut_short"]))
+            stages.finish("cnn_search", time.time() - t0, **info.as_record())
+            log("cnn", f"CNN search finished: {info.trials}" + (" (cut short by the budget)" * info.cut_short))
         if worker is not None:
             wait_for(worker, deadline + KILL_GRACE_S, log)
     except BaseException as exc:
@@ -187,12 +95,14 @@ def _search_and_baselines(
         log("baselines", f"baselines did not finish cleanly ({'; '.join(worker.errors)}); a re-run continues them")
 
 
-def _plan(run: Run, s: Preset, stages: Stages, end: float, log: Log, storage_url: str | None, pool: Any) -> Any:
+def _plan(
+    run: Run, s: Preset, stages: Stages, end: float, log: Log, storage_url: str | None, pool: TrainerPool | None
+) -> PlannedSearch:
     """Measure, plan members x epochs until ``end`` (searches + refits), and record the plan in stages.json."""
     from ensemble.search.cnn import model as cnn
     from ensemble.search.planned import plan_search
 
-    _, space = _cnn_space(s)
+    _, space = cnn_space(s)
     config = cnn.validate_config({k: v for k, v in space.defaults().items() if k in cnn.DEFAULTS})
     assert s.plan is not None
     refits = s.plan.refit_members if s.plan.refit_members is None else min(s.plan.refit_members, s.top_k)
@@ -246,9 +156,23 @@ def build_stage(run: Run, s: Preset, stages: Stages, log: Log, storage_url: str 
     stages.finish("build", time.time() - t0, members=len(m["members"]))
 
 
+@dataclass(frozen=True)
+class ReportOutcome:
+    """What the report stage wrote: the final model, its holdout accuracy and the submission's path."""
+
+    final_model: str
+    holdout_accuracy: float
+    submission: Path
+
+    @classmethod
+    def from_summary(cls, summary: dict[str, Any]) -> ReportOutcome:
+        """From ``report/summary.json``."""
+        return cls(summary["final_model"], float(summary["holdout_accuracy"]), Path(summary["submission"]))
+
+
 def report_stage(
-    run: Run, s: Preset, stages: Stages, log: Log, storage_url: str | None, again: bool = False, show: bool = True
-) -> dict[str, Any]:
+    run: Run, stages: Stages, log: Log, storage_url: str | None, again: bool = False, show: bool = True
+) -> ReportOutcome:
     """Leaderboard, report files and the submission (from a fallback model if no model exists).
 
     ``again``: rewrite them even if the stage is done (after the final refit, after each final member).
@@ -264,11 +188,9 @@ def report_stage(
     if done and not submission_is_current(run, read_json(summary)):
         log("report", "the submission is not from the final model's refit (stopped before its report): rewriting it")
     elif done:
-        got = read_json(summary)
+        got = ReportOutcome.from_summary(read_json(summary))
         log("report", f"report already written: {run.path('report', 'report.html')}")
-        log(
-            "report", f"final model {got['final_model']} (holdout {got['holdout_accuracy']:.4f}) -> {got['submission']}"
-        )
+        log("report", f"final model {got.final_model} (holdout {got.holdout_accuracy:.4f}) -> {got.submission}")
         return got
     t0 = time.time()
     try:
@@ -283,11 +205,7 @@ def report_stage(
     else:
         log("report", f"submission rewritten from {result.refit.name if result.refit else final.name}")
     stages.finish("report", time.time() - t0, final_model=final.name)
-    return {
-        "final_model": final.name,
-        "holdout_accuracy": final.metrics["holdout_accuracy"],
-        "submission": str(result.submission),
-    }
+    return ReportOutcome(final.name, final.metrics["holdout_accuracy"], result.submission)
 
 
 def refit_stage(run: Run, s: Preset, stages: Stages, end: float, log: Log, final: str, storage_url: str | None) -> bool:

@@ -14,7 +14,7 @@ import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from ensemble.search.artifacts import CNN_STUDY
 from ensemble.search.cnn import spec as worker_spec
@@ -26,6 +26,18 @@ if TYPE_CHECKING:
     from ensemble.data.runs import Run
 
 
+class PlanRecord(TypedDict):
+    """One revision of the plan, as ``stages.json`` records it."""
+
+    why: str
+    members: int
+    epochs: int
+    images_per_second: int
+    refit_images_per_second: int
+    at_once: int
+    at: int
+
+
 @dataclass
 class PlannedSearch:
     """The plan of one invocation and the deadline it implies for the search (moves as the plan changes)."""
@@ -34,7 +46,7 @@ class PlannedSearch:
     work: Workload  # its ``parallel``: trials that run at once (the search tells: see set_jobs)
     end: float  # searches and refits must be done by then
     log: Callable[[str], None]
-    history: list[dict[str, Any]] = field(default_factory=list)
+    history: list[PlanRecord] = field(default_factory=list)
 
     @property
     def deadline(self) -> float:
