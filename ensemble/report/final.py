@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ensemble.errors import UsageError
+from ensemble.report.sections import Section, Table
 from ensemble.report.summary import Entry, ReportResult, proba_loader
 
 if TYPE_CHECKING:
@@ -82,7 +83,7 @@ def submission_is_current(run: Run, summary: dict) -> bool:
     return summary.get("refit_sha256") == now
 
 
-def members_section(result: ReportResult) -> tuple[str, str, list, str | None]:
+def members_section(result: ReportResult) -> Section:
     """The CNNs the submission came from: configuration, seed, epochs, rows and weight of each."""
     heads = ["member", "configuration of", "seed", "epochs", "rows", "weight"]
     rows = [
@@ -102,4 +103,4 @@ def members_section(result: ReportResult) -> tuple[str, str, list, str | None]:
         "keeps the weight chosen on validation, shared among its members in proportion to their epochs. "
         "They have no holdout score of their own. A dash: kept as trained in its trial (no time to refit)."
     )
-    return "Final members", text, (heads, rows), None
+    return Section("Final members", text, Table(heads, rows))

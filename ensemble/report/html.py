@@ -7,6 +7,7 @@ import csv
 import html
 import io
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,8 +15,11 @@ import numpy as np
 
 from ensemble.io import atomic_write
 from ensemble.report import plots
+from ensemble.report.sections import Section, Table
 
 if TYPE_CHECKING:
+    import optuna
+
     from ensemble.data.runs import Run
     from ensemble.report.summary import ReportResult
 
@@ -77,19 +81,43 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
     return atomic_write(path, buf.getvalue())
 
 
-def per_class(y: np.ndarray, pred: np.ndarray) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class ClassRow:
+    """One digit's accuracy (recall) on the holdout."""
+
+    digit: int
+    n: int
+    correct: int
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.n if self.n else 0.0
+
+
+def per_class(y: np.ndarray, pred: np.ndarray) -> list[ClassRow]:
     """Accuracy (recall) of each digit on the holdout."""
-    out = []
-    for c in range(10):
-        sel = y == c
-        n = int(sel.sum())
-        out.append(
-            {"digit": c, "n": n, "correct": int((pred[sel] == c).sum()), "acc": (pred[sel] == c).mean() if n else 0}
-        )
-    return out
+    return [ClassRow(c, int((y == c).sum()), int((pred[y == c] == c).sum())) for c in range(10)]
 
 
-def figures(run: Run, result: ReportResult, *, storage_url: str | None, gallery: int) -> dict[str, Any]:
+#: The figures a report draws, by file name (``img/NAME.png``).
+FIGURES = ("leaderboard", "confusion", "gallery", "history", "importance", "curves")
+
+
+@dataclass
+class Figures:
+    """Every figure of a report as PNG bytes (None when there is nothing to draw), and what they count."""
+
+    pngs: dict[str, bytes | None]
+    n_gallery: int
+    n_wrong: int
+    per_class: list[ClassRow]
+    importance_note: str = ""
+
+    def png(self, key: str | None) -> bytes | None:
+        return self.pngs.get(key) if key else None
+
+
+def figures(run: Run, result: ReportResult, *, storage_url: str | None, gallery: int) -> Figures:
     """Every figure as PNG bytes (None when there is nothing to draw), plus notes."""
     from ensemble.report.summary import leaderboard_rows
 
@@ -99,29 +127,22 @@ def figures(run: Run, result: ReportResult, *, storage_url: str | None, gallery:
     pred = proba.argmax(axis=1)
     x_hold = run.part("holdout")[0]
     gal, n_gal = plots.gallery_png(x_hold, y, proba, gallery)
-    figs: dict[str, Any] = {
-        "leaderboard": plots.leaderboard_chart(leaderboard_rows(result.entries)),
-        "confusion": plots.confusion_matrix_png(y, pred, f"{final.name} on the holdout ({len(y):,} digits)"),
-        "gallery": gal,
-        "n_gallery": n_gal,
-        "n_wrong": int((pred != y).sum()),
-        "per_class": per_class(y, pred),
-        "history": None,
-        "importance": None,
-        "curves": None,
-        "importance_note": "",
-    }
+    pngs: dict[str, bytes | None] = dict.fromkeys(FIGURES)
+    pngs["leaderboard"] = plots.leaderboard_chart(leaderboard_rows(result.entries))
+    pngs["confusion"] = plots.confusion_matrix_png(y, pred, f"{final.name} on the holdout ({len(y):,} digits)")
+    pngs["gallery"] = gal
+    figs = Figures(pngs, n_gallery=n_gal, n_wrong=int((pred != y).sum()), per_class=per_class(y, pred))
     study = _cnn_study(run, storage_url)
     if study is None:
-        figs["importance_note"] = NO_CNN
+        figs.importance_note = NO_CNN
         return figs
-    figs["history"] = plots.history_png(study)
-    figs["importance"], figs["importance_note"] = plots.importance_png(study)
-    figs["curves"] = plots.learning_curves_png(study)
+    pngs["history"] = plots.history_png(study)
+    pngs["importance"], figs.importance_note = plots.importance_png(study)
+    pngs["curves"] = plots.learning_curves_png(study)
     return figs
 
 
-def _cnn_study(run: Run, storage_url: str | None) -> Any:
+def _cnn_study(run: Run, storage_url: str | None) -> optuna.Study | None:
     import optuna
 
     from ensemble.search.artifacts import CNN_STUDY
@@ -156,26 +177,24 @@ def _md_table(heads: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def sections(run: Run, result: ReportResult, figs: dict[str, Any]) -> list[tuple[str, str, list, str | None]]:
-    """(title, text, table as (heads, rows) or [], figure key) for every section, shared by HTML and Markdown."""
+def sections(run: Run, result: ReportResult, figs: Figures) -> list[Section]:
+    """Every section of the report, shared by HTML and Markdown."""
     from ensemble.report.summary import leaderboard_rows
 
     rows = leaderboard_rows(result.entries)
     final = result.final
-    lb = ([h for h, _ in HEADERS], [[fmt(k, r) for _, k in HEADERS] for r in rows])
+    lb = Table([h for h, _ in HEADERS], [[fmt(k, r) for _, k in HEADERS] for r in rows])
     counts = " ".join(f"{d}:{c}" for d, c in enumerate(result.submission_counts))
     notes = "; ".join(f"{e.name}: {e.note}" for e in result.entries if e.note)
     out = [
-        (
+        Section(
             "Final model",
             f"{final.name} has the best holdout accuracy ({final.metrics['holdout_accuracy']:.4f}, "
             f"{final.metrics['holdout_correct']:,}/{len(result.y):,}); ties go to the cheaper model. "
             f"It wrote {result.submission} ({sum(result.submission_counts):,} rows, checked; "
             f"predicted labels {counts})." + (f" Final refit: {result.refit.note}" if result.refit else ""),
-            [],
-            None,
         ),
-        (
+        Section(
             "Leaderboard (holdout)",
             "Every model scored on the holdout split, which no model was trained or selected on. "
             "95% CI: Wilson score interval. ECE: expected calibration error over 15 confidence bins. "
@@ -191,38 +210,38 @@ def sections(run: Run, result: ReportResult, figs: dict[str, Any]) -> list[tuple
 
         out.append(members_section(result))
     mc = result.mcnemar
-    out.append(
-        ("Is the ensemble really better?", mc["words"] if mc else "No ensemble was built in this run.", [], None)
-    )
+    out.append(Section("Is the ensemble really better?", mc["words"] if mc else "No ensemble was built in this run."))
     out.append(_gains_section(result.gains))
-    pc = figs["per_class"]
-    pc_rows = [[str(r["digit"]), f"{r['n']:,}", f"{r['correct']:,}", f"{r['acc']:.4f}"] for r in pc]
+    pc_rows = [[str(r.digit), f"{r.n:,}", f"{r.correct:,}", f"{r.accuracy:.4f}"] for r in figs.per_class]
     out.append(
-        (f"Per-class accuracy ({final.name})", "", (["digit", "holdout digits", "correct", "accuracy"], pc_rows), None)
-    )
-    out.append(
-        ("Confusion matrix", "Rows: true digit; columns: predicted digit; off-diagonal shaded.", [], "confusion")
-    )
-    out.append(
-        (
-            "Misclassified holdout digits",
-            f"{figs['n_wrong']} of {len(result.y):,} holdout digits are wrong; the {figs['n_gallery']} most "
-            "confident mistakes: true label → predicted label, and the model's confidence.",
-            [],
-            "gallery",
+        Section(
+            f"Per-class accuracy ({final.name})", "", Table(["digit", "holdout digits", "correct", "accuracy"], pc_rows)
         )
     )
-    no_study = "This run has no CNN study (yet)." if figs["importance_note"] == NO_CNN else ""
-    out.append(("CNN study: optimization history", no_study, [], "history"))
-    out.append(("CNN study: parameter importances", no_study or figs["importance_note"], [], "importance"))
-    out.append(("CNN study: learning curves (per-epoch validation accuracy)", no_study, [], "curves"))
+    out.append(
+        Section(
+            "Confusion matrix", "Rows: true digit; columns: predicted digit; off-diagonal shaded.", None, "confusion"
+        )
+    )
+    out.append(
+        Section(
+            "Misclassified holdout digits",
+            f"{figs.n_wrong} of {len(result.y):,} holdout digits are wrong; the {figs.n_gallery} most "
+            "confident mistakes: true label → predicted label, and the model's confidence.",
+            figure="gallery",
+        )
+    )
+    no_study = "This run has no CNN study (yet)." if figs.importance_note == NO_CNN else ""
+    out.append(Section("CNN study: optimization history", no_study, figure="history"))
+    out.append(Section("CNN study: parameter importances", no_study or figs.importance_note, figure="importance"))
+    out.append(Section("CNN study: learning curves (per-epoch validation accuracy)", no_study, figure="curves"))
     return out
 
 
-def _gains_section(gains: list[dict[str, Any]]) -> tuple[str, str, list, str | None]:
+def _gains_section(gains: list[dict[str, Any]]) -> Section:
     """What each step (ensembling, TTA, weights) added on the holdout."""
     if not gains:
-        return "What ensembling and TTA added", "No ensemble was built in this run.", [], None
+        return Section("What ensembling and TTA added", "No ensemble was built in this run.")
     rows = [
         [
             g["step"],
@@ -233,11 +252,10 @@ def _gains_section(gains: list[dict[str, Any]]) -> tuple[str, str, list, str | N
         ]
         for g in gains
     ]
-    return (
+    return Section(
         "What ensembling and TTA added",
         "Each step adds one thing to the previous one (choices made on validation, measured on the holdout).",
-        (["step", "val acc", "holdout acc", "holdout change", "holdout log loss"], rows),
-        None,
+        Table(["step", "val acc", "holdout acc", "holdout change", "holdout log loss"], rows),
     )
 
 
@@ -250,9 +268,9 @@ def write_outputs(run: Run, result: ReportResult, *, storage_url: str | None, ga
     figs = figures(run, result, storage_url=storage_url, gallery=gallery)
     secs = sections(run, result, figs)
     written = [write_csv(folder / "leaderboard.csv", leaderboard_rows(result.entries))]
-    for key in ("leaderboard", "confusion", "gallery", "history", "importance", "curves"):
-        if figs[key] is not None:
-            atomic_write(folder / "img" / f"{key}.png", figs[key])
+    for key, png in figs.pngs.items():
+        if png is not None:
+            atomic_write(folder / "img" / f"{key}.png", png)
     title = f"Run {run.name}: holdout report"
     sizes = run.meta["split"]["sizes"]
     sub = (
@@ -265,20 +283,20 @@ def write_outputs(run: Run, result: ReportResult, *, storage_url: str | None, ga
     return written
 
 
-def _markdown(title: str, sub: str, secs: list, figs: dict[str, Any]) -> str:
+def _markdown(title: str, sub: str, secs: list[Section], figs: Figures) -> str:
     parts = [f"# {title}", "", sub, ""]
     for head, text, table, fig in secs:
         parts += [f"## {head}", ""]
         if text:
             parts += [text, ""]
         if table:
-            parts += [_md_table(*table), ""]
-        if fig and figs.get(fig) is not None:
+            parts += [_md_table(table.heads, table.rows), ""]
+        if figs.png(fig) is not None:
             parts += [f"![{head}](img/{fig}.png)", ""]
     return "\n".join(parts)
 
 
-def _html(title: str, sub: str, secs: list, figs: dict[str, Any], result: ReportResult) -> str:
+def _html(title: str, sub: str, secs: list[Section], figs: Figures, result: ReportResult) -> str:
     n_final = 1 + [e.name for e in result.entries].index(result.final.name)
     body = [f"<h1>{html.escape(title)}</h1>", f'<p class="muted">{html.escape(sub)}</p>']
     for i, (head, text, table, fig) in enumerate(secs):
@@ -286,12 +304,12 @@ def _html(title: str, sub: str, secs: list, figs: dict[str, Any], result: Report
         if text:
             body.append(f'<div class="box">{html.escape(text)}</div>' if i == 0 else f"<p>{html.escape(text)}</p>")
         if table:
-            heads, rows = table
+            heads, rows = table.heads, table.rows
             is_lb = heads and heads[0] == "#"
             classes = ["final" if is_lb and r[0] == str(n_final) else "" for r in rows]
             body.append(_table_html(heads, rows, left=3 if is_lb else 1, classes=classes))
-        if fig and (figs.get(fig) is not None or not text):
-            body.append(_img_html(figs.get(fig), head, "nothing to show yet"))
+        if fig and (figs.png(fig) is not None or not text):
+            body.append(_img_html(figs.png(fig), head, "nothing to show yet"))
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'

@@ -12,7 +12,7 @@ import shutil
 import subprocess
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -20,10 +20,19 @@ from ensemble.backends import is_installed
 from ensemble.errors import InvalidValueError
 from ensemble.search.artifacts import baseline_study
 
+if TYPE_CHECKING:
+    from sklearn.base import BaseEstimator
+
 N_CLASSES = 10
 #: Search-space keys read by the orchestrator rather than the model (rows fitted while searching).
 RUN_KEYS = ("search_rows",)
 _PENALTY_L1_RATIO = {"l2": 0.0, "l1": 1.0}
+
+
+class ProbaModel(Protocol):
+    """A fitted model or a loaded baseline: class probabilities for a batch of inputs."""
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -43,7 +52,7 @@ class Family:
 
     name: str
     keys: tuple[str, ...]
-    build: Callable[[dict[str, Any], FitContext], Any]
+    build: Callable[[dict[str, Any], FitContext], BaseEstimator]
     kind: str = "sklearn"  # or "xgboost"
     package: str | None = None  # an optional package it needs (an extra of the same name), beyond scikit-learn
 
@@ -59,7 +68,7 @@ class Family:
         return f'not installed: pip install "ensemble[{self.package}]"'
 
 
-def _logreg(p: dict[str, Any], ctx: FitContext) -> Any:
+def _logreg(p: dict[str, Any], ctx: FitContext) -> BaseEstimator:
     from sklearn.linear_model import LogisticRegression
 
     penalty = p.get("penalty", "l2")
@@ -89,19 +98,19 @@ def _forest_kwargs(p: dict[str, Any], ctx: FitContext) -> dict[str, Any]:
     }
 
 
-def _rf(p: dict[str, Any], ctx: FitContext) -> Any:
+def _rf(p: dict[str, Any], ctx: FitContext) -> BaseEstimator:
     from sklearn.ensemble import RandomForestClassifier
 
     return RandomForestClassifier(**_forest_kwargs(p, ctx))
 
 
-def _extratrees(p: dict[str, Any], ctx: FitContext) -> Any:
+def _extratrees(p: dict[str, Any], ctx: FitContext) -> BaseEstimator:
     from sklearn.ensemble import ExtraTreesClassifier
 
     return ExtraTreesClassifier(**_forest_kwargs({"bootstrap": False, **p}, ctx))
 
 
-def _knn(p: dict[str, Any], ctx: FitContext) -> Any:
+def _knn(p: dict[str, Any], ctx: FitContext) -> BaseEstimator:
     from sklearn.neighbors import KNeighborsClassifier
 
     return KNeighborsClassifier(
@@ -112,7 +121,7 @@ def _knn(p: dict[str, Any], ctx: FitContext) -> Any:
     )
 
 
-def _svm(p: dict[str, Any], ctx: FitContext) -> Any:
+def _svm(p: dict[str, Any], ctx: FitContext) -> BaseEstimator:
     from sklearn.calibration import CalibratedClassifierCV
     from sklearn.svm import SVC
 
@@ -125,7 +134,7 @@ def _svm(p: dict[str, Any], ctx: FitContext) -> Any:
     )
 
 
-def _xgboost(p: dict[str, Any], ctx: FitContext) -> Any:
+def _xgboost(p: dict[str, Any], ctx: FitContext) -> BaseEstimator:
     import xgboost as xgb
 
     return xgb.XGBClassifier(
@@ -208,7 +217,7 @@ def xgboost_device() -> tuple[str, str]:
     return "cuda", gpus[0]
 
 
-def full_proba(model: Any, x: np.ndarray) -> np.ndarray:
+def full_proba(model: ProbaModel, x: np.ndarray) -> np.ndarray:
     """predict_proba as float32 (N, 10), with zero columns for classes absent from the fit data."""
     p = np.asarray(model.predict_proba(x), dtype=np.float32)
     classes = np.asarray(getattr(model, "classes_", np.arange(p.shape[1])), dtype=int)

@@ -9,11 +9,14 @@ import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ensemble.errors import ArtifactError, UsageError
+
+if TYPE_CHECKING:
+    import keras
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +24,7 @@ _NO_OPS = ("Dropout", "SpatialDropout2D", "GaussianNoise", "GaussianDropout", "R
 _NO_OPS += ("RandomTranslation", "RandomFlip", "RandomContrast", "RandomBrightness", "RandomCrop", "RandomAffine")
 
 
-def inference_model(model: Any, check: np.ndarray | None = None, *, strict: bool = False) -> Any:
+def inference_model(model: keras.Model, check: np.ndarray | None = None, *, strict: bool = False) -> keras.Model:
     """A faster functional copy for prediction: BatchNormalization folded into the Conv2D/Dense
     before it (and a following ReLU into its activation), inference no-ops (dropout, random
     augmentation) made identities.
@@ -57,13 +60,13 @@ def inference_model(model: Any, check: np.ndarray | None = None, *, strict: bool
     return fast
 
 
-def save_for_inference(model: Any, path: str | Path) -> None:
+def save_for_inference(model: keras.Model, path: str | Path) -> None:
     """Save the prediction copy of ``model`` (:func:`inference_model`): no training-only layers, so the
     file loads with plain ``keras.models.load_model`` in a Python that never imported ``ensemble``."""
     inference_model(model).save(path)
 
 
-def _not_folded(model: Any, why: str, strict: bool) -> Any:
+def _not_folded(model: keras.Model, why: str, strict: bool) -> keras.Model:
     if strict:
         raise ArtifactError(f"{model.name}: BatchNorm folding failed: {why}")
     log.warning("%s: predicting with the unfolded model (slower): %s", model.name, why)
@@ -71,7 +74,7 @@ def _not_folded(model: Any, why: str, strict: bool) -> Any:
 
 
 def _fold_graph(
-    cfg: dict[str, Any], entries: dict[str, Any], layers: dict[str, Any], identity: dict[str, Any]
+    cfg: dict[str, Any], entries: dict[str, Any], layers: dict[str, keras.layers.Layer], identity: dict[str, Any]
 ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], bool]:
     """Rewrite ``cfg`` in place: no-ops and folded BatchNorms become identities. Returns the folded weights."""
     users: dict[str, list[str]] = {n: [] for n in entries}
@@ -112,7 +115,7 @@ def _fold_graph(
     return folded, changed
 
 
-def _folded_weights(bn: Any, conv: Any) -> tuple[np.ndarray, np.ndarray]:
+def _folded_weights(bn: keras.layers.BatchNormalization, conv: keras.layers.Layer) -> tuple[np.ndarray, np.ndarray]:
     """Kernel and bias of ``conv`` followed by the inference-mode BatchNormalization ``bn``."""
     gamma = np.asarray(bn.gamma.numpy() if bn.scale else 1.0, np.float64)
     beta = np.asarray(bn.beta.numpy() if bn.center else 0.0, np.float64)
@@ -122,7 +125,9 @@ def _folded_weights(bn: Any, conv: Any) -> tuple[np.ndarray, np.ndarray]:
     return w[0] * scale, (bias - np.asarray(bn.moving_mean.numpy(), np.float64)) * scale + beta
 
 
-def _rebuild(cfg: dict[str, Any], folded: dict[str, tuple[np.ndarray, np.ndarray]], layers: dict[str, Any]) -> Any:
+def _rebuild(
+    cfg: dict[str, Any], folded: dict[str, tuple[np.ndarray, np.ndarray]], layers: dict[str, keras.layers.Layer]
+) -> keras.Model:
     import keras
 
     fast = keras.Model.from_config(cfg)
@@ -142,7 +147,7 @@ def _to_identity(entry: dict[str, Any], identity: dict[str, Any]) -> None:
     entry["inbound_nodes"] = [{"args": n["args"], "kwargs": {}} for n in entry["inbound_nodes"]]
 
 
-def _sources(obj: Any) -> list[str]:
+def _sources(obj: object) -> list[str]:
     """Names of the layers whose outputs a serialized inbound node reads."""
     if isinstance(obj, dict):
         hist = obj.get("config", {}).get("keras_history") if isinstance(obj.get("config"), dict) else None
@@ -154,13 +159,13 @@ def _sources(obj: Any) -> list[str]:
     return []
 
 
-def _flat_strings(obj: Any) -> list[str]:
+def _flat_strings(obj: object) -> list[str]:
     if isinstance(obj, str):
         return [obj]
     return [n for v in obj for n in _flat_strings(v)] if isinstance(obj, list | tuple) else []
 
 
-def model_cost(model: Any) -> dict[str, int]:
+def model_cost(model: keras.Model) -> dict[str, int]:
     """Parameters and forward FLOPs per image (2 x multiply-adds of Conv2D, DepthwiseConv2D and Dense)."""
     flops = 0
     for layer in _layers(model):
@@ -178,7 +183,7 @@ def model_cost(model: Any) -> dict[str, int]:
     return {"params": int(model.count_params()), "flops": int(flops)}
 
 
-def _layers(model: Any) -> Iterator[Any]:
+def _layers(model: keras.Model | keras.layers.Layer) -> Iterator[keras.layers.Layer]:
     for layer in model.layers:
         if hasattr(layer, "layers"):
             yield from _layers(layer)
@@ -212,7 +217,7 @@ def native_bfloat16() -> bool:
     return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
-def bfloat16_model(model: Any) -> Any:
+def bfloat16_model(model: keras.Model) -> keras.Model:
     """A copy of a functional ``model`` that computes in bfloat16 with float32 weights (Keras's
     ``mixed_bfloat16`` policy) and keeps its output layer (the softmax) in float32.
 
