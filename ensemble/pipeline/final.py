@@ -33,7 +33,8 @@ def final_stage(
     if not s.refit_full or s.final_members <= 0:
         stages.finish("final", 0.0, skipped="refit_full is off" if not s.refit_full else "final_members is 0")
         return got
-    report_seconds = float(stages.data["stages"].get("report", {}).get("seconds", REPORT_S))
+    report_seconds = stages.seconds("report")
+    report_seconds = REPORT_S if report_seconds is None else report_seconds
     latest = [got]
 
     def after() -> None:

@@ -116,7 +116,7 @@ def _plan(
         max_train=s.max_train,
         end=end,
         log=log.for_stage("plan"),
-        previous=stages.data.get("plan"),
+        previous=stages.plan(),
         storage_url=storage_url,
         probe=pool.probe if pool is not None else None,
     )

@@ -56,6 +56,15 @@ class Stages:
     def done(self, stage: str) -> bool:
         return bool(self.data["stages"].get(stage, {}).get("done"))
 
+    def seconds(self, stage: str) -> float | None:
+        """How long ``stage`` took when it last finished; None when it never did."""
+        seconds = self.data["stages"].get(stage, {}).get("seconds")
+        return None if seconds is None else float(seconds)
+
+    def plan(self) -> dict[str, int] | None:
+        """The plan an earlier invocation recorded (members, epochs); None before any."""
+        return self.data.get("plan")
+
     def _update(self, change: Callable[[dict[str, Any]], None]) -> None:
         from ensemble.locks import locked
 
@@ -64,11 +73,11 @@ class Stages:
             change(data)
             write_json(self.path, data)
 
-    def finish(self, stage: str, seconds: float, **info: Any) -> None:
+    def finish(self, stage: str, seconds: float, **info: object) -> None:
         entry = {"done": True, "seconds": round(seconds, 1), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **info}
         self._update(lambda d: d["stages"].__setitem__(stage, entry))
 
-    def note(self, **info: Any) -> None:
+    def note(self, **info: object) -> None:
         self._update(lambda d: d.update(info))
 
 
