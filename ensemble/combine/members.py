@@ -19,29 +19,12 @@ import numpy as np
 
 from ensemble.combine.manifest import N_CLASSES
 from ensemble.combine.tta import SIDE, stack_views
-from ensemble.errors import ArtifactError, DataError, EnsembleError, UsageError, one_line
+from ensemble.data.arrays import as_images
+from ensemble.errors import ArtifactError, EnsembleError, UsageError, one_line
 from ensemble.search.cnn.simplify import bfloat16_model, inference_model, native_bfloat16, resolve_precision
 
 Advance = Callable[[int], None]
 log = logging.getLogger(__name__)
-
-
-def as_images(x: np.ndarray, what: str = "images") -> np.ndarray:
-    """(N, 28, 28) uint8 images from (N, 28, 28), (N, 28, 28, 1) or (N, 784), else a clear DataError."""
-    a = np.asarray(x)
-    if a.ndim == 2 and a.shape[1] == SIDE * SIDE:
-        a = a.reshape(-1, SIDE, SIDE)
-    elif a.ndim == 4 and a.shape[1:] == (SIDE, SIDE, 1):
-        a = a[..., 0]
-    if a.ndim != 3 or a.shape[1:] != (SIDE, SIDE) or len(a) == 0:
-        raise DataError(f"{what}: expected shape (N, 28, 28) or (N, 784) with N > 0, got {a.shape}")
-    if a.dtype != np.uint8:
-        if np.any((a < 0) | (a > 255)) or not np.all(np.isfinite(a)):
-            raise DataError(f"{what}: pixel values must be raw 0-255")
-        if a.dtype.kind == "f" and 0 < a.max() <= 1:
-            raise DataError(f"{what}: pixels look scaled to 0-1; pass the raw 0-255 values")
-        a = a.astype(np.uint8)
-    return a
 
 
 class _OneTracePerModel(logging.Filter):

@@ -20,21 +20,32 @@ from ensemble.io import atomic_write
 SIDE = 28
 
 
-def images_784(x: object, what: str) -> np.ndarray:
-    """(N, 784) uint8 from (N, 28, 28), (N, 28, 28, 1) or (N, 784) raw 0-255 pixels, else a DataError."""
+def as_images(x: object, what: str = "images", *, whole: bool = False) -> np.ndarray:
+    """(N, 28, 28) uint8 from (N, 28, 28), (N, 28, 28, 1) or (N, 784) raw 0-255 pixels, else a DataError.
+
+    ``whole``: refuse fractional pixel values (else they are truncated, as ``astype`` does).
+    """
     a = np.asarray(x)
-    if a.ndim in (3, 4) and a.shape[1:3] == (SIDE, SIDE) and (a.ndim == 3 or a.shape[3] == 1):
-        a = a.reshape(len(a), SIDE * SIDE)
-    if a.ndim != 2 or a.shape[1] != SIDE * SIDE or len(a) == 0:
+    if a.ndim == 2 and a.shape[1] == SIDE * SIDE:
+        a = a.reshape(-1, SIDE, SIDE)
+    elif a.ndim == 4 and a.shape[1:] == (SIDE, SIDE, 1):
+        a = a[..., 0]
+    if a.ndim != 3 or a.shape[1:] != (SIDE, SIDE) or len(a) == 0:
         raise DataError(f"{what}: expected shape (N, 28, 28) or (N, 784) with N > 0, got {a.shape}")
     if a.dtype != np.uint8:
         if not np.all(np.isfinite(a)) or np.any((a < 0) | (a > 255)):
             raise DataError(f"{what}: pixel values must be raw 0-255")
         if a.dtype.kind == "f" and 0 < a.max() <= 1:
             raise DataError(f"{what}: pixels look scaled to 0-1; pass the raw 0-255 values")
-        if np.any(a != np.round(a)):
+        if whole and np.any(a != np.round(a)):
             raise DataError(f"{what}: pixel values must be whole numbers 0-255")
-    return a.astype(np.uint8)
+        a = a.astype(np.uint8)
+    return a
+
+
+def images_784(x: object, what: str) -> np.ndarray:
+    """(N, 784) uint8 from (N, 28, 28), (N, 28, 28, 1) or (N, 784) whole raw 0-255 pixels, else a DataError."""
+    return as_images(x, what, whole=True).reshape(-1, SIDE * SIDE)
 
 
 def labels_of(y: object, n: int) -> np.ndarray:

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ensemble.combine.members import as_images
 from ensemble.combine.tta import IDENTITY
+from ensemble.data.arrays import as_images
 from ensemble.errors import ArtifactError
 from ensemble.search.artifacts import ModelId
 

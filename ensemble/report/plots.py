@@ -14,11 +14,15 @@ import numpy as np
 
 if TYPE_CHECKING:
     import optuna
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 DPI = 100
 
 
-def _subplots(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float], squeeze: bool = True) -> Any:
+def _subplots(
+    nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float], squeeze: bool = True
+) -> tuple[Figure, Any]:
     """``pyplot.subplots`` on a new ``Figure`` of its own: no pyplot state, no backend switch."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -28,7 +32,7 @@ def _subplots(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float], s
     return fig, fig.subplots(nrows, ncols, squeeze=squeeze)
 
 
-def _png(fig: Any) -> bytes:
+def _png(fig: Figure) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
     return buf.getvalue()
@@ -90,7 +94,7 @@ def gallery_png(images: np.ndarray, y: np.ndarray, proba: np.ndarray, limit: int
     return _png(fig), len(wrong)
 
 
-def _zoom(ax: Any, values: list[float], best: float) -> str:
+def _zoom(ax: Axes, values: list[float], best: float) -> str:
     """Zoom the y axis on the good trials (within 0.08 of the best); returns a note on what is cut off."""
     low = max(min(values), best - 0.08)
     ax.set_ylim(max(0.0, low - 0.005), min(1.0005, best + 0.005))
@@ -98,7 +102,7 @@ def _zoom(ax: Any, values: list[float], best: float) -> str:
     return f" ({hidden} point(s) below {low:.2f} not shown)" if hidden else ""
 
 
-def _finished(study: optuna.Study) -> list[Any]:
+def _finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     import optuna
 
     ok = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)

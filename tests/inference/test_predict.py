@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from ensemble.cli import main
-from ensemble.combine.members import as_images, member_probas
+from ensemble.combine.members import member_probas
 from ensemble.errors import ArtifactError, DataError, UsageError
 from ensemble.inference.predict import load_ensemble, predict_proba
 from ensemble.search.cnn.simplify import model_cost
@@ -106,9 +106,6 @@ def test_wrong_input_shape_is_a_clear_error(tmp_path: Path) -> None:
     ens = load_ensemble(make_ensemble(tmp_path / "e", n=1))
     with pytest.raises(DataError, match=r"expected shape \(N, 28, 28\) or \(N, 784\).*got \(3, 27, 27\)"):
         predict_proba(ens, np.zeros((3, 27, 27), np.uint8))
-    with pytest.raises(DataError, match="raw 0-255"):
-        as_images(np.full((2, 784), 300.0))
-    assert as_images(np.zeros((2, 784), np.float32)).shape == (2, 28, 28)
     with pytest.raises(UsageError, match="batch-size"):
         predict_proba(ens, images(), batch_size=0)
     # a member built for other inputs is refused when loaded
