@@ -59,3 +59,8 @@ def show_progress(stream: TextIO | None = None) -> logging.Handler:
 def stage_line(stage: str, elapsed: float, msg: str) -> None:
     """Log one status line of ``stage``, ``elapsed`` seconds into the run."""
     LOGGER.info(msg, extra={"stage": stage, "elapsed": elapsed})
+
+
+def info(msg: str) -> None:
+    """Log one message of a library call (no stage): the default ``say`` of every function that reports progress."""
+    LOGGER.info(msg)

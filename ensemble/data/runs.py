@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ensemble import logs
 from ensemble.data.demo import ensure_demo
 from ensemble.data.kaggle import kaggle_data_candidates, kaggle_runs_dir
 from ensemble.data.load import Dataset, load_dataset
@@ -48,7 +49,7 @@ def _holds_kaggle_data(p: Path) -> bool:
     )
 
 
-def resolve_data(data: str | Path | None, say: Callable[[str], None] = print) -> tuple[Path, str]:
+def resolve_data(data: str | Path | None, say: Callable[[str], None] = logs.info) -> tuple[Path, str]:
     """Return (path, how) for --data, the default location, or the offline demo data."""
     if data is not None:
         return Path(data), "given"
@@ -128,7 +129,7 @@ def open_run(
     seed: int | None = None,
     val_frac: float | None = None,
     holdout_frac: float | None = None,
-    say: Callable[[str], None] = print,
+    say: Callable[[str], None] = logs.info,
 ) -> Run:
     """Open ``runs/NAME``, creating it (data check + split) if it does not exist yet."""
     root = run_root(name)
@@ -186,7 +187,7 @@ def _create_run(
 _DEBRIS_GLOBS = (".ensemble-tmp-*", ".ensemble-full-tmp-*", ".*.tmp", "report/.*.tmp", "ensemble/.*.tmp")
 
 
-def sweep_debris(root: Path, say: Callable[[str], None] = print) -> list[Path]:
+def sweep_debris(root: Path, say: Callable[[str], None] = logs.info) -> list[Path]:
     """Remove what a killed writer left in ``root`` (the caller holds the writer lock); returns what went.
 
     An ``ensemble`` folder caught between its two renames is restored from ``.ensemble-old-*``;

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ensemble import logs
 from ensemble.io import write_json
 from ensemble.report.final import refit_entry, refit_sha256, write_final_submission
 from ensemble.report.final_members import final_members
@@ -23,7 +24,7 @@ def make_report(
     storage_url: str | None = None,
     top_cnn: int = 5,
     gallery: int = 40,
-    say: Callable[[str], None] = print,
+    say: Callable[[str], None] = logs.info,
 ) -> ReportResult:
     """Compare every model on the holdout, write runs/NAME/report/ and runs/NAME/submission.csv."""
     from ensemble.report.html import write_outputs
@@ -62,7 +63,7 @@ def run_report(
     storage_url: str | None = None,
     top_cnn: int = 5,
     gallery: int = 40,
-    say: Callable[[str], None] = print,
+    say: Callable[[str], None] = logs.info,
 ) -> ReportResult:
     """Make the report (quietly, with matplotlib's Agg backend); ``say`` gets the lines about trials left out."""
     os.environ.setdefault("MPLBACKEND", "Agg")

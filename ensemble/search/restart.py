@@ -6,6 +6,7 @@ import shutil
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from ensemble import logs
 from ensemble.errors import UsageError
 from ensemble.search.artifacts import is_run_study
 from ensemble.search.storage import connect, driver_error, redact
@@ -14,7 +15,7 @@ if TYPE_CHECKING:
     import optuna
 
 
-def delete_run(name: str, *, storage_url: str | None = None, say: Callable[[str], None] = print) -> None:
+def delete_run(name: str, *, storage_url: str | None = None, say: Callable[[str], None] = logs.info) -> None:
     """``--restart``: delete ``runs/NAME`` (a real run folder only) and, with a remote storage, the run's studies.
 
     The caller holds the run's writer lock. Refuses (UsageError) when the folder is not a run folder,

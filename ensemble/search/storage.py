@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ensemble import logs
 from ensemble.errors import UsageError
 from ensemble.search.urls import driver_error, redact
 
@@ -338,7 +339,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def serve_proxy(url: str, *, host: str, port: int, say: Callable[[str], None] = print) -> None:
+def serve_proxy(url: str, *, host: str, port: int, say: Callable[[str], None] = logs.info) -> None:
     """Serve the storage at ``url`` to many workers through Optuna's gRPC proxy (until interrupted).
 
     Workers then use ``--storage grpc://HOST:PORT``: they hold no database connection of their own, and

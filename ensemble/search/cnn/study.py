@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ensemble import logs
 from ensemble.errors import UsageError
 from ensemble.search.artifacts import CNN_STUDY, name_metric, trial_path
 from ensemble.search.cnn import model as cnn
@@ -121,7 +122,7 @@ def run_search(
     storage_url: str | None = None,
     pruner: optuna.pruners.BasePruner | None = None,
     callbacks: list[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] | None = None,
-    say: Callable[[str], None] = print,
+    say: Callable[[str], None] = logs.info,
     publish: dict[str, Any] | None = None,
     on_jobs: Callable[[int], None] | None = None,
     pool: TrainerPool | None = None,
@@ -213,7 +214,7 @@ def _prepare(
 
 
 @contextlib.contextmanager
-def trainers(run: Run, settings: SearchSettings, say: Callable[[str], None] = print) -> Iterator[TrainerPool]:
+def trainers(run: Run, settings: SearchSettings, say: Callable[[str], None] = logs.info) -> Iterator[TrainerPool]:
     """The trainer processes of a search with ``settings`` (its arrays written for them); stopped at the end."""
     arrays_path = write_arrays(run, max_train=settings.max_train, seed=settings.seed)
     pool = None

@@ -17,6 +17,7 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from ensemble import logs
 from ensemble.errors import UsageError
 from ensemble.search.cnn.spec import SPEC_ATTR, Spec, read
 
@@ -76,7 +77,7 @@ def join(
     storage_url: str,
     *,
     timeout: float | None = None,
-    say: Callable[[str], None] = print,
+    say: Callable[[str], None] = logs.info,
     jobs: int | str = 1,
     devices: str = "all",
 ) -> int:
