@@ -35,7 +35,8 @@ def make_report(
     if result.refit:
         from ensemble.inference.refit import current_refit
 
-        result.final_members = final_members(current_refit(run, final.name) or {"members": []})
+        refit = current_refit(run, final.name)
+        result.final_members = final_members(refit) if refit is not None else []
     sub, labels = write_final_submission(run, result.refit or final)
     result.submission = sub
     result.submission_counts = np.bincount(labels, minlength=10).tolist()

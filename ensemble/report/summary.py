@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ensemble.combine.manifest import Comparison
+from ensemble.combine.manifest import MANIFEST, Manifest, MemberEntry, read_manifest
+from ensemble.combine.records import Comparison, EnsembleRow
 from ensemble.combine.voting import soft_vote
 from ensemble.errors import ArtifactError, NoModelError, UsageError
-from ensemble.io import read_json
 from ensemble.metrics import accuracy
 from ensemble.report.stats import mcnemar, mcnemar_words, score
-from ensemble.search.artifacts import load_proba, trial_path
+from ensemble.search.artifacts import ModelId, load_proba, trial_path
 from ensemble.search.devices import merged_devices
 
 if TYPE_CHECKING:
@@ -53,6 +53,8 @@ class Entry:
     device: str | None = None  # what it trained on: tensorflow/cpu, jax/gpu, cpu, cuda (XGBoost)
     note: str = ""
     metrics: dict[str, Any] = field(default_factory=dict)
+    #: which model the row is: a trial's, a row of the built ensemble, or None (the final model's refit)
+    model: ModelId | EnsembleRow | None = None
 
 
 def _trial_size(folder: Path) -> int | None:
@@ -72,7 +74,7 @@ def proba_loader(folder: Path, part: str) -> Callable[[], np.ndarray]:
 
 def trial_entries(
     run: Run, storage: Any, *, top_cnn: int, say: Callable[[str], None] = print
-) -> tuple[list[Entry], dict[tuple[str, int], Entry]]:
+) -> tuple[list[Entry], dict[ModelId, Entry]]:
     """The best trial of each baseline study and the top CNN trials (by validation accuracy).
 
     Trials whose files are not on this machine are left out, one line each, by the rule ``ensemble
@@ -85,7 +87,8 @@ def trial_entries(
 
     names = optuna.get_all_study_names(storage=storage)
     n_pred = len(run.split.val) + len(run.split.holdout) + len(run.x_test)
-    rows, by_trial = [], {}
+    rows: list[Entry] = []
+    by_trial: dict[ModelId, Entry] = {}
     for study in sorted(n for n in names if n.startswith(BASELINE_PREFIX)) + [CNN_STUDY] * (CNN_STUDY in names):
         cnn = study == CNN_STUDY
         cands = study_candidates(run, storage, study, "cnn" if cnn else "baseline")[: top_cnn if cnn else 1]
@@ -106,9 +109,10 @@ def trial_entries(
                 size_bytes=_trial_size(c.folder),
                 n_train=a.get("n_train"),
                 device=_trained_on(a, c.kind),
+                model=ModelId(study, c.number),
             )
             rows.append(e)
-            by_trial[(study, c.number)] = e
+            by_trial[ModelId(study, c.number)] = e
     return rows, by_trial
 
 
@@ -128,66 +132,80 @@ def _weighted(parts: list[tuple[float, Callable[[], np.ndarray]]]) -> Callable[[
     return load
 
 
-def _members_ms(members: list[dict], by_trial: dict[tuple[str, int], Entry], *, cnn: bool) -> float:
-    found = [by_trial.get((e["study"], e["trial"])) for e in members if (e["kind"] == "cnn") == cnn]
+def _members_ms(members: tuple[MemberEntry, ...], by_trial: dict[ModelId, Entry], *, cnn: bool) -> float:
+    found = [by_trial.get(e.model_id) for e in members if e.is_cnn == cnn and e.model_id is not None]
     return sum(float(e.predict_ms or 0) for e in found if e is not None)
 
 
-def ensemble_entries(run: Run, by_trial: dict[tuple[str, int], Entry]) -> tuple[list[Entry], dict | None]:
+def _trial_rows(members: tuple[MemberEntry, ...], by_trial: dict[ModelId, Entry]) -> list[Entry]:
+    """The leaderboard rows of the ensemble's members, found by their trial's id (members not listed: left out)."""
+    return [by_trial[e.model_id] for e in members if e.model_id is not None and e.model_id in by_trial]
+
+
+def _member_folder(run: Run, folder: Path, e: MemberEntry) -> Path:
+    """Where a member's own val/holdout/test probabilities are: its trial folder (a CNN), or in the ensemble."""
+    if e.is_cnn:
+        if e.study is None or e.trial is None:
+            raise ArtifactError(f"{folder / MANIFEST}: CNN member {e.name} names no study and trial")
+        return trial_path(run, e.study, e.trial)
+    return folder / e.name if e.probas is None else folder / Path(e.probas["val"]).parent
+
+
+def ensemble_entries(run: Run, by_trial: dict[ModelId, Entry]) -> tuple[list[Entry], Manifest | None]:
     """The built ensemble (runs/NAME/ensemble) with its TTA views, and the same weights without TTA."""
     folder = run.path("ensemble")
-    if not (folder / "manifest.json").is_file():
+    if not (folder / MANIFEST).is_file():
         return [], None
-    m = read_json(folder / "manifest.json")
-    views = m["tta"]["views"]
-    members = m["members"]
+    m = read_manifest(folder)
+    views = list(m.tta.views)
+    members = m.members
     cnn_ms = _members_ms(members, by_trial, cnn=True)
     base_ms = _members_ms(members, by_trial, cnn=False)
-    fit = sum(float(by_trial[k].fit_seconds or 0) for k in ((e["study"], e["trial"]) for e in members) if k in by_trial)
-    params = sum(int(e.get("params") or 0) for e in members) or None
+    rows = _trial_rows(members, by_trial)
+    params = sum(e.params or 0 for e in members) or None
     size = sum(f.stat().st_size for f in (folder / "members").rglob("*") if f.is_file() and "proba_" not in f.name)
-    label = f"{len(members)} members, {m['weights']['mode']} weights"
-    devices = [by_trial[k].device for k in ((e["study"], e["trial"]) for e in members) if k in by_trial]
+    if m.weights is None:
+        raise ArtifactError(f"{folder / MANIFEST}: 'weights' is missing")
+    mode = m.weights.mode
+    label = f"{len(members)} members, {mode} weights"
     common = {
         "kind": "ensemble",
         "family": "ensemble",
-        "fit_seconds": fit,
+        "fit_seconds": sum(float(r.fit_seconds or 0) for r in rows),
         "params": params,
         "size_bytes": size,
-        "device": merged_devices(d for d in devices if d),
+        "device": merged_devices(r.device for r in rows if r.device),
     }
-    val = m.get("metrics", {}).get(Comparison.final(m["weights"]["mode"]), {}).get("val", {}).get("accuracy")
+    final = (m.metrics or {}).get(Comparison.final(mode))
+    val = final.val.accuracy if final and final.val else None
     out = []
-    plain = []
-    for e in members:
-        if e["kind"] == "cnn":
-            trial = trial_path(run, e["study"], int(e["trial"]))
-        else:
-            trial = folder / e["name"] if "probas" not in e else folder / Path(e["probas"]["val"]).parent
-        plain.append((float(e["weight"]), trial))
+    plain = [(e.weight, _member_folder(run, folder, e)) for e in members]
     if all((t / "proba_holdout.npy").is_file() for _, t in plain):
         val_plain = _weighted([(w, proba_loader(t, "val")) for w, t in plain])()
         acc_plain = accuracy(run.part("val")[1], val_plain)
         out.append(
             Entry(
-                name="ensemble (no TTA)",
+                name=EnsembleRow.NO_TTA.value,
                 val_accuracy=acc_plain,
                 holdout=_weighted([(w, proba_loader(t, "holdout")) for w, t in plain]),
                 test=_weighted([(w, proba_loader(t, "test")) for w, t in plain]),
                 predict_ms=(cnn_ms + base_ms) or None,
                 note=f"{label}, identity view only",
+                model=EnsembleRow.NO_TTA,
                 **common,
             )
         )
     if views != ["identity"] or not out:
+        row = EnsembleRow.TTA if views != ["identity"] else EnsembleRow.ENSEMBLE
         out.append(
             Entry(
-                name="ensemble (TTA)" if views != ["identity"] else "ensemble",
+                name=row.value,
                 holdout=proba_loader(folder, "holdout"),
                 test=proba_loader(folder, "test"),
                 val_accuracy=val,
                 predict_ms=(cnn_ms * len(views) + base_ms) or None,
                 note=f"{label}, {len(views)} TTA views: {','.join(views)}",
+                model=row,
                 **common,
             )
         )
@@ -204,34 +222,35 @@ def rank(entries: list[Entry]) -> list[Entry]:
     return sorted(entries, key=lambda e: (-e.metrics["holdout_correct"], *_cost_key(e), e.name))
 
 
-def tta_and_ensembling(manifest: dict | None) -> list[dict[str, Any]]:
+def tta_and_ensembling(manifest: Manifest | None) -> list[dict[str, Any]]:
     """What ensembling, TTA and the weights each added (from ``ensemble build``'s comparison)."""
-    if not manifest:
+    if manifest is None or manifest.weights is None:
         return []
-    metrics = manifest.get("metrics", {})
+    metrics = manifest.metrics or {}
+    mode = manifest.weights.mode
     steps = [
         (Comparison.BEST_SINGLE, "best single CNN (identity view)"),
         (Comparison.TOP_K_EQUAL, "+ ensembling: equal-weight soft vote of the top CNNs"),
         (Comparison.TOP_K_EQUAL_TTA, "+ TTA: same vote over the kept TTA views"),
-        (Comparison.final(manifest["weights"]["mode"]), f"+ {manifest['weights']['mode']} weights (final ensemble)"),
+        (Comparison.final(mode), f"+ {mode} weights (final ensemble)"),
     ]
     out, prev = [], None
     for key, what in steps:
         r = metrics.get(key)
         if r is None or (out and key == out[-1]["key"]):
             continue
-        h, v = r["holdout"], r.get("val", {})
+        h = r.holdout
         out.append(
             {
                 "key": key,
-                "step": what + (f" ({r['member']})" if "member" in r else ""),
-                "val_accuracy": v.get("accuracy"),
-                "holdout_accuracy": h["accuracy"],
-                "holdout_logloss": h["logloss"],
-                "gain": None if prev is None else h["accuracy"] - prev,
+                "step": what + (f" ({r.member})" if r.member else ""),
+                "val_accuracy": r.val.accuracy if r.val else None,
+                "holdout_accuracy": h.accuracy,
+                "holdout_logloss": h.logloss,
+                "gain": None if prev is None else h.accuracy - prev,
             }
         )
-        prev = h["accuracy"]
+        prev = h.accuracy
     return out
 
 
@@ -240,7 +259,7 @@ class ReportResult:
     """What the report found: every model ranked on the holdout, and (once made) what was written."""
 
     entries: list[Entry]  # ranked, best first
-    manifest: dict[str, Any] | None  # the built ensemble's, if any
+    manifest: Manifest | None  # the built ensemble's, if any
     y: np.ndarray  # holdout labels
     gains: list[dict[str, Any]]  # what each ensembling step added on the holdout
     mcnemar: dict[str, Any] | None = None
