@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ensemble.errors import UsageError
-from ensemble.report.summary import Entry, ReportResult, proba_loader
+from ensemble.report.rows import Entry, proba_loader
+from ensemble.report.summary import ReportResult
 
 if TYPE_CHECKING:
     from ensemble.data.runs import Run

@@ -47,7 +47,7 @@ def make_report(
         "submission": str(sub),
         "leaderboard": leaderboard_rows(result.entries),
         "mcnemar": {k: v for k, v in (result.mcnemar or {}).items()},
-        "tta_and_ensembling": result.gains,
+        "tta_and_ensembling": [g.as_dict() for g in result.gains],
         "refit_full": result.refit.note if result.refit else None,
         "refit_sha256": refit_sha256(run) if result.refit else None,
         "final_members": [m.as_dict() for m in result.final_members],

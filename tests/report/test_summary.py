@@ -9,8 +9,9 @@ from conftest import write_dataset
 
 from ensemble.cli import main
 from ensemble.data.runs import open_run
+from ensemble.report.rows import Entry
 from ensemble.report.submission import check_submission
-from ensemble.report.summary import Entry, rank
+from ensemble.report.summary import rank
 
 
 def test_rank_breaks_accuracy_ties_by_cost() -> None:
