@@ -65,10 +65,11 @@ def refit_entry(run: Run, final: Entry) -> Entry | None:
 
 def refit_sha256(run: Run) -> str:
     """The sha256 of ``ensemble-full/manifest.json``: which refit a submission was taken from."""
+    from ensemble.combine.manifest import MANIFEST
     from ensemble.inference.refit import FOLDER
     from ensemble.search.artifacts import sha256_file
 
-    return sha256_file(run.path(FOLDER, "manifest.json"))
+    return sha256_file(run.path(FOLDER, MANIFEST))
 
 
 def submission_is_current(run: Run, summary: dict) -> bool:
