@@ -56,7 +56,8 @@ class MemberEntry:
     Members chosen by ``ensemble build`` carry their validation scores; a CNN among them also its
     ``--refit`` record and cost (``refit`` and ``config`` are written even when null). In ``ensemble-full``
     every member has its ``refit_full`` record (null for a baseline) and a CNN its test probabilities;
-    a member the final stage added names the configuration it trains (``extra_of``).
+    a member the final stage added names the configuration it trains (``extra_of``) and lists its test
+    probabilities before its ``refit_full`` record (the order that stage has always written).
     """
 
     name: str
@@ -131,6 +132,8 @@ class MemberEntry:
         if built:
             out["refit"] = self.refit and self.refit.to_json()
         out |= compact([("params", self.params), ("flops", self.flops)])
+        if self.extra_of:  # an added member has always listed its test probabilities first
+            out |= compact([("test_proba", self.test_proba)])
         if full:
             out["refit_full"] = self.refit_full and self.refit_full.to_json()
         return out | compact([("test_proba", self.test_proba), ("group_weight", self.group_weight)])

@@ -89,8 +89,8 @@ def refitted() -> dict:
             **{k: CNN[k] for k in ("name", "kind", "weight", "file", "config", "study", "trial")},
             "name": "cnn-trial-0003-seed1003",
             "extra_of": "cnn-trial-0003",
-            "refit_full": {**refit, "seed": 1003},
             "test_proba": "members/cnn-trial-0003-seed1003.test.npy",
+            "refit_full": {**refit, "seed": 1003},
         },
     ]
     full["metrics_before_refit"] = BUILT["metrics"]
