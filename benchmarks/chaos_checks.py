@@ -9,7 +9,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-ENSEMBLE_ROWS = ("ensemble", "ensemble (TTA)", "ensemble (no TTA)")  # the report's names of the built ensemble
+from ensemble.combine.records import EnsembleRow
+
 NEAR_TIE = 1e-4  # a recomputed label may differ from the stored one only where its top-2 margin is below this
 
 
@@ -133,7 +134,7 @@ def _trial_folder(storage: Any, name: str) -> Path:
 
 def _source_sha256(root: Path, final: str, storage: Any) -> str | None:
     """What a refit of ``final`` records as its source: the ensemble manifest's or the trial model's sha256."""
-    if final in ENSEMBLE_ROWS:
+    if EnsembleRow.parse(final) is not None:
         path = root / "ensemble" / "manifest.json"
     elif final.startswith("cnn-trial-"):
         path = _trial_folder(storage, final) / "model.keras"
@@ -161,8 +162,9 @@ def final_model_proba(root: Path, test_csv: Path, storage: Any) -> tuple[Any, st
         info = json.loads(full.read_text()).get("refit_full", {})
         if info.get("final") == final and info.get("source_sha256") == _source_sha256(root, final, storage):
             return _predict(full.parent, test_csv, tta=True), f"{final}, refitted (ensemble-full/)", True
-    if final in ENSEMBLE_ROWS:
-        return _predict(root / "ensemble", test_csv, tta=final != "ensemble (no TTA)"), f"{final} (ensemble/)", False
+    row = EnsembleRow.parse(final)
+    if row is not None:
+        return _predict(root / "ensemble", test_csv, tta=row is not EnsembleRow.NO_TTA), f"{final} (ensemble/)", False
     folder = _trial_folder(storage, final)
     return np.load(folder / "proba_test.npy"), f"{final} ({folder.name}/proba_test.npy)", False
 

@@ -37,7 +37,8 @@ from pathlib import Path
 import numpy as np
 from machine import cpu_model  # benchmarks/machine.py
 
-from ensemble.combine.manifest import FORMAT, INPUT_SPEC, write_manifest
+from ensemble.combine.manifest import FORMAT, INPUT_SPEC, Manifest, MemberEntry, write_manifest
+from ensemble.combine.records import DataInfo, KerasInfo, Tta
 from ensemble.combine.tta import CANDIDATES, stack_views
 from ensemble.errors import one_line
 from ensemble.inference.predict import load_ensemble, predict_proba
@@ -123,15 +124,16 @@ def write_ensemble(folder: Path, models: list, views: list[str]) -> None:
     for i, m in enumerate(models):
         rel = f"members/bench-{i}.keras"
         m.save(folder / rel)
-        members.append({"name": f"bench-{i}", "kind": "cnn", "weight": 1.0 / len(models), "file": rel})
-    manifest = {
-        "format": FORMAT,
-        "members": members,
-        "tta": {"mode": "list", "views": views},
-        "preprocessing": {"input": INPUT_SPEC},
-        "keras": {"backend": keras.backend.backend(), "version": keras.version()},
-        "data": {"fingerprint": "benchmark", "test_fingerprint": None, "n_test": None},
-    }
+        members.append(MemberEntry(f"bench-{i}", "cnn", 1.0 / len(models), file=rel))
+    manifest = Manifest(
+        FORMAT,
+        tuple(members),
+        Tta(tuple(views), "list"),
+        {},
+        preprocessing={"input": INPUT_SPEC},
+        keras=KerasInfo(keras.backend.backend(), keras.version()),
+        data=DataInfo("benchmark", None, None),
+    )
     write_manifest(folder, manifest)
 
 

@@ -102,3 +102,41 @@ def test_the_checks_see_a_cycle_and_an_upward_import() -> None:
     """The checks above are not vacuous: the graph they read has real edges both ways round the layers."""
     assert "ensemble.combine.voting" in GRAPH["ensemble.combine.build"]
     assert any(layer(b) < layer(a) for a, t in GRAPH.items() for b in t)
+
+
+# ---------------------------------------------------------------- the manifest's one definition
+def _written_manifests(folder: Path) -> list[tuple[Path, str]]:
+    """Every ``manifest.json`` below ``folder`` that ``write_manifest`` wrote (its exact indented JSON)."""
+    import json
+
+    from ensemble.combine.manifest import FORMAT
+
+    out = []
+    for path in sorted(folder.rglob("manifest.json")):
+        text = path.read_text()
+        try:
+            data = json.loads(text)
+        except ValueError:
+            continue
+        if isinstance(data, dict) and data.get("format") == FORMAT and text == json.dumps(data, indent=2) + "\n":
+            out.append((path, text))
+    return out
+
+
+def test_every_manifest_written_reads_back_as_written(tiny_finished_run, tmp_path_factory) -> None:
+    """``Manifest.from_json(json).to_json()`` gives back, byte for byte, every manifest the suite wrote.
+
+    The files: the tiny finished run's ``ensemble/`` and, when its final model has CNNs, ``ensemble-full/``
+    (the final refit and a member the final stage added), and every other one this test session has
+    written so far (in a full run the sub-packages' tests, child processes included, run before this file).
+    """
+    import json
+
+    from ensemble.combine.manifest import Manifest
+
+    result, _ = tiny_finished_run
+    written = _written_manifests(tmp_path_factory.getbasetemp())
+    own = {p.parent.name for p, _ in written if p.is_relative_to(result.path)}
+    assert "ensemble" in own and own <= {"ensemble", "ensemble-full"}, own
+    for path, text in written:
+        assert json.dumps(Manifest.from_json(json.loads(text), str(path)).to_json(), indent=2) + "\n" == text, path

@@ -66,10 +66,13 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def _build(args: argparse.Namespace) -> int:
+    import time
+
     from ensemble.combine.build import build_ensemble
     from ensemble.data.runs import open_run
 
     run = open_run(args.run, data=args.data)
+    t0 = time.perf_counter()
     m = build_ensemble(
         run,
         top_k=args.top_k,
@@ -84,17 +87,19 @@ def _build(args: argparse.Namespace) -> int:
         storage_url=args.storage,
         progress=sys.stderr.isatty(),
     )
-    gain = m["tta"]["gain_val"]
-    print(
-        f"TTA gain on validation: accuracy {gain['identity']['accuracy']:.4f} -> {gain['tta']['accuracy']:.4f}, "
-        f"log loss {gain['identity']['logloss']:.4f} -> {gain['tta']['logloss']:.4f}"
-    )
+    seconds = time.perf_counter() - t0
+    gain = m.tta.gain_val or {}
+    if "identity" in gain and "tta" in gain:
+        g0, g1 = gain["identity"], gain["tta"]
+        print(
+            f"TTA gain on validation: accuracy {g0.accuracy:.4f} -> {g1.accuracy:.4f}, "
+            f"log loss {g0.logloss:.4f} -> {g1.logloss:.4f}"
+        )
     print(f"{'':36} {'val acc':>8} {'val loss':>9} {'holdout acc':>12} {'holdout loss':>13}")
-    for name, r in m["metrics"].items():
-        v = r.get("val", {})
-        h = r["holdout"]
-        label = name + (f" ({r['member']})" if "member" in r else "")
-        va, vl = (f"{v['accuracy']:.4f}", f"{v['logloss']:.4f}") if v else ("-", "-")
-        print(f"{label[:36]:36} {va:>8} {vl:>9} {h['accuracy']:>12.4f} {h['logloss']:>13.4f}")
-    print(f"wrote {run.path('ensemble', 'manifest.json')} ({len(m['members'])} members) in {m['seconds']:.1f}s")
+    for name, r in (m.metrics or {}).items():
+        label = name + (f" ({r.member})" if r.member else "")
+        va, vl = (f"{r.val.accuracy:.4f}", f"{r.val.logloss:.4f}") if r.val else ("-", "-")
+        h = r.holdout
+        print(f"{label[:36]:36} {va:>8} {vl:>9} {h.accuracy:>12.4f} {h.logloss:>13.4f}")
+    print(f"wrote {run.path('ensemble', 'manifest.json')} ({len(m.members)} members) in {seconds:.1f}s")
     return 0

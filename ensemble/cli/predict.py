@@ -69,9 +69,10 @@ def run_predict(
     import keras
 
     views = ens.views if tta else [IDENTITY]
+    built = ens.manifest.keras.backend if ens.manifest.keras else "an unrecorded backend"
     say(
         f"ensemble {ens.folder}: {len(ens.members)} members, sha256 verified; TTA views {','.join(views)}; "
-        f"Keras {keras.version()} backend {keras.backend.backend()} (built under {ens.manifest['keras']['backend']})"
+        f"Keras {keras.version()} backend {keras.backend.backend()} (built under {built})"
     )
     say(f"test {test}: {len(images):,} images")
     t1 = time.perf_counter()

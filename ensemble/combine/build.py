@@ -8,7 +8,6 @@ probabilities then come from the pre-refit model (the refit one has seen those r
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -17,8 +16,18 @@ import numpy as np
 
 from ensemble.combine.candidates import Candidate, find_candidates
 from ensemble.combine.folder import write_folder
-from ensemble.combine.manifest import Comparison
+from ensemble.combine.manifest import Manifest
 from ensemble.combine.members import load_keras_model, member_probas, prediction_copy, progress_bar
+from ensemble.combine.records import (
+    Comparison,
+    ComparisonResult,
+    GreedyStep,
+    Metrics,
+    Score,
+    TrainValRefit,
+    Tta,
+    Weights,
+)
 from ensemble.combine.tta import CANDIDATES, IDENTITY, MIN_GAIN_SE, parse_views, select_views
 from ensemble.combine.voting import SoftVoter, soft_vote
 from ensemble.errors import ArtifactError, UsageError
@@ -40,8 +49,8 @@ def _tta_plan(tta: str) -> tuple[str, list[str]]:
     return "list", parse_views(tta)
 
 
-def _metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
-    return {"accuracy": round(accuracy(y, p), 6), "logloss": round(log_loss(y, p), 6)}
+def _metrics(y: np.ndarray, p: np.ndarray) -> Score:
+    return Score(round(accuracy(y, p), 6), round(log_loss(y, p), 6))
 
 
 def refit_member(config: dict[str, Any], x: np.ndarray, y: np.ndarray, epochs: int, seed: int) -> Any:
@@ -62,19 +71,25 @@ def refit_member(config: dict[str, Any], x: np.ndarray, y: np.ndarray, epochs: i
     return out[0] if isinstance(out, tuple) else out  # fit_model returns (model, info)
 
 
-def _greedy_record(g: Any, members: list[Candidate], metric: str) -> dict[str, Any]:
-    """The greedy trajectory for the manifest: member picked, val log loss and accuracy per iteration."""
-    return {
-        "metric": metric,
-        "best_iter": g.best_iter,
-        "trajectory": [
-            {"pick": members[m].name, "val_logloss": round(lo, 6), "val_accuracy": round(a, 6)}
-            for m, lo, a in zip(g.picks, g.losses, g.accuracies)
-        ],
-    }
+def _compared(
+    y_val: np.ndarray, y_hold: np.ndarray, val: np.ndarray, hold: np.ndarray, member: str | None = None
+) -> ComparisonResult:
+    """One entry of the manifest's ``metrics``: validation and holdout scores of some probabilities."""
+    return ComparisonResult(_metrics(y_hold, hold), _metrics(y_val, val), member)
 
 
-def build_ensemble(run: Run, **kwargs: Any) -> dict[str, Any]:
+def _weights_record(weights: str, seed: int, n_iter: int, vote: _Vote, metric: str) -> Weights:
+    """How the weights were chosen; for greedy its trajectory: member picked, val log loss and accuracy per round."""
+    if weights != "greedy":
+        return Weights(weights, seed, n_iter)
+    g = vote.voter.greedy_
+    steps = tuple(
+        GreedyStep(vote.members[m].name, round(lo, 6), round(a, 6)) for m, lo, a in zip(g.picks, g.losses, g.accuracies)
+    )
+    return Weights(weights, seed, n_iter, metric, g.best_iter, steps)
+
+
+def build_ensemble(run: Run, **kwargs: Any) -> Manifest:
     """Build ``runs/NAME/ensemble/`` (see :func:`_build`) holding the run's writer lock; return its manifest."""
     from ensemble.data.runs import runs_dir, sweep_debris
     from ensemble.locks import run_lock
@@ -99,13 +114,12 @@ def _build(
     storage_url: str | None = None,
     progress: bool = True,
     say: Callable[[str], None] = print,
-) -> dict[str, Any]:
+) -> Manifest:
     """Build ``runs/NAME/ensemble/`` and return its manifest: candidates -> views -> weights -> folder."""
     from ensemble.search.storage import open_storage
 
     if weights not in ("equal", "greedy"):
         raise UsageError(f"--weights must be equal or greedy, got '{weights}'")
-    t0 = time.perf_counter()
     mode, views_all = _tta_plan(tta)
     cnns, baselines = find_candidates(run, open_storage(run, storage_url), top_k, include_baselines, say)
     extra = f" + baselines {', '.join(b.name for b in baselines)}" if baselines else ""
@@ -121,34 +135,22 @@ def _build(
     final_hold = vote.final_hold
     if refit:
         final_hold = _ensemble_proba(fast, vote, views, run.part("holdout")[0], "holdout", batch_size, progress)
-        vote.comparison[Comparison.final_refit(weights)] = {"holdout": _metrics(y_hold, final_hold)}
+        vote.comparison[Comparison.final_refit(weights)] = ComparisonResult(_metrics(y_hold, final_hold))
     label = f"test {len(kept_models)} models x {len(views)} views"
     proba_test = _ensemble_proba(fast, vote, views, run.x_test, "test", batch_size, progress, label=label)
-    tta_record = {
-        "mode": mode,
-        **({"min_gain_se": MIN_GAIN_SE} if mode == "auto" else {}),
-        "views": views,
-        "candidates": pred.views,
-        "steps": steps,
-        "gain_val": {
-            "identity": _metrics(y_val, pred.equal_val[IDENTITY]),
-            "tta": _metrics(y_val, pred.tta(views)[0].mean(0)),
-        },
-    }
-    weights_record = {"mode": weights, "seed": seed, "n_iter": n_iter}
-    if weights == "greedy":
-        weights_record.update(_greedy_record(vote.voter.greedy_, vote.members, greedy_metric))
-    manifest = write_folder(
+    gain = {"identity": _metrics(y_val, pred.equal_val[IDENTITY]), "tta": _metrics(y_val, pred.tta(views)[0].mean(0))}
+    min_gain = MIN_GAIN_SE if mode == "auto" else None
+    tta_record = Tta(tuple(views), mode, min_gain, tuple(pred.views), steps, gain)
+    return write_folder(
         run,
         vote.cnn_members(kept_models, refit_info),
         vote.baseline_members(),
         probas={"val": vote.final_val, "holdout": final_hold, "test": proba_test},
-        extra={"weights": weights_record, "tta": tta_record},
-        comparison=vote.comparison,
+        weights=_weights_record(weights, seed, n_iter, vote, greedy_metric),
+        tta=tta_record,
+        metrics=vote.comparison,
         refit=refit,
     )
-    manifest["seconds"] = round(time.perf_counter() - t0, 1)
-    return manifest
 
 
 @dataclass
@@ -214,7 +216,7 @@ class _Vote:
     weights: np.ndarray
     final_val: np.ndarray
     final_hold: np.ndarray
-    comparison: dict[str, Any]
+    comparison: Metrics
 
     @property
     def keep(self) -> list[int]:
@@ -229,8 +231,8 @@ class _Vote:
         return [i for i in self.keep if i >= self.n_cnn]
 
     def cnn_members(
-        self, models: list[Any], refit_info: dict[str, Any]
-    ) -> list[tuple[Candidate, float, Any, dict[str, Any] | None]]:
+        self, models: list[Any], refit_info: dict[str, TrainValRefit]
+    ) -> list[tuple[Candidate, float, Any, TrainValRefit | None]]:
         """(candidate, weight, Keras model, refit record) of each kept CNN, ``models`` in ``kept_cnn`` order."""
         out = []
         for i, model in zip(self.kept_cnn, models):
@@ -262,20 +264,10 @@ def _vote(
     final_val, final_hold = voter.predict_proba(val_all), voter.predict_proba(hold_all)
     pv, ph = pred.val, pred.holdout
     comparison = {
-        Comparison.BEST_SINGLE: {
-            "member": pred.cnns[0].name,
-            "val": _metrics(y_val, pv[0, 0]),
-            "holdout": _metrics(y_hold, ph[0, 0]),
-        },
-        Comparison.TOP_K_EQUAL: {
-            "val": _metrics(y_val, pv[:, 0].mean(0)),
-            "holdout": _metrics(y_hold, ph[:, 0].mean(0)),
-        },
-        Comparison.TOP_K_EQUAL_TTA: {
-            "val": _metrics(y_val, tta_val.mean(0)),
-            "holdout": _metrics(y_hold, tta_hold.mean(0)),
-        },
-        Comparison.final(weights): {"val": _metrics(y_val, final_val), "holdout": _metrics(y_hold, final_hold)},
+        Comparison.BEST_SINGLE: _compared(y_val, y_hold, pv[0, 0], ph[0, 0], member=pred.cnns[0].name),
+        Comparison.TOP_K_EQUAL: _compared(y_val, y_hold, pv[:, 0].mean(0), ph[:, 0].mean(0)),
+        Comparison.TOP_K_EQUAL_TTA: _compared(y_val, y_hold, tta_val.mean(0), tta_hold.mean(0)),
+        Comparison.final(weights): _compared(y_val, y_hold, final_val, final_hold),
     }
     members = pred.cnns + baselines
     return _Vote(members, len(pred.cnns), voter, voter.weights_, final_val, final_hold, comparison)
@@ -283,7 +275,7 @@ def _vote(
 
 def _kept_models(
     run: Run, pred: _Predicted, vote: _Vote, *, refit: bool, seed: int, say: Callable[[str], None]
-) -> tuple[list[Any], dict[str, Any]]:
+) -> tuple[list[Any], dict[str, TrainValRefit]]:
     """The kept CNNs' models: as trained, or (``refit``) retrained on train + validation for their best epoch count."""
     if not refit:
         return [pred.originals[i] for i in vote.kept_cnn], {}
@@ -297,7 +289,7 @@ def _kept_models(
         if not (c.folder / "config.json").is_file():
             raise ArtifactError(f"{c.folder / 'config.json'}: missing; --refit needs each member's config")
         models.append(refit_member(read_json(c.folder / "config.json"), x_tv, y_tv, epochs, seed))
-        info[c.name] = {"epochs": epochs, "rows": len(x_tv)}
+        info[c.name] = TrainValRefit(epochs, len(x_tv))
     return models, info
 
 

@@ -1,29 +1,41 @@
-"""The ensemble folder's manifest: its format, the artifacts it lists and their sha256 checks.
+"""The ensemble folder's manifest: ``manifest.json`` as typed, frozen records, read and written in one place.
 
 ``manifest.json`` lists the members, their weights, the TTA views and the sha256 of every artifact,
-so an ensemble folder is self-contained. A file is read only when the manifest lists it, from the
-very bytes whose hash was checked.
+so an ensemble folder is self-contained (the checks: :mod:`ensemble.combine.verify`). ``ensemble build``
+writes it (``runs/NAME/ensemble``); the final refit and the final stage write the same records
+(``runs/NAME/ensemble-full``). :meth:`Manifest.to_json` writes the keys in the order they always had, so
+``Manifest.from_json(data).to_json() == data`` for every manifest written, old ones included.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 import platform
 import re
-import stat
 import time
-from collections.abc import Mapping
-from enum import StrEnum
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ensemble import __version__
+from ensemble.combine.jsonfields import Fields, JsonObject, compact
+from ensemble.combine.records import (
+    DataInfo,
+    KerasInfo,
+    MemberRefit,
+    Metrics,
+    RefitFull,
+    TrainValRefit,
+    Tta,
+    Weights,
+    metrics_from_json,
+    metrics_to_json,
+)
 from ensemble.errors import ArtifactError
 from ensemble.io import read_json, write_json
-from ensemble.search.artifacts import sha256_file
+from ensemble.search.artifacts import ModelId, sha256_file
 
 if TYPE_CHECKING:
     from ensemble.data.runs import Run
@@ -32,31 +44,195 @@ MANIFEST = "manifest.json"
 FORMAT = "ensemble-manifest/1"
 N_CLASSES = 10
 INPUT_SPEC = "float32 (N, 28, 28, 1) raw pixel values 0-255; rescaling is inside each model"
+PREPROCESSING = {"input": INPUT_SPEC, "views": "applied to raw pixels before each model"}
+KINDS = ("cnn", "baseline")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
-class Comparison(StrEnum):
-    """The keys of a manifest's ``metrics``: what ``ensemble build`` compared on validation and holdout.
+@dataclass(frozen=True)
+class MemberEntry:
+    """One member of an ensemble folder: a CNN (``file``, ``config``) or a baseline (``probas``, ``model_dir``).
 
-    Stored as their string values, so older manifests read the same.
+    Members chosen by ``ensemble build`` carry their validation scores; a CNN among them also its
+    ``--refit`` record and cost (``refit`` and ``config`` are written even when null). In ``ensemble-full``
+    every member has its ``refit_full`` record (null for a baseline) and a CNN its test probabilities;
+    a member the final stage added names the configuration it trains (``extra_of``) and lists its test
+    probabilities before its ``refit_full`` record (the order that stage has always written).
     """
 
-    BEST_SINGLE = "best_single"
-    TOP_K_EQUAL = "top_k_equal"
-    TOP_K_EQUAL_TTA = "top_k_equal_tta"
-    TOP_K_GREEDY_TTA = "top_k_greedy_tta"
-    TOP_K_EQUAL_TTA_REFIT = "top_k_equal_tta_refit"
-    TOP_K_GREEDY_TTA_REFIT = "top_k_greedy_tta_refit"
+    name: str
+    kind: str
+    weight: float
+    file: str | None = None
+    config: str | None = None
+    probas: dict[str, str] | None = None
+    study: str | None = None
+    model_dir: str | None = None
+    trial: int | None = None
+    extra_of: str | None = None
+    val_accuracy: float | None = None
+    val_logloss: float | None = None
+    refit: TrainValRefit | None = None
+    params: int | None = None
+    flops: int | None = None  # per image
+    refit_full: MemberRefit | None = None
+    test_proba: str | None = None  # ensemble-full: the CNN's test probabilities, mean over the TTA views
+    group_weight: float | None = None  # ensemble-full: its configuration's weight, shared with its added members
+
+    @property
+    def is_cnn(self) -> bool:
+        return self.kind == "cnn"
+
+    @property
+    def model_id(self) -> ModelId | None:
+        """The trial it comes from (an added member: the trial whose configuration it trains)."""
+        return None if self.study is None or self.trial is None else ModelId(self.study, self.trial)
+
+    @property
+    def chosen(self) -> bool:
+        """Whether ``ensemble build`` chose it on validation (it has validation scores)."""
+        return self.val_accuracy is not None
 
     @classmethod
-    def final(cls, weights: str) -> Comparison:
-        """The final ensemble's entry: the top CNNs (and baselines) with ``weights``, over the TTA views."""
-        return cls(f"top_k_{weights}_tta")
+    def from_json(cls, f: Fields) -> MemberEntry:
+        kind = f.get("kind", str)
+        if kind not in KINDS:
+            raise f.fail("kind", " or ".join(KINDS))
+        probas, refit, full = f.opt_sub("probas"), f.opt_sub("refit"), f.opt_sub("refit_full")
+        return cls(
+            name=f.get("name", str),
+            kind=kind,
+            weight=f.get("weight", float),
+            file=f.opt("file", str),
+            config=f.opt("config", str),
+            probas=None if probas is None else {k: probas.get(k, str) for k in probas.obj},
+            study=f.opt("study", str),
+            model_dir=f.opt("model_dir", str),
+            trial=f.opt("trial", int),
+            extra_of=f.opt("extra_of", str),
+            val_accuracy=f.opt("val_accuracy", float),
+            val_logloss=f.opt("val_logloss", float),
+            refit=refit and TrainValRefit.from_json(refit),
+            params=f.opt("params", int),
+            flops=f.opt("flops", int),
+            refit_full=full and MemberRefit.from_json(full),
+            test_proba=f.opt("test_proba", str),
+            group_weight=f.opt("group_weight", float),
+        )
+
+    def to_json(self, *, full: bool = False) -> JsonObject:
+        """``full``: in an ``ensemble-full`` manifest, where every member has a ``refit_full`` key."""
+        built = self.is_cnn and self.chosen  # its config and --refit record are written even when null
+        out = compact([("name", self.name), ("kind", self.kind), ("weight", self.weight), ("file", self.file)])
+        if built or self.config is not None:
+            out["config"] = self.config
+        out |= compact([("probas", self.probas and dict(self.probas)), ("study", self.study)])
+        out |= compact([("model_dir", self.model_dir), ("trial", self.trial), ("extra_of", self.extra_of)])
+        out |= compact([("val_accuracy", self.val_accuracy), ("val_logloss", self.val_logloss)])
+        if built:
+            out["refit"] = self.refit and self.refit.to_json()
+        out |= compact([("params", self.params), ("flops", self.flops)])
+        if self.extra_of:  # an added member has always listed its test probabilities first
+            out |= compact([("test_proba", self.test_proba)])
+        if full:
+            out["refit_full"] = self.refit_full and self.refit_full.to_json()
+        return out | compact([("test_proba", self.test_proba), ("group_weight", self.group_weight)])
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """``manifest.json`` of an ensemble folder (``ensemble``) or its refit on every label (``ensemble-full``)."""
+
+    format: str
+    members: tuple[MemberEntry, ...]
+    tta: Tta
+    artifacts: dict[str, str]  # relative path -> sha256 of every other file in the folder
+    created: str | None = None
+    run: str | None = None
+    weights: Weights | None = None
+    preprocessing: dict[str, str] | None = None
+    keras: KerasInfo | None = None
+    versions: dict[str, str] | None = None
+    data: DataInfo | None = None
+    selection: str | None = None
+    metrics: Metrics | None = None  # what ensemble build compared (not in ensemble-full)
+    metrics_before_refit: Metrics | None = None  # ensemble-full: the source's metrics
+    refit_full: RefitFull | None = None  # ensemble-full: what it was refitted from
+
+    @property
+    def cnns(self) -> tuple[MemberEntry, ...]:
+        return tuple(e for e in self.members if e.is_cnn)
+
+    @property
+    def baselines(self) -> tuple[MemberEntry, ...]:
+        return tuple(e for e in self.members if not e.is_cnn)
+
+    @property
+    def extras(self) -> tuple[MemberEntry, ...]:
+        """The members the final stage added to ``ensemble-full``."""
+        return tuple(e for e in self.members if e.extra_of)
+
+    def member(self, name: str) -> MemberEntry:
+        for e in self.members:
+            if e.name == name:
+                return e
+        raise ArtifactError(f"{MANIFEST}: no member named {name!r}")
 
     @classmethod
-    def final_refit(cls, weights: str) -> Comparison:
-        """The same ensemble with its CNNs refitted on train + validation (``ensemble build --refit``)."""
-        return cls(f"top_k_{weights}_tta_refit")
+    def from_json(cls, data: object, where: str = MANIFEST) -> Manifest:
+        """Read a manifest's JSON; ``where`` (the file) starts any error, with the key that is wrong."""
+        f = Fields(data, where)
+        if f.obj.get("format") != FORMAT:
+            raise ArtifactError(f"{where}: not an ensemble manifest (format {FORMAT} expected)")
+        sub = {k: f.opt_sub(k) for k in ("weights", "keras", "data", "refit_full", "preprocessing", "versions")}
+        return cls(
+            FORMAT,
+            tuple(MemberEntry.from_json(e) for e in f.items("members")),
+            Tta.from_json(f.sub("tta")),
+            _artifacts(f),
+            f.opt("created", str),
+            f.opt("run", str),
+            sub["weights"] and Weights.from_json(sub["weights"]),
+            sub["preprocessing"] and {k: sub["preprocessing"].get(k, str) for k in sub["preprocessing"].obj},
+            sub["keras"] and KerasInfo.from_json(sub["keras"]),
+            sub["versions"] and {k: sub["versions"].get(k, str) for k in sub["versions"].obj},
+            sub["data"] and DataInfo.from_json(sub["data"]),
+            f.opt("selection", str),
+            metrics_from_json(f.opt_sub("metrics")),
+            metrics_from_json(f.opt_sub("metrics_before_refit")),
+            sub["refit_full"] and RefitFull.from_json(sub["refit_full"]),
+        )
+
+    def to_json(self) -> JsonObject:
+        full = self.refit_full is not None
+        return compact(
+            [
+                ("format", self.format),
+                ("created", self.created),
+                ("run", self.run),
+                ("members", [e.to_json(full=full) for e in self.members]),
+                ("weights", self.weights and self.weights.to_json()),
+                ("tta", self.tta.to_json()),
+                ("preprocessing", self.preprocessing and dict(self.preprocessing)),
+                ("keras", self.keras and self.keras.to_json()),
+                ("versions", self.versions and dict(self.versions)),
+                ("data", self.data and self.data.to_json()),
+                ("selection", self.selection),
+                ("metrics", metrics_to_json(self.metrics)),
+                ("metrics_before_refit", metrics_to_json(self.metrics_before_refit)),
+                ("refit_full", self.refit_full and self.refit_full.to_json()),
+                ("artifacts", dict(self.artifacts)),
+            ]
+        )
+
+
+def _artifacts(f: Fields) -> dict[str, str]:
+    table = f.obj.get("artifacts")
+    if not isinstance(table, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) and _SHA256.fullmatch(v) for k, v in table.items()
+    ):
+        raise ArtifactError(f"{f.where}: 'artifacts' must map relative paths to sha256 hex digests")
+    return dict(table)
 
 
 def images_fingerprint(images: np.ndarray) -> str:
@@ -66,93 +242,23 @@ def images_fingerprint(images: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def _safe_path(folder: Path, rel: str) -> Path:
-    """``folder / rel`` for a manifest path that stays inside ``folder``: relative, no ``..``, no symlink out."""
-    p = Path(rel) if isinstance(rel, str) else None
-    if p is None or not p.parts or p.is_absolute() or ".." in p.parts or "\\" in rel:
-        raise ArtifactError(f"{folder / MANIFEST}: artifact path '{rel}' leaves the ensemble folder")
-    path = folder / p
-    try:
-        inside = path.resolve(strict=True).is_relative_to(folder.resolve(strict=True))
-    except (OSError, RuntimeError):  # missing or a link loop: reported when it is opened
-        return path
-    if not inside:
-        raise ArtifactError(f"{path}: a symlink out of the ensemble folder, refusing to load it")
-    return path
-
-
-def listed_artifacts(folder: Path, manifest: Mapping[str, Any]) -> dict[str, str]:
-    """The manifest's ``artifacts`` (relative path -> sha256), checked to be that shape."""
-    table = manifest.get("artifacts")
-    if not isinstance(table, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) and _SHA256.fullmatch(v) for k, v in table.items()
-    ):
-        raise ArtifactError(f"{folder / MANIFEST}: 'artifacts' must map relative paths to sha256 hex digests")
-    return table
-
-
-def _open_listed(folder: Path, rel: str) -> tuple[Path, BinaryIO]:
-    """Open a manifest path for reading: inside the folder, a regular file, no link followed when opening."""
-    path = _safe_path(folder, rel)
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
-    try:
-        fd = os.open(path.resolve(), flags)  # links inside the folder were resolved (and checked) above
-    except FileNotFoundError:
-        raise ArtifactError(f"{path}: missing, but listed in {MANIFEST}") from None
-    except OSError as exc:
-        raise ArtifactError(f"{path}: cannot read it ({exc.strerror or exc})") from None
-    fh = os.fdopen(fd, "rb")
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        fh.close()
-        raise ArtifactError(f"{path}: not a regular file, refusing to load it")
-    return path, fh
-
-
-def _check_sha(path: Path, actual: str, expected: str) -> None:
-    if actual != expected:
-        raise ArtifactError(
-            f"{path}: sha256 {actual[:16]}... does not match {MANIFEST} ({expected[:16]}...); "
-            "the file changed after `ensemble build`, refusing to load it"
-        )
-
-
-def verify_artifacts(folder: Path, manifest: Mapping[str, Any]) -> None:
-    """Refuse any artifact that is missing, outside the folder or whose sha256 differs from the manifest."""
-    for rel, expected in listed_artifacts(folder, manifest).items():
-        path, fh = _open_listed(folder, rel)
-        h = hashlib.sha256()
-        with fh:
-            while chunk := fh.read(1 << 20):
-                h.update(chunk)
-        _check_sha(path, h.hexdigest(), expected)
-
-
-def read_verified(folder: Path, manifest: Mapping[str, Any], rel: str) -> bytes:
-    """A manifest-listed file's bytes, read once and checked against its sha256.
-
-    Load from these bytes, never from the path again: the file cannot change between check and load.
-    A file the manifest does not list is refused, whatever is on disk.
-    """
-    expected = listed_artifacts(folder, manifest).get(rel)
-    if expected is None:
-        raise ArtifactError(f"{folder / str(rel)}: not listed with a sha256 in {MANIFEST}, refusing to load it")
-    path, fh = _open_listed(folder, rel)
-    with fh:
-        data = fh.read()
-    _check_sha(path, hashlib.sha256(data).hexdigest(), expected)
-    return data
-
-
-def read_manifest(folder: Path) -> dict[str, Any]:
+def read_manifest(folder: Path) -> Manifest:
+    """``folder/manifest.json``, checked field by field: an ArtifactError names the file and the key."""
     mpath = folder / MANIFEST
     if not mpath.is_file():
         raise ArtifactError(f"{mpath}: missing; expected an ensemble folder written by `ensemble build`")
     try:
-        manifest = read_json(mpath)
+        data = read_json(mpath)
     except ValueError as exc:
         raise ArtifactError(f"{mpath}: not valid JSON ({exc})") from exc
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise ArtifactError(f"{mpath}: not an ensemble manifest (format {FORMAT} expected)")
+    return Manifest.from_json(data, str(mpath))
+
+
+def write_manifest(folder: Path, manifest: Manifest) -> Manifest:
+    """Record the sha256 of every file in ``folder`` (by relative path), write ``manifest.json``, return it."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
+    manifest = replace(manifest, artifacts={p.relative_to(folder).as_posix(): sha256_file(p) for p in files})
+    write_json(folder / MANIFEST, manifest.to_json())
     return manifest
 
 
@@ -171,34 +277,33 @@ def versions() -> dict[str, str]:
     return out
 
 
-def write_manifest(folder: Path, manifest: dict[str, Any]) -> dict[str, Any]:
-    """Record the sha256 of every file in ``folder`` (by relative path) and write ``manifest.json``."""
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
-    manifest["artifacts"] = {p.relative_to(folder).as_posix(): sha256_file(p) for p in files}
-    write_json(folder / MANIFEST, manifest)
-    return manifest
-
-
-def new_manifest(run: Run, entries: list[dict], extra: dict[str, Any], comparison: dict[str, Any]) -> dict[str, Any]:
+def keras_info() -> KerasInfo:
+    """The Keras backend and version of this process."""
     import keras
 
-    return {
-        "format": FORMAT,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "run": run.name,
-        "members": entries,
-        "weights": extra["weights"],
-        "tta": extra["tta"],
-        "preprocessing": {"input": INPUT_SPEC, "views": "applied to raw pixels before each model"},
-        "keras": {"backend": keras.backend.backend(), "version": keras.version()},
-        "versions": versions(),
-        "data": {
-            "fingerprint": run.meta["data"]["fingerprint"],
-            "test_fingerprint": images_fingerprint(run.x_test),
-            "n_test": len(run.x_test),
-            "split": {k: len(getattr(run.split, k)) for k in ("train", "val", "holdout")},
-        },
-        "selection": "members, views and weights chosen on validation; holdout only reported",
-        "metrics": comparison,
-        "artifacts": {},
-    }
+    return KerasInfo(keras.backend.backend(), keras.version())
+
+
+def new_manifest(run: Run, members: list[MemberEntry], weights: Weights, tta: Tta, metrics: Metrics) -> Manifest:
+    """The manifest of a new ensemble folder of ``run`` (its artifacts are listed by :func:`write_manifest`)."""
+    data = DataInfo(
+        run.meta["data"]["fingerprint"],
+        images_fingerprint(run.x_test),
+        len(run.x_test),
+        {k: len(getattr(run.split, k)) for k in ("train", "val", "holdout")},
+    )
+    return Manifest(
+        FORMAT,
+        tuple(members),
+        tta,
+        {},
+        created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        run=run.name,
+        weights=weights,
+        preprocessing=dict(PREPROCESSING),
+        keras=keras_info(),
+        versions=versions(),
+        data=data,
+        selection="members, views and weights chosen on validation; holdout only reported",
+        metrics=metrics,
+    )

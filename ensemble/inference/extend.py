@@ -26,8 +26,9 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from ensemble.combine.manifest import MemberEntry, read_manifest
 from ensemble.errors import EnsembleError
 from ensemble.inference.refit import FOLDER
 from ensemble.io import read_json
@@ -153,15 +154,16 @@ def extend_final(
     if why:
         say(f"no more final members: {why}")
         return []
-    m = read_json(run.path(FOLDER, "manifest.json"))
-    room = max_members - len(fm.extra_names(m))  # a re-run continues the count
+    m = read_manifest(run.path(FOLDER))
+    room = max_members - len(m.extras)  # a re-run continues the count
     if room <= 0:
-        say(f"the final model already has {len(fm.extra_names(m))} more member(s): the most this run adds")
+        say(f"the final model already has {len(m.extras)} more member(s): the most this run adds")
         return []
-    entries = {e["name"]: e for e in m["members"]}
+    entries = {e.name: e for e in m.members}
     sources = fm.sources_by_weight(m)
     full = {s: fm.member_epochs(entries[s], run.path(FOLDER)) for s in sources}
-    measured = float(m["refit_full"].get("predict_seconds") or 30.0) + report_seconds + COPY_SECONDS
+    predicted = m.refit_full.predict_seconds if m.refit_full else None
+    measured = float(predicted or 30.0) + report_seconds + COPY_SECONDS
     fixed = max(FIRST_FIXED_MIN_S, FIRST_FIXED_FACTOR * measured)
     costs = {s: Costs(_epoch_seconds(run, entries[s], storage_url), fixed) for s in sources}
     left = deadline - time.time()
@@ -179,13 +181,13 @@ def extend_final(
     return fill_budget(deadline, sources=sources, full=full, costs=costs, add_member=add, max_members=room, say=say)
 
 
-def _epoch_seconds(run: Run, entry: dict[str, Any], storage_url: str | None) -> float:
+def _epoch_seconds(run: Run, entry: MemberEntry, storage_url: str | None) -> float:
     """One epoch on every labeled digit: measured by the member's refit, else from its trial's speed."""
     from ensemble.inference.refit import trial_speed
 
-    refit = entry.get("refit_full") or {}
-    if refit.get("refit") and refit.get("seconds") and refit.get("epochs"):
-        return float(refit["seconds"]) / int(refit["epochs"])
+    refit = entry.refit_full
+    if refit is not None and refit.refit and refit.seconds and refit.epochs:
+        return float(refit.seconds) / int(refit.epochs)
     return len(run.dataset.y_train) / trial_speed(run, entry, storage_url)
 
 
@@ -198,33 +200,33 @@ def _train_and_publish(
     from ensemble.search.cnn import model as cnn
 
     folder = run.path(FOLDER)
-    m = read_json(folder / "manifest.json")
-    src = next(e for e in m["members"] if e["name"] == source)
+    m = read_manifest(folder)
     x, y = run.dataset.x_train, run.dataset.y_train
     member_seed = fm.member_seed(m, source, seed)
     entry = fm.new_entry(m, source, member_seed, epochs, len(y))
-    config = {k: v for k, v in read_json(folder / src["config"]).items() if k in cnn.DEFAULTS}
+    config = {k: v for k, v in read_json(folder / str(m.member(source).config)).items() if k in cnn.DEFAULTS}
     config["epochs"] = epochs
-    say(f"member {entry['name']}: {source}'s configuration, seed {member_seed}, {epochs} epochs")
+    say(f"member {entry.name}: {source}'s configuration, seed {member_seed}, {epochs} epochs")
     t0 = time.time()
 
     def on_epoch(epoch: int, logs: dict[str, float]) -> None:
         end = projected_end(time.time(), t0, epoch, epochs, fixed)
-        say(f"  {entry['name']} epoch {epoch}/{epochs}: accuracy {logs.get('accuracy', float('nan')):.4f}")
+        say(f"  {entry.name} epoch {epoch}/{epochs}: accuracy {logs.get('accuracy', float('nan')):.4f}")
         if epoch < epochs and end > deadline:
             raise MemberLate(
-                f"{entry['name']}: stopped at epoch {epoch}/{epochs}, it would end {end - deadline:.0f}s past the "
+                f"{entry.name}: stopped at epoch {epoch}/{epochs}, it would end {end - deadline:.0f}s past the "
                 "deadline; dropped (the vote keeps the finished members)"
             )
 
     model, info = cnn.fit_model(config, x, y, seed=member_seed, on_epoch=on_epoch)
-    entry["refit_full"]["seconds"] = round(info["train_seconds"], 1)
-    views = list(m["tta"]["views"])
-    fast = [prediction_copy(model, entry["name"])]
-    proba = member_probas(fast, run.x_test, views, batch_size=256, names=[entry["name"]]).mean(axis=1)[0]
+    if entry.refit_full is not None:
+        entry = replace(entry, refit_full=replace(entry.refit_full, seconds=round(info["train_seconds"], 1)))
+    views = list(m.tta.views)
+    fast = [prediction_copy(model, entry.name)]
+    proba = member_probas(fast, run.x_test, views, batch_size=256, names=[entry.name]).mean(axis=1)[0]
     fm.publish(run, entry, model, config, proba)
     say(
-        f"{entry['name']} joined the vote: trained in {info['train_seconds']:.0f}s, predicted the test set "
+        f"{entry.name} joined the vote: trained in {info['train_seconds']:.0f}s, predicted the test set "
         f"and published in {time.time() - t0 - info['train_seconds']:.0f}s"
     )
     return Finished(source, epochs, float(info["train_seconds"]), 0.0)

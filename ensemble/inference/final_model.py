@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ensemble.combine.records import EnsembleRow
 from ensemble.combine.tta import IDENTITY
 from ensemble.data.arrays import as_images
 from ensemble.errors import ArtifactError
@@ -55,14 +56,15 @@ class FinalModel:
 def load_final_model(run: Run | RunFolder, final: str) -> FinalModel:
     """Load ``final`` (a report row's name) of ``run``, hash-checked where it comes from an ensemble folder."""
     from ensemble.inference.predict import load_ensemble
-    from ensemble.inference.refit import ENSEMBLE_ROWS, FOLDER, current_refit
+    from ensemble.inference.refit import FOLDER, current_refit
 
     if current_refit(run, final) is not None:
         folder = run.path(FOLDER)
         return FinalModel(final, folder, "ensemble", load_ensemble(folder))
-    if final in ENSEMBLE_ROWS:
+    row = EnsembleRow.parse(final)
+    if row is not None:
         folder = run.path("ensemble")
-        return FinalModel(final, folder, "ensemble", load_ensemble(folder), tta=final != "ensemble (no TTA)")
+        return FinalModel(final, folder, "ensemble", load_ensemble(folder), tta=row is not EnsembleRow.NO_TTA)
     model = ModelId.parse(final)
     if model is None:
         raise ArtifactError(f"{run.path()}: no model named {final!r} to load")

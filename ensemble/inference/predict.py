@@ -16,23 +16,17 @@ from typing import Any
 
 import numpy as np
 
-from ensemble.combine.manifest import (
-    MANIFEST,
-    images_fingerprint,
-    listed_artifacts,
-    read_manifest,
-    read_verified,
-    verify_artifacts,
-)
+from ensemble.combine.manifest import MANIFEST, Manifest, MemberEntry, images_fingerprint, read_manifest
 from ensemble.combine.members import (
-    as_images,
     load_keras_model,
     member_probas,
     prediction_copy,
     progress_bar,
 )
 from ensemble.combine.tta import IDENTITY
+from ensemble.combine.verify import read_verified, verify_artifacts
 from ensemble.combine.voting import soft_vote
+from ensemble.data.arrays import as_images
 from ensemble.errors import ArtifactError, DataError, one_line
 from ensemble.inference.placement import OnDevice, on, prediction_devices
 
@@ -59,29 +53,19 @@ class Ensemble:
     """A loaded, hash-verified ensemble folder."""
 
     folder: Path
-    manifest: dict[str, Any]
+    manifest: Manifest
     members: list[Member]
     devices: int = 1  # devices its CNN members predict on (JAX: spread over the local devices)
 
     @property
     def views(self) -> list[str]:
-        return list(self.manifest["tta"]["views"])
+        return list(self.manifest.tta.views)
 
 
-def _member(folder: Path, entry: Any, hashed: Mapping[str, str]) -> Member:
+def _member(folder: Path, entry: MemberEntry, hashed: Mapping[str, str]) -> Member:
     """One manifest member entry, every file it names hash-listed; a baseline's model files picked here."""
     mpath = folder / MANIFEST
-    try:
-        m = Member(
-            str(entry["name"]),
-            str(entry["kind"]),
-            float(entry["weight"]),
-            entry.get("file"),
-            dict(entry.get("probas", {})),
-            entry.get("model_dir"),
-        )
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise ArtifactError(f"{mpath}: malformed member entry ({one_line(exc)})") from exc
+    m = Member(entry.name, entry.kind, entry.weight, entry.file, dict(entry.probas or {}), entry.model_dir)
     for rel in ([m.file] if m.file else []) + list(m.probas.values()):
         if not isinstance(rel, str) or rel not in hashed:
             raise ArtifactError(f"{folder / str(rel)}: member {m.name}'s file has no sha256 in {MANIFEST}")
@@ -90,7 +74,7 @@ def _member(folder: Path, entry: Any, hashed: Mapping[str, str]) -> Member:
 
         prefix = f"{m.model_dir}/"
         listed = [r[len(prefix) :] for r in hashed if r.startswith(prefix) and "/" not in r[len(prefix) :]]
-        names = model_files(listed, family_kind(entry.get("study")), where=f"{folder / m.model_dir}")
+        names = model_files(listed, family_kind(entry.study), where=f"{folder / m.model_dir}")
         m.model_files = {n: prefix + n for n in names}
     if m.kind == "cnn" and not m.file:
         raise ArtifactError(f"{mpath}: CNN member {m.name} has no model file")
@@ -102,11 +86,9 @@ def load_ensemble(folder: str | Path, *, load_models: bool = True) -> Ensemble:
     folder = Path(folder)
     manifest = read_manifest(folder)
     verify_artifacts(folder, manifest)
-    hashed = listed_artifacts(folder, manifest)
-    entries = manifest.get("members")
-    if not isinstance(entries, list) or not entries:
+    if not manifest.members:
         raise ArtifactError(f"{folder / MANIFEST}: no members")
-    members = [_member(folder, entry, hashed) for entry in entries]
+    members = [_member(folder, entry, manifest.artifacts) for entry in manifest.members]
     cnns = [m for m in members if m.file] if load_models else []
     devices = prediction_devices() if len(cnns) > 1 else []
     for i, m in enumerate(cnns):  # under JAX with several devices: member i on device i mod D
@@ -124,9 +106,10 @@ def _baseline(ens: Ensemble, m: Member, images: np.ndarray) -> np.ndarray:
     Both come from bytes read once and checked against the manifest; only the files the manifest
     lists for the member are read, never whatever else sits in its folder.
     """
-    data = ens.manifest["data"]
+    data = ens.manifest.data
+    test_fp, n_test = (data.test_fingerprint, data.n_test) if data else (None, None)
     fp = images_fingerprint(images)
-    if "test" in m.probas and fp == data.get("test_fingerprint"):
+    if "test" in m.probas and fp == test_fp:
         rel = m.probas["test"]
         raw = read_verified(ens.folder, ens.manifest, rel)
         try:
@@ -143,7 +126,7 @@ def _baseline(ens: Ensemble, m: Member, images: np.ndarray) -> np.ndarray:
         return full_proba(load_saved(blobs, ens.folder / str(m.model_dir)), images).astype(np.float32)
     raise DataError(
         f"member {m.name} is a baseline with stored probabilities only; it can predict the run's own test set "
-        f"(fingerprint {str(data.get('test_fingerprint'))[:16]}, {data.get('n_test')} images) but these "
+        f"(fingerprint {str(test_fp)[:16]}, {n_test} images) but these "
         f"{len(images)} images have fingerprint {fp[:16]}; rebuild without --include-baselines"
     )
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from ensemble.combine.records import MemberRefit
 from ensemble.errors import TrialError
 from ensemble.search.cnn.limits import TrainerLimits
 from ensemble.search.cnn.pool import Trainer, TrainerPool
@@ -47,12 +48,13 @@ def refit_on_devices(
     *,
     deadline: float | None,
     say: Callable[[str], None],
-) -> dict[str, dict[str, Any]]:
+) -> dict[str, MemberRefit]:
     """Refit ``jobs`` on ``x``, ``y``, one per device at once; each member's record (as ``refit_full`` keeps it)."""
     tmp = Path(tempfile.mkdtemp(prefix="ensemble-refit-"))
     np.savez(tmp / "arrays.npz", x_train=x, y_train=y)
     pool = TrainerPool(tmp / "arrays.npz", 1, TrainerLimits(recycle_after=10**6), devices.devices)
-    todo, records, lock = list(jobs), {}, threading.Lock()
+    todo, lock = list(jobs), threading.Lock()
+    records: dict[str, MemberRefit] = {}
 
     def next_job() -> RefitJob | None:
         with lock:
@@ -80,13 +82,13 @@ def refit_on_devices(
 
 def _refit_one(
     trainer: Trainer, job: RefitJob, rows: int, deadline: float | None, say: Callable[[str], None]
-) -> dict[str, Any]:
+) -> MemberRefit:
     """Refit ``job`` in ``trainer``; its pre-refit model stays when it would end late or its trainer fails."""
     where = trainer.device.label
     if deadline is not None and time.time() + job.need_seconds > deadline:
         say(f"{job.name}: no time to refit ({job.need_seconds / 60:.1f} min needed): keeps its pre-refit model")
         shutil.copy2(job.source, job.out)
-        return {"refit": False, "reason": "no time left in the budget"}
+        return MemberRefit(False, reason="no time left in the budget")
     need = f"~{job.need_seconds / 60:.1f} min"
     say(f"refit {job.name} on {where}: {rows:,} labeled digits x {job.epochs} epochs ({need})")
 
@@ -99,6 +101,6 @@ def _refit_one(
     except TrialError as exc:  # its trainer died or the fit failed: the member keeps its pre-refit model
         say(f"{job.name}: refit on {where} failed ({exc}): keeps its pre-refit model")
         shutil.copy2(job.source, job.out)
-        return {"refit": False, "reason": f"refit failed on {where}: {exc}"}
+        return MemberRefit(False, reason=f"refit failed on {where}: {exc}")
     seconds = round(time.perf_counter() - t0, 1)
-    return {"refit": True, "epochs": job.epochs, "rows": rows, "seed": job.seed, "seconds": seconds, "device": where}
+    return MemberRefit(True, epochs=job.epochs, rows=rows, seed=job.seed, seconds=seconds, device=where)

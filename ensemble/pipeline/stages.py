@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ensemble.combine.manifest import Comparison
+from ensemble.combine.records import Comparison
 from ensemble.errors import NoModelError
 from ensemble.pipeline.baselines_child import KILL_GRACE_S, BaselineWorker, wait_for
 from ensemble.pipeline.cnn_stage import cnn_search, cnn_space
@@ -149,11 +149,10 @@ def build_stage(run: Run, s: Preset, stages: Stages, log: Log, storage_url: str 
         log("build", f"no ensemble: {exc}")
         stages.finish("build", time.time() - t0, skipped=str(exc))
         return
-    h = m["metrics"][Comparison.final(s.weights)]["holdout"]
-    log(
-        "build", f"ensemble of {len(m['members'])} members written in {m['seconds']:.0f}s (holdout {h['accuracy']:.4f})"
-    )
-    stages.finish("build", time.time() - t0, members=len(m["members"]))
+    final = (m.metrics or {}).get(Comparison.final(s.weights))
+    holdout = f" (holdout {final.holdout.accuracy:.4f})" if final else ""
+    log("build", f"ensemble of {len(m.members)} members written in {time.time() - t0:.0f}s{holdout}")
+    stages.finish("build", time.time() - t0, members=len(m.members))
 
 
 @dataclass(frozen=True)
@@ -228,12 +227,9 @@ def refit_stage(run: Run, s: Preset, stages: Stages, end: float, log: Log, final
         say=log.for_stage("refit"),
         devices=s.devices,
     )
-    done = [e["name"] for e in (m or {}).get("members", []) if (e.get("refit_full") or {}).get("refit")]
+    done = [e.name for e in (m.members if m else ()) if e.refit_full and e.refit_full.refit]
     stages.finish("refit", time.time() - t0, final_model=final, refitted=done)
-    if m is not None:
-        log(
-            "refit",
-            f"refitted {len(done)} CNN member(s) of {final} on {m['refit_full']['rows']:,} digits "
-            f"in {time.time() - t0:.0f}s",
-        )
+    if m is not None and m.refit_full is not None:
+        rows = m.refit_full.rows
+        log("refit", f"refitted {len(done)} CNN member(s) of {final} on {rows:,} digits in {time.time() - t0:.0f}s")
     return m is not None

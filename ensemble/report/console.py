@@ -37,8 +37,8 @@ def print_report(result: ReportResult) -> None:
     if result.mcnemar:
         console.print(result.mcnemar["words"], soft_wrap=True)
     for g in result.gains:
-        gain = "" if g["gain"] is None else f" ({g['gain'] * 100:+.2f} pts)"
-        console.print(f"  {g['step']}: holdout {g['holdout_accuracy']:.4f}{gain}", soft_wrap=True)
+        gain = "" if g.gain is None else f" ({g.gain * 100:+.2f} pts)"
+        console.print(f"  {g.step}: holdout {g.holdout_accuracy:.4f}{gain}", soft_wrap=True)
     final = result.final
     if result.refit:
         console.print(f"final refit: {result.refit.note}", soft_wrap=True)

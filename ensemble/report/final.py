@@ -8,8 +8,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ensemble.errors import UsageError
+from ensemble.report.rows import Entry, proba_loader
 from ensemble.report.sections import Section, Table
-from ensemble.report.summary import Entry, ReportResult, proba_loader
+from ensemble.report.summary import ReportResult
 
 if TYPE_CHECKING:
     from ensemble.data.runs import Run
@@ -39,12 +40,13 @@ def refit_entry(run: Run, final: Entry) -> Entry | None:
     m = current_refit(run, final.name)
     if m is None:
         return None
-    refits = [e for e in m["members"] if not e.get("extra_of")]
-    done = [e["name"] for e in refits if (e.get("refit_full") or {}).get("refit")]
-    kept = [e["name"] for e in refits if e["kind"] == "cnn" and e["name"] not in done]
-    extra = [e["name"] for e in m["members"] if e.get("extra_of")]
+    refits = [e for e in m.members if not e.extra_of]
+    done = [e.name for e in refits if e.refit_full and e.refit_full.refit]
+    kept = [e.name for e in refits if e.is_cnn and e.name not in done]
+    extra = [e.name for e in m.extras]
+    rows = m.refit_full.rows if m.refit_full else 0
     note = (
-        f"the submission comes from {final.name} refitted on all {m['refit_full']['rows']:,} labeled digits "
+        f"the submission comes from {final.name} refitted on all {rows:,} labeled digits "
         f"(train + validation + holdout): {len(done)} CNN member(s) refitted"
         + (f", {len(kept)} kept as trained (no time): {', '.join(kept)}" if kept else "")
         + (f", {len(extra)} more trained with new seeds in the time left" if extra else "")
@@ -64,10 +66,11 @@ def refit_entry(run: Run, final: Entry) -> Entry | None:
 
 def refit_sha256(run: Run) -> str:
     """The sha256 of ``ensemble-full/manifest.json``: which refit a submission was taken from."""
+    from ensemble.combine.manifest import MANIFEST
     from ensemble.inference.refit import FOLDER
     from ensemble.search.artifacts import sha256_file
 
-    return sha256_file(run.path(FOLDER, "manifest.json"))
+    return sha256_file(run.path(FOLDER, MANIFEST))
 
 
 def submission_is_current(run: Run, summary: dict) -> bool:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from ensemble.combine.manifest import Manifest
+
 
 @dataclass(frozen=True)
 class FinalMember:
@@ -21,22 +23,19 @@ class FinalMember:
         return asdict(self)
 
 
-def final_members(manifest: dict[str, Any]) -> list[FinalMember]:
+def final_members(manifest: Manifest) -> list[FinalMember]:
     """Every CNN member of an ``ensemble-full`` manifest: the refits, then the members the final stage added."""
     out = []
-    for e in manifest["members"]:
-        if e["kind"] != "cnn":
-            continue
-        r = e.get("refit_full") or {}
-        refit = bool(r.get("refit"))
+    for e in manifest.cnns:
+        r = e.refit_full if e.refit_full is not None and e.refit_full.refit else None
         out.append(
             FinalMember(
-                name=e["name"],
-                configuration=e.get("extra_of") or e["name"],
-                seed=r.get("seed") if refit else None,
-                epochs=r.get("epochs") if refit else None,
-                rows=r.get("rows") if refit else None,
-                weight=round(float(e["weight"]), 4),
+                name=e.name,
+                configuration=e.extra_of or e.name,
+                seed=r.seed if r else None,
+                epochs=r.epochs if r else None,
+                rows=r.rows if r else None,
+                weight=round(e.weight, 4),
             )
         )
     return out

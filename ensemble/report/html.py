@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     import optuna
 
     from ensemble.data.runs import Run
-    from ensemble.report.summary import ReportResult
+    from ensemble.report.summary import Gain, ReportResult
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1180px;color:#212529;
@@ -238,17 +238,17 @@ def sections(run: Run, result: ReportResult, figs: Figures) -> list[Section]:
     return out
 
 
-def _gains_section(gains: list[dict[str, Any]]) -> Section:
+def _gains_section(gains: list[Gain]) -> Section:
     """What each step (ensembling, TTA, weights) added on the holdout."""
     if not gains:
         return Section("What ensembling and TTA added", "No ensemble was built in this run.")
     rows = [
         [
-            g["step"],
-            "–" if g["val_accuracy"] is None else f"{g['val_accuracy']:.4f}",
-            f"{g['holdout_accuracy']:.4f}",
-            "–" if g["gain"] is None else f"{g['gain'] * 100:+.2f} pts",
-            f"{g['holdout_logloss']:.4f}",
+            g.step,
+            "–" if g.val_accuracy is None else f"{g.val_accuracy:.4f}",
+            f"{g.holdout_accuracy:.4f}",
+            "–" if g.gain is None else f"{g.gain * 100:+.2f} pts",
+            f"{g.holdout_logloss:.4f}",
         ]
         for g in gains
     ]

@@ -36,7 +36,8 @@ def make_report(
     if result.refit:
         from ensemble.inference.refit import current_refit
 
-        result.final_members = final_members(current_refit(run, final.name) or {"members": []})
+        refit = current_refit(run, final.name)
+        result.final_members = final_members(refit) if refit is not None else []
     sub, labels = write_final_submission(run, result.refit or final)
     result.submission = sub
     result.submission_counts = np.bincount(labels, minlength=10).tolist()
@@ -47,7 +48,7 @@ def make_report(
         "submission": str(sub),
         "leaderboard": leaderboard_rows(result.entries),
         "mcnemar": {k: v for k, v in (result.mcnemar or {}).items()},
-        "tta_and_ensembling": result.gains,
+        "tta_and_ensembling": [g.as_dict() for g in result.gains],
         "refit_full": result.refit.note if result.refit else None,
         "refit_sha256": refit_sha256(run) if result.refit else None,
         "final_members": [m.as_dict() for m in result.final_members],

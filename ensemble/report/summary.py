@@ -9,20 +9,17 @@ without test-time augmentation. The final model is the one with the best holdout
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ensemble.combine.manifest import Comparison
-from ensemble.combine.voting import soft_vote
-from ensemble.errors import ArtifactError, NoModelError, UsageError
-from ensemble.io import read_json
-from ensemble.metrics import accuracy
+from ensemble.combine.manifest import Manifest
+from ensemble.combine.records import Comparison
+from ensemble.errors import NoModelError, UsageError
+from ensemble.report.rows import Entry, ensemble_entries, trial_entries
 from ensemble.report.stats import mcnemar, mcnemar_words, score
-from ensemble.search.artifacts import load_proba, trial_path
-from ensemble.search.devices import merged_devices
 
 if TYPE_CHECKING:
     from ensemble.data.runs import Run
@@ -35,165 +32,6 @@ CSV_COLUMNS = (
 )  # fmt: skip
 
 
-@dataclass
-class Entry:
-    """One leaderboard row: a model and what it cost; probabilities are loaded on demand."""
-
-    name: str
-    kind: str  # baseline | cnn | ensemble
-    family: str
-    holdout: Callable[[], np.ndarray]
-    test: Callable[[], np.ndarray]
-    val_accuracy: float | None = None
-    fit_seconds: float | None = None
-    predict_ms: float | None = None  # per 1,000 images
-    params: int | None = None
-    size_bytes: int | None = None
-    n_train: int | None = None
-    device: str | None = None  # what it trained on: tensorflow/cpu, jax/gpu, cpu, cuda (XGBoost)
-    note: str = ""
-    metrics: dict[str, Any] = field(default_factory=dict)
-
-
-def _trial_size(folder: Path) -> int | None:
-    files = [f for f in folder.glob("*") if f.is_file() and not f.name.startswith("proba_") and f.suffix != ".json"]
-    return sum(f.stat().st_size for f in files) or None
-
-
-def _ms_per_1000(attrs: dict[str, Any], n_images: int) -> float | None:
-    s = attrs.get("predict_seconds")
-    return None if s is None or n_images == 0 else 1e6 * float(s) / n_images  # ms per 1,000 images
-
-
-def proba_loader(folder: Path, part: str) -> Callable[[], np.ndarray]:
-    """Loads the stored ``proba_{part}.npy`` of a trial or ensemble folder when called."""
-    return lambda: load_proba(folder, part)
-
-
-def trial_entries(
-    run: Run, storage: Any, *, top_cnn: int, say: Callable[[str], None] = print
-) -> tuple[list[Entry], dict[tuple[str, int], Entry]]:
-    """The best trial of each baseline study and the top CNN trials (by validation accuracy).
-
-    Trials whose files are not on this machine are left out, one line each, by the rule ``ensemble
-    build`` uses (:func:`ensemble.combine.candidates.with_files_here`).
-    """
-    import optuna
-
-    from ensemble.combine.candidates import study_candidates, with_files_here
-    from ensemble.search.artifacts import BASELINE_PREFIX, CNN_STUDY
-
-    names = optuna.get_all_study_names(storage=storage)
-    n_pred = len(run.split.val) + len(run.split.holdout) + len(run.x_test)
-    rows, by_trial = [], {}
-    for study in sorted(n for n in names if n.startswith(BASELINE_PREFIX)) + [CNN_STUDY] * (CNN_STUDY in names):
-        cnn = study == CNN_STUDY
-        cands = study_candidates(run, storage, study, "cnn" if cnn else "baseline")[: top_cnn if cnn else 1]
-        for c in with_files_here(run, storage, cands, say, study=study, need=cnn):
-            if not (c.folder / "proba_holdout.npy").is_file():
-                raise ArtifactError(f"{c.folder / 'proba_holdout.npy'}: missing probabilities file of trial {c.name}")
-            a = c.attrs
-            e = Entry(
-                name=c.name,
-                kind=c.kind,
-                family="cnn" if c.kind == "cnn" else a.get("family", study[len(BASELINE_PREFIX) :]),
-                holdout=proba_loader(c.folder, "holdout"),
-                test=proba_loader(c.folder, "test"),
-                val_accuracy=c.val_accuracy,
-                fit_seconds=a.get("train_seconds", a.get("fit_seconds")),
-                predict_ms=_ms_per_1000(a, n_pred),
-                params=a.get("params"),
-                size_bytes=_trial_size(c.folder),
-                n_train=a.get("n_train"),
-                device=_trained_on(a, c.kind),
-            )
-            rows.append(e)
-            by_trial[(study, c.number)] = e
-    return rows, by_trial
-
-
-def _trained_on(attrs: dict[str, Any], kind: str) -> str | None:
-    if kind == "cnn":
-        if "backend" not in attrs or "device" not in attrs:
-            return None
-        seen = attrs.get("backend_device")  # a GPU slot whose backend saw no GPU trained on the CPU
-        return f"{attrs['backend']}/{'cpu' if seen == 'cpu' else attrs['device']}"
-    return attrs.get("device")
-
-
-def _weighted(parts: list[tuple[float, Callable[[], np.ndarray]]]) -> Callable[[], np.ndarray]:
-    def load() -> np.ndarray:
-        return soft_vote([f() for _, f in parts], [w for w, _ in parts]).astype(np.float32)
-
-    return load
-
-
-def _members_ms(members: list[dict], by_trial: dict[tuple[str, int], Entry], *, cnn: bool) -> float:
-    found = [by_trial.get((e["study"], e["trial"])) for e in members if (e["kind"] == "cnn") == cnn]
-    return sum(float(e.predict_ms or 0) for e in found if e is not None)
-
-
-def ensemble_entries(run: Run, by_trial: dict[tuple[str, int], Entry]) -> tuple[list[Entry], dict | None]:
-    """The built ensemble (runs/NAME/ensemble) with its TTA views, and the same weights without TTA."""
-    folder = run.path("ensemble")
-    if not (folder / "manifest.json").is_file():
-        return [], None
-    m = read_json(folder / "manifest.json")
-    views = m["tta"]["views"]
-    members = m["members"]
-    cnn_ms = _members_ms(members, by_trial, cnn=True)
-    base_ms = _members_ms(members, by_trial, cnn=False)
-    fit = sum(float(by_trial[k].fit_seconds or 0) for k in ((e["study"], e["trial"]) for e in members) if k in by_trial)
-    params = sum(int(e.get("params") or 0) for e in members) or None
-    size = sum(f.stat().st_size for f in (folder / "members").rglob("*") if f.is_file() and "proba_" not in f.name)
-    label = f"{len(members)} members, {m['weights']['mode']} weights"
-    devices = [by_trial[k].device for k in ((e["study"], e["trial"]) for e in members) if k in by_trial]
-    common = {
-        "kind": "ensemble",
-        "family": "ensemble",
-        "fit_seconds": fit,
-        "params": params,
-        "size_bytes": size,
-        "device": merged_devices(d for d in devices if d),
-    }
-    val = m.get("metrics", {}).get(Comparison.final(m["weights"]["mode"]), {}).get("val", {}).get("accuracy")
-    out = []
-    plain = []
-    for e in members:
-        if e["kind"] == "cnn":
-            trial = trial_path(run, e["study"], int(e["trial"]))
-        else:
-            trial = folder / e["name"] if "probas" not in e else folder / Path(e["probas"]["val"]).parent
-        plain.append((float(e["weight"]), trial))
-    if all((t / "proba_holdout.npy").is_file() for _, t in plain):
-        val_plain = _weighted([(w, proba_loader(t, "val")) for w, t in plain])()
-        acc_plain = accuracy(run.part("val")[1], val_plain)
-        out.append(
-            Entry(
-                name="ensemble (no TTA)",
-                val_accuracy=acc_plain,
-                holdout=_weighted([(w, proba_loader(t, "holdout")) for w, t in plain]),
-                test=_weighted([(w, proba_loader(t, "test")) for w, t in plain]),
-                predict_ms=(cnn_ms + base_ms) or None,
-                note=f"{label}, identity view only",
-                **common,
-            )
-        )
-    if views != ["identity"] or not out:
-        out.append(
-            Entry(
-                name="ensemble (TTA)" if views != ["identity"] else "ensemble",
-                holdout=proba_loader(folder, "holdout"),
-                test=proba_loader(folder, "test"),
-                val_accuracy=val,
-                predict_ms=(cnn_ms * len(views) + base_ms) or None,
-                note=f"{label}, {len(views)} TTA views: {','.join(views)}",
-                **common,
-            )
-        )
-    return out, m
-
-
 def _cost_key(e: Entry) -> tuple[float, float]:
     inf = float("inf")
     return (e.predict_ms if e.predict_ms is not None else inf, e.fit_seconds if e.fit_seconds is not None else inf)
@@ -204,34 +42,44 @@ def rank(entries: list[Entry]) -> list[Entry]:
     return sorted(entries, key=lambda e: (-e.metrics["holdout_correct"], *_cost_key(e), e.name))
 
 
-def tta_and_ensembling(manifest: dict | None) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class Gain:
+    """One step of what ensembling, TTA and the weights added: its scores and its gain over the step before."""
+
+    key: Comparison
+    step: str
+    val_accuracy: float | None
+    holdout_accuracy: float
+    holdout_logloss: float
+    gain: float | None  # holdout accuracy over the previous step's; None for the first
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def tta_and_ensembling(manifest: Manifest | None) -> list[Gain]:
     """What ensembling, TTA and the weights each added (from ``ensemble build``'s comparison)."""
-    if not manifest:
+    if manifest is None or manifest.weights is None:
         return []
-    metrics = manifest.get("metrics", {})
+    metrics = manifest.metrics or {}
+    mode = manifest.weights.mode
     steps = [
         (Comparison.BEST_SINGLE, "best single CNN (identity view)"),
         (Comparison.TOP_K_EQUAL, "+ ensembling: equal-weight soft vote of the top CNNs"),
         (Comparison.TOP_K_EQUAL_TTA, "+ TTA: same vote over the kept TTA views"),
-        (Comparison.final(manifest["weights"]["mode"]), f"+ {manifest['weights']['mode']} weights (final ensemble)"),
+        (Comparison.final(mode), f"+ {mode} weights (final ensemble)"),
     ]
-    out, prev = [], None
+    out: list[Gain] = []
+    prev = None
     for key, what in steps:
         r = metrics.get(key)
-        if r is None or (out and key == out[-1]["key"]):
+        if r is None or (out and key == out[-1].key):
             continue
-        h, v = r["holdout"], r.get("val", {})
-        out.append(
-            {
-                "key": key,
-                "step": what + (f" ({r['member']})" if "member" in r else ""),
-                "val_accuracy": v.get("accuracy"),
-                "holdout_accuracy": h["accuracy"],
-                "holdout_logloss": h["logloss"],
-                "gain": None if prev is None else h["accuracy"] - prev,
-            }
-        )
-        prev = h["accuracy"]
+        h = r.holdout
+        step = what + (f" ({r.member})" if r.member else "")
+        val = r.val.accuracy if r.val else None
+        out.append(Gain(key, step, val, h.accuracy, h.logloss, None if prev is None else h.accuracy - prev))
+        prev = h.accuracy
     return out
 
 
@@ -240,9 +88,9 @@ class ReportResult:
     """What the report found: every model ranked on the holdout, and (once made) what was written."""
 
     entries: list[Entry]  # ranked, best first
-    manifest: dict[str, Any] | None  # the built ensemble's, if any
+    manifest: Manifest | None  # the built ensemble's, if any
     y: np.ndarray  # holdout labels
-    gains: list[dict[str, Any]]  # what each ensembling step added on the holdout
+    gains: list[Gain]  # what each ensembling step added on the holdout
     mcnemar: dict[str, Any] | None = None
     refit: Entry | None = None  # the final model refitted on all labels, when there is one
     final_members: list[FinalMember] = field(default_factory=list)  # the refit's CNNs, when there is a refit

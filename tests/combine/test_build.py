@@ -8,6 +8,7 @@ import pytest
 from conftest import write_dataset
 
 from ensemble.cli import main
+from ensemble.combine.records import Comparison
 from ensemble.data.runs import open_run
 from ensemble.errors import DataError, UsageError
 from ensemble.inference.predict import load_ensemble, predict_proba
@@ -105,30 +106,30 @@ def test_identity_only_tta_equals_no_tta(run) -> None:
     from ensemble.combine.build import build_ensemble
 
     m = build_ensemble(run, top_k=3, weights="equal", tta="identity", progress=False, say=lambda s: None)
-    assert m["tta"]["views"] == ["identity"]
+    assert m.tta.views == ("identity",)
     m_none = build_ensemble(run, top_k=3, weights="equal", tta="none", progress=False, say=lambda s: None)
-    assert m_none["tta"]["views"] == ["identity"]
+    assert m_none.tta.views == ("identity",)
     ens = load_ensemble(run.path("ensemble"))
     x = run.x_test
     np.testing.assert_allclose(predict_proba(ens, x, tta=True), predict_proba(ens, x, tta=False), atol=1e-6)
     # equal weights over the saved per-trial probabilities
     saved = np.mean([np.load(run.path("models", "cnn", f"trial-{i:04d}", "proba_test.npy")) for i in range(3)], 0)
     np.testing.assert_allclose(np.load(run.path("ensemble", "proba_test.npy")), saved, atol=1e-5)
-    cmp = m["metrics"]
-    assert cmp["top_k_equal"]["holdout"] == cmp["top_k_equal_tta"]["holdout"]
+    assert m.metrics is not None
+    assert m.metrics[Comparison.TOP_K_EQUAL].holdout == m.metrics[Comparison.TOP_K_EQUAL_TTA].holdout
 
 
 def test_top_k_order_and_list_tta(run) -> None:
     from ensemble.combine.build import build_ensemble
 
     m = build_ensemble(run, top_k=1, weights="equal", tta="shift:1:0,rot:8", progress=False, say=lambda s: None)
-    assert m["tta"]["views"] == ["shift:1:0", "rot:8"] and m["tta"]["mode"] == "list"
-    assert len(m["members"]) == 1
+    assert m.tta.views == ("shift:1:0", "rot:8") and m.tta.mode == "list"
+    assert len(m.members) == 1
     from ensemble.combine.candidates import study_candidates
     from ensemble.search.storage import open_storage
 
     ranked = study_candidates(run, open_storage(run), "cnn", "cnn")
-    assert m["members"][0]["name"] == ranked[0].name
+    assert m.members[0].name == ranked[0].name
     keys = [(-c.val_accuracy, c.val_logloss) for c in ranked]
     assert keys == sorted(keys)
 
@@ -175,8 +176,8 @@ def test_refit_uses_train_plus_val_and_keeps_holdout_out(run, monkeypatch: pytes
     m = build.build_ensemble(run, top_k=2, weights="equal", tta="none", refit=True, progress=False, say=lambda s: None)
     n_tv = len(run.split.train) + len(run.split.val)
     assert seen["rows"] == [n_tv, n_tv] and set(seen["epochs"]) <= {2, 3, 4}  # each trial's best_epoch
-    assert all(e["refit"]["rows"] == n_tv for e in m["members"])
-    assert "top_k_equal_tta_refit" in m["metrics"]
+    assert all(e.refit is not None and e.refit.rows == n_tv for e in m.members)
+    assert m.metrics is not None and Comparison.TOP_K_EQUAL_TTA_REFIT in m.metrics
     load_ensemble(run.path("ensemble"))  # refit models saved and hash-listed
 
 
@@ -212,9 +213,9 @@ def test_greedy_can_pull_in_a_baseline(run, tmp_path: Path) -> None:
     st.add_trial(optuna.trial.create_trial(value=1.0, user_attrs={**attrs, "artifact_dir": str(folder)}))
 
     m = build_ensemble(run, top_k=2, weights="greedy", tta="none", include_baselines=True, progress=False, say=print)
-    base = [e for e in m["members"] if e["kind"] == "baseline"]
-    assert base and base[0]["name"] == "baseline-logreg-trial-0000" and base[0]["weight"] > 0.5
-    assert base[0]["model_dir"] == "members/baseline-logreg-trial-0000"
+    base = m.baselines
+    assert base and base[0].name == "baseline-logreg-trial-0000" and base[0].weight > 0.5
+    assert base[0].model_dir == "members/baseline-logreg-trial-0000"
     ens = load_ensemble(run.path("ensemble"))
     np.testing.assert_allclose(
         predict_proba(ens, run.x_test), np.load(run.path("ensemble", "proba_test.npy")), atol=1e-5

@@ -73,7 +73,7 @@ def test_ensemble_predict_prints_a_backend_error_as_one_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
     import ensemble.inference.predict as predict
-    from ensemble.combine.manifest import FORMAT, write_manifest
+    from ensemble.combine.manifest import FORMAT, Manifest, write_manifest
 
     folder = tmp_path / "e"
     (folder / "members").mkdir(parents=True)
@@ -81,16 +81,15 @@ def test_ensemble_predict_prints_a_backend_error_as_one_line(
     keras.Model(inp, keras.layers.Dense(10, activation="softmax")(keras.layers.Flatten()(inp))).save(
         folder / "members" / "m.keras"
     )
-    write_manifest(
-        folder,
-        {
-            "format": FORMAT,
-            "members": [{"name": "m", "kind": "cnn", "weight": 1.0, "file": "members/m.keras"}],
-            "tta": {"mode": "list", "views": ["identity"]},
-            "keras": {"backend": keras.backend.backend(), "version": keras.version()},
-            "data": {"fingerprint": "f" * 64, "test_fingerprint": None, "n_test": None},
-        },
-    )
+    manifest = {
+        "format": FORMAT,
+        "members": [{"name": "m", "kind": "cnn", "weight": 1.0, "file": "members/m.keras"}],
+        "tta": {"mode": "list", "views": ["identity"]},
+        "keras": {"backend": keras.backend.backend(), "version": keras.version()},
+        "data": {"fingerprint": "f" * 64, "test_fingerprint": None, "n_test": None},
+        "artifacts": {},
+    }
+    write_manifest(folder, Manifest.from_json(manifest))
     test = tmp_path / "test.csv"
     test.write_text("\n".join([",".join(f"pixel{i}" for i in range(784))] + ["0," * 783 + "0"] * 3) + "\n")
     monkeypatch.setattr(predict, "prediction_copy", lambda model, name: Fake(0, fail_at=1))

@@ -133,19 +133,19 @@ def test_members_join_the_refit_and_the_report_lists_them(refitted) -> None:
     )
     assert len(added) == 3 and len(reports) == 3  # the submission was rewritten after each member
     ens = load_ensemble(run.path("ensemble-full"))  # every hash verifies; every member loads
-    extra = [e for e in ens.manifest["members"] if e.get("extra_of")]
-    sources = [e for e in ens.manifest["members"] if e["kind"] == "cnn" and not e.get("extra_of")]
-    assert len(extra) == 3 and {e["extra_of"] for e in extra} == {e["name"] for e in sources}
-    seeds = [e["refit_full"]["seed"] for e in ens.manifest["members"] if e["kind"] == "cnn"]
+    extra = ens.manifest.extras
+    sources = [e for e in ens.manifest.cnns if not e.extra_of]
+    assert len(extra) == 3 and {e.extra_of for e in extra} == {e.name for e in sources}
+    seeds = [e.refit_full.seed for e in ens.manifest.cnns if e.refit_full]
     assert len(set(seeds)) == 5  # two refits and three new members, each its own seed
     for src in sources:  # a configuration keeps its weight, shared by its members
-        group = [e["weight"] for e in ens.manifest["members"] if src["name"] in (e["name"], e.get("extra_of"))]
-        assert sum(group) == pytest.approx(src["group_weight"]) and len(group) >= 2
+        group = [e.weight for e in ens.manifest.members if src.name in (e.name, e.extra_of)]
+        assert sum(group) == pytest.approx(src.group_weight) and len(group) >= 2
     stored = np.load(run.path("ensemble-full", "proba_test.npy"))
     assert np.allclose(predict_proba(ens, run.x_test), stored, atol=1e-5)  # `ensemble predict` agrees
 
     members = final_members(ens.manifest)
-    assert [m.name for m in members] == [e["name"] for e in ens.manifest["members"] if e["kind"] == "cnn"]
+    assert [m.name for m in members] == [e.name for e in ens.manifest.cnns]
     assert all(m.rows == 300 and m.epochs and m.seed is not None for m in members)
     result = make_report(run, gallery=0, say=lambda s: None)
     if result.final.name == "ensemble (TTA)":  # the holdout chose the refitted model: the submission is its

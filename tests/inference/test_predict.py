@@ -30,7 +30,7 @@ def tiny(seed: int):
 
 
 def make_ensemble(folder: Path, n: int = 2, views: list[str] | None = None, weights: list[float] | None = None) -> Path:
-    from ensemble.combine.manifest import FORMAT, write_manifest
+    from ensemble.combine.manifest import FORMAT, Manifest, write_manifest
 
     (folder / "members").mkdir(parents=True)
     members = []
@@ -44,8 +44,9 @@ def make_ensemble(folder: Path, n: int = 2, views: list[str] | None = None, weig
         "tta": {"mode": "list", "views": views or ["identity", "shift:1:0", "rot:8"]},
         "keras": {"backend": keras.backend.backend(), "version": keras.version()},
         "data": {"fingerprint": "f" * 64, "test_fingerprint": None, "n_test": None},
+        "artifacts": {},
     }
-    write_manifest(folder, manifest)
+    write_manifest(folder, Manifest.from_json(manifest))
     return folder
 
 
@@ -109,18 +110,18 @@ def test_wrong_input_shape_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="batch-size"):
         predict_proba(ens, images(), batch_size=0)
     # a member built for other inputs is refused when loaded
-    from ensemble.combine.manifest import write_manifest
+    from ensemble.combine.manifest import Manifest, write_manifest
 
     folder = tmp_path / "e"
     bad = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Flatten(), keras.layers.Dense(10, "softmax")])
     bad.save(folder / "members" / "m0.keras")
-    write_manifest(folder, json.loads((folder / "manifest.json").read_text()))
+    write_manifest(folder, Manifest.from_json(json.loads((folder / "manifest.json").read_text())))
     with pytest.raises(ArtifactError, match=r"expects input \(None, 32, 32, 3\)"):
         load_ensemble(folder)
 
 
 def test_baseline_member_needs_the_runs_test_set(tmp_path: Path) -> None:
-    from ensemble.combine.manifest import images_fingerprint, write_manifest
+    from ensemble.combine.manifest import Manifest, images_fingerprint, write_manifest
 
     folder = make_ensemble(tmp_path / "e", n=1)
     x = images(6)
@@ -133,7 +134,7 @@ def test_baseline_member_needs_the_runs_test_set(tmp_path: Path) -> None:
     )
     m["members"][0]["weight"] = 0.5
     m["data"]["test_fingerprint"], m["data"]["n_test"] = images_fingerprint(x), 6
-    write_manifest(folder, m)
+    write_manifest(folder, Manifest.from_json(m))
     ens = load_ensemble(folder)
     p = predict_proba(ens, x)
     cnn = member_probas([ens.members[0].model], x, ens.views)[0].mean(0)
@@ -278,11 +279,11 @@ def evil_pickle(marker: Path) -> bytes:
 
 def _rewrite_manifest(folder: Path, edit=lambda m: None) -> None:
     """Apply ``edit`` to the manifest and re-hash every file in the folder, as `ensemble build` does."""
-    from ensemble.combine.manifest import write_manifest
+    from ensemble.combine.manifest import Manifest, write_manifest
 
     m = json.loads((folder / "manifest.json").read_text())
     edit(m)
-    write_manifest(folder, m)
+    write_manifest(folder, Manifest.from_json(m))
 
 
 @pytest.fixture(scope="module")
@@ -344,7 +345,7 @@ def test_unlisted_file_in_a_member_folder_is_never_loaded(with_baselines, tmp_pa
     assert ens.members[1].model_files == {n: f"members/b/{n}" for n in loads}
     np.testing.assert_allclose(predict_proba(ens, x), before, atol=1e-6)  # the baseline's own model predicted
     assert not marker.exists()
-    from ensemble.combine.manifest import read_verified
+    from ensemble.combine.verify import read_verified
 
     with pytest.raises(ArtifactError, match=rf"b/{planted}: not listed with a sha256 in manifest\.json"):
         read_verified(folder, ens.manifest, f"members/b/{planted}")

@@ -25,10 +25,9 @@ def test_refit_trains_every_cnn_member_on_all_labels(built) -> None:
     run = built
     said: list[str] = []
     m = refit_full(run, final="ensemble (TTA)", say=said.append)
-    assert m is not None and m["refit_full"]["rows"] == 300 == len(run.dataset.y_train)
-    cnns = [e for e in m["members"] if e["kind"] == "cnn"]
-    assert len(cnns) == 2 and all(e["refit_full"] == {**e["refit_full"], "refit": True, "epochs": 3} for e in cnns)
-    assert m["tta"]["views"] == ["identity", "shift:1:0"] and "metrics_before_refit" in m
+    assert m is not None and m.refit_full is not None and m.refit_full.rows == 300 == len(run.dataset.y_train)
+    assert len(m.cnns) == 2 and all(e.refit_full and e.refit_full.refit and e.refit_full.epochs == 3 for e in m.cnns)
+    assert m.tta.views == ("identity", "shift:1:0") and m.metrics_before_refit and m.metrics is None
     ens = load_ensemble(run.path("ensemble-full"))  # hashes verify; members load
     p = predict_proba(ens, run.x_test)
     stored = np.load(run.path("ensemble-full", "proba_test.npy"))
@@ -58,8 +57,8 @@ def test_report_submits_the_refit_of_the_final_model_only(built) -> None:
 def test_members_refit_one_per_device_at_once_on_four_gpus(built, four_gpus: Path) -> None:
     run = built
     m = refit_full(run, final="ensemble (TTA)", say=lambda s: None, devices="all")
-    records = [e["refit_full"] for e in m["members"] if e["kind"] == "cnn"]
-    assert all(r["refit"] and r["epochs"] == 3 and r["rows"] == 300 for r in records)
-    assert sorted(r["device"] for r in records) == ["gpu:0", "gpu:1"]  # two members, two devices at once
+    records = [e.refit_full for e in m.cnns if e.refit_full is not None]
+    assert len(records) == 2 and all(r.refit and r.epochs == 3 and r.rows == 300 for r in records)
+    assert sorted(str(r.device) for r in records) == ["gpu:0", "gpu:1"]  # two members, two devices at once
     p = predict_proba(load_ensemble(run.path("ensemble-full")), run.x_test)
     assert np.allclose(p, np.load(run.path("ensemble-full", "proba_test.npy")), atol=1e-5)

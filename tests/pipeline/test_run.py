@@ -123,8 +123,8 @@ def test_run_end_to_end_then_resume(tmp_path: Path, runs_env: Path, capsys) -> N
     assert load_ensemble(root / "ensemble").members  # loads, hashes checked
     if (root / "ensemble-full").exists():  # a refit exists when the final model has CNNs
         full = load_ensemble(root / "ensemble-full")
-        extra = [m for m in full.manifest["members"] if m.get("extra_of")]
-        assert len(extra) == 1 and extra[0]["refit_full"]["rows"] == 300  # the anytime stage's one member
+        extra = full.manifest.extras
+        assert len(extra) == 1 and extra[0].refit_full and extra[0].refit_full.rows == 300  # the anytime stage's one
     assert "Leaderboard (holdout)" in (root / "report" / "report.html").read_text()
     rows = list(csv.DictReader((root / "report" / "leaderboard.csv").open()))
     assert {"logreg", "knn", "cnn", "ensemble"} <= {r["family"] for r in rows}

@@ -9,8 +9,9 @@ from conftest import write_dataset
 
 from ensemble.cli import main
 from ensemble.data.runs import open_run
+from ensemble.report.rows import Entry
 from ensemble.report.submission import check_submission
-from ensemble.report.summary import Entry, rank
+from ensemble.report.summary import rank
 
 
 def test_rank_breaks_accuracy_ties_by_cost() -> None:
@@ -65,7 +66,7 @@ def run(tmp_path: Path, runs_env: Path):
 
 def add_ensemble(run, members: list[int]) -> None:
     """A built-ensemble folder as ``ensemble build`` leaves it (without the Keras members)."""
-    from ensemble.io import write_json
+    from ensemble.combine.manifest import FORMAT, Manifest, write_manifest
     from ensemble.search.artifacts import load_proba
 
     folder = run.path("ensemble")
@@ -77,19 +78,20 @@ def add_ensemble(run, members: list[int]) -> None:
     metrics = {
         "best_single": {
             "member": "cnn-trial-0000",
-            "val": {"accuracy": 0.9},
+            "val": {"accuracy": 0.9, "logloss": 0.5},
             "holdout": {"accuracy": 0.9, "logloss": 0.4},
         },
-        "top_k_equal": {"val": {"accuracy": 0.91}, "holdout": {"accuracy": 0.92, "logloss": 0.3}},
-        "top_k_equal_tta": {"val": {"accuracy": 0.92}, "holdout": {"accuracy": 0.93, "logloss": 0.3}},
-        "top_k_greedy_tta": {"val": {"accuracy": 0.93}, "holdout": {"accuracy": 0.93, "logloss": 0.3}},
+        "top_k_equal": {"val": {"accuracy": 0.91, "logloss": 0.4}, "holdout": {"accuracy": 0.92, "logloss": 0.3}},
+        "top_k_equal_tta": {"val": {"accuracy": 0.92, "logloss": 0.4}, "holdout": {"accuracy": 0.93, "logloss": 0.3}},
+        "top_k_greedy_tta": {"val": {"accuracy": 0.93, "logloss": 0.4}, "holdout": {"accuracy": 0.93, "logloss": 0.3}},
     }
     entries = [
         {"name": f"cnn-trial-{i:04d}", "kind": "cnn", "study": "cnn", "trial": i, "weight": 1.0, "params": 1000}
         for i in members
     ]
-    manifest = {"members": entries, "weights": {"mode": "greedy"}, "tta": {"views": ["identity", "rot:8"]}}
-    write_json(folder / "manifest.json", {**manifest, "metrics": metrics})
+    manifest = {"format": FORMAT, "members": entries, "weights": {"mode": "greedy"}}
+    manifest["tta"] = {"views": ["identity", "rot:8"]}
+    write_manifest(folder, Manifest.from_json({**manifest, "metrics": metrics, "artifacts": {}}))
 
 
 def test_report_writes_leaderboard_html_md_and_a_checked_submission(run, capsys) -> None:
