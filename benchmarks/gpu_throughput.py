@@ -4,7 +4,7 @@
 
 Models: the classic Kaggle kernel's network (see train_throughput.py) without augmentation and
 with its augmentation moved into the graph (ensemble.search.cnn.augment.RandomAffine), and ours
-(ensemble.search.cnn.model.DEFAULTS) in float32 and mixed float16. Data: random pixels (throughput does not
+(ensemble.search.cnn.config.DEFAULT) in float32 and mixed float16. Data: random pixels (throughput does not
 depend on them). "device": arrays placed on the GPU once (ensemble.search.cnn.model.on_device); "host": NumPy
 arrays that Keras copies per batch. Figure: the best of epochs 2-3 (epoch 1 compiles).
 On a machine without a GPU it runs on the CPU and says so (slowly: use a small --n).
@@ -33,6 +33,7 @@ def main() -> None:
     from train_throughput import reference_model
 
     from ensemble.search.cnn import model as cnn
+    from ensemble.search.cnn.config import DEFAULT
 
     n = args.n
     x = np.random.default_rng(0).integers(0, 255, (n, 28, 28, 1)).astype(np.float32)
@@ -42,7 +43,7 @@ def main() -> None:
 
     def ours(batch: int, mixed: bool = False):
         keras.mixed_precision.set_global_policy("mixed_float16" if mixed else "float32")
-        c = cnn.validate_config({**cnn.DEFAULTS, "batch_size": batch, "epochs": 3})
+        c = DEFAULT.replace(batch_size=batch, epochs=3)
         m = cnn.build_model(c)
         cnn.compile_model(m, c, n)
         return m

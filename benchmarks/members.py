@@ -26,8 +26,10 @@ from typing import Any
 import numpy as np
 from machine import machine_line  # benchmarks/machine.py
 
+from ensemble.search.cnn.config import CnnConfig
 
-def train_pair(config: dict[str, Any], x: np.ndarray, y: np.ndarray, seed: int, momentum: float) -> tuple[Any, Any]:
+
+def train_pair(config: CnnConfig, x: np.ndarray, y: np.ndarray, seed: int, momentum: float) -> tuple[Any, Any]:
     """Train once; return (raw weights at the last epoch, the model holding the EMA weights)."""
     import keras
 
@@ -43,12 +45,12 @@ def train_pair(config: dict[str, Any], x: np.ndarray, y: np.ndarray, seed: int, 
 
     class LastEpoch(keras.callbacks.Callback):
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-            print(f"    seed {seed} epoch {epoch + 1}/{config['epochs']}: accuracy {logs['accuracy']:.4f}", flush=True)
-            if epoch + 1 == config["epochs"]:
+            print(f"    seed {seed} epoch {epoch + 1}/{config.epochs}: accuracy {logs['accuracy']:.4f}", flush=True)
+            if epoch + 1 == config.epochs:
                 raw[:] = [w.copy() for w in self.model.get_weights()]  # before fit copies the EMA in
 
     x_in, y_in = cnn.on_device(cnn.as_input(x)), cnn.on_device(cnn.one_hot(y))
-    model.fit(x_in, y_in, batch_size=config["batch_size"], epochs=config["epochs"], callbacks=[LastEpoch()], verbose=0)
+    model.fit(x_in, y_in, batch_size=config.batch_size, epochs=config.epochs, callbacks=[LastEpoch()], verbose=0)
     return raw, model
 
 
@@ -71,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     x, y = x[: args.max_train], y[: args.max_train]
     xh, yh = run.part("holdout")
     defaults = load_cnn_space(space_file("cnn_quick.yaml")).defaults()
-    config = cnn.validate_config({**{k: v for k, v in defaults.items() if k in cnn.DEFAULTS}, "epochs": args.epochs})
+    config = CnnConfig.from_json(defaults, extra="ignore").replace(epochs=args.epochs)
     print(f"machine: {machine_line()}")
     print(f"run {args.run}: train {len(y):,} rows, holdout {len(yh):,}; {args.epochs} epochs, EMA {args.ema_momentum}")
     probas: dict[str, list[np.ndarray]] = {"raw": [], "EMA": []}

@@ -67,7 +67,8 @@ def make_cnn(filters: list[int], dense: int, seed: int = 0):
 
 
 def parse_cnn(text: str) -> dict:
-    """``key=value,...`` -> a config for ``ensemble.search.cnn.model.build_model`` (ints, floats, true/false, words)."""
+    """``key=value,...`` -> the keys of a CnnConfig for ``ensemble.search.cnn.model.build_model`` (ints, floats,
+    true/false, words)."""
     out: dict = {}
     for item in filter(None, text.split(",")):
         key, _, raw = item.partition("=")
@@ -153,12 +154,14 @@ def bench(
     import keras
 
     if cnn is not None:
+        from ensemble.search.cnn.config import CnnConfig
         from ensemble.search.cnn.model import build_model
 
+        config = CnnConfig.from_json(cnn, where="--cnn")
         models = []
         for i in range(members):
             keras.utils.set_random_seed(i)
-            models.append(build_model(cnn))
+            models.append(build_model(config))
     else:
         models = [make_cnn(filters, dense, seed=i) for i in range(members)]
     cost = model_cost(models[0])

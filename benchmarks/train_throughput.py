@@ -152,17 +152,18 @@ def fit_reference(x, y, xv, yv, epochs: int, target: float | None) -> dict:
 def fit_ours(x, y, xv, yv, epochs: int, target: float | None) -> dict:
     import keras
 
+    from ensemble.search.cnn.config import CnnConfig
     from ensemble.search.cnn.model import as_input, build_model, compile_model, one_hot
 
     keras.utils.set_random_seed(0)
-    cfg = {**OURS, "epochs": epochs}
+    cfg = CnnConfig.from_json({**OURS, "epochs": epochs})
     model = build_model(cfg)
     compile_model(model, cfg, len(x))
     return _timed_fit(
         lambda cb, n: model.fit(
             as_input(x),
             one_hot(y),
-            batch_size=cfg["batch_size"],
+            batch_size=cfg.batch_size,
             epochs=n,
             validation_data=(as_input(xv), one_hot(yv)),
             callbacks=[cb],
@@ -264,6 +265,7 @@ def options_all(args: argparse.Namespace) -> None:
 def option_child(args: argparse.Namespace) -> None:
     import keras
 
+    from ensemble.search.cnn.config import CnnConfig
     from ensemble.search.cnn.model import as_input, build_model, compile_model, one_hot
 
     opt = json.loads(args.option_child)
@@ -271,14 +273,14 @@ def option_child(args: argparse.Namespace) -> None:
     x, y = x[: args.n], y[: args.n]
     if opt.get("policy"):
         keras.mixed_precision.set_global_policy(opt["policy"])
-    cfg = {**OURS, "batch_size": opt.get("batch", 128), "epochs": 3, **opt.get("cfg", {})}
+    cfg = CnnConfig.from_json({**OURS, "batch_size": opt.get("batch", 128), "epochs": 3, **opt.get("cfg", {})})
     keras.utils.set_random_seed(0)
     model = build_model(cfg)
     compile_model(model, cfg, len(x))
     if opt.get("jit"):
         model.compile(optimizer=model.optimizer, loss=model.loss, metrics=["accuracy"], jit_compile=True)
     r = _timed_fit(
-        lambda cb, n: model.fit(as_input(x), one_hot(y), batch_size=cfg["batch_size"], epochs=n, callbacks=[cb],
+        lambda cb, n: model.fit(as_input(x), one_hot(y), batch_size=cfg.batch_size, epochs=n, callbacks=[cb],
                                 verbose=0),
         len(x), 3, None, model.count_params(),
     )  # fmt: skip

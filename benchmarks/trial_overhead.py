@@ -62,13 +62,13 @@ def probe_then_trial(name: str, space_file: Path, in_trainer: bool) -> float:
     """Seconds for the speed probe (1,000 digits) and then one trial: the probe in its own process or in the
     search's first trainer."""
     from ensemble.data.runs import open_run
-    from ensemble.search.cnn import model as cnn
+    from ensemble.search.cnn.config import CnnConfig
     from ensemble.search.cnn.study import SearchSettings, load_cnn_space, run_search, trainers
     from ensemble.search.cnn.trainer import probe_speed
 
     run = open_run(name, say=lambda s: None)
     space = load_cnn_space(space_file)
-    config = cnn.validate_config({k: v for k, v in space.defaults().items() if k in cnn.DEFAULTS})
+    config = CnnConfig.from_json(space.defaults(), extra="ignore")
     settings = SearchSettings(trials=1, pruner="none", max_train=1000)
     t0 = time.perf_counter()
     if in_trainer:

@@ -34,8 +34,12 @@ from ensemble.errors import ArtifactError, UsageError
 from ensemble.io import read_json
 from ensemble.metrics import accuracy, log_loss
 from ensemble.search.artifacts import load_proba
+from ensemble.search.cnn.config import CnnConfig
+from ensemble.search.cnn.model import fit_model
 
 if TYPE_CHECKING:
+    import keras
+
     from ensemble.data.runs import Run
 
 
@@ -53,22 +57,10 @@ def _metrics(y: np.ndarray, p: np.ndarray) -> Score:
     return Score(round(accuracy(y, p), 6), round(log_loss(y, p), 6))
 
 
-def refit_member(config: dict[str, Any], x: np.ndarray, y: np.ndarray, epochs: int, seed: int) -> Any:
-    """Retrain a CNN on ``x, y`` with its own config (``ensemble.search.cnn.model.fit_model``)."""
-    import inspect
-
-    import keras
-
-    try:
-        from ensemble.search.cnn import model as cnn
-    except ImportError as exc:
-        raise UsageError(f"--refit needs ensemble.search.cnn.model.fit_model (the CNN search): {exc}") from exc
-    known = getattr(cnn, "DEFAULTS", None)
-    config = {k: v for k, v in config.items() if known is None or k in known}  # drop e.g. best_epoch
-    keras.utils.set_random_seed(seed)
-    extra = {"seed": seed} if "seed" in inspect.signature(cnn.fit_model).parameters else {}
-    out = cnn.fit_model(config, x, y, epochs=epochs, **extra)
-    return out[0] if isinstance(out, tuple) else out  # fit_model returns (model, info)
+def refit_member(config: CnnConfig, x: np.ndarray, y: np.ndarray, epochs: int, seed: int) -> keras.Model:
+    """Retrain a CNN on ``x, y`` with its own config for ``epochs`` epochs (training seed ``seed``)."""
+    model, _ = fit_model(config.replace(epochs=epochs), x, y, seed=seed)
+    return model
 
 
 def _compared(
@@ -286,9 +278,11 @@ def _kept_models(
         c = pred.cnns[i]
         epochs = max(1, int(c.attrs.get("best_epoch") or c.attrs.get("epochs_run") or 1))
         say(f"refit {c.name}: {len(x_tv):,} train+val images, {epochs} epochs")
-        if not (c.folder / "config.json").is_file():
-            raise ArtifactError(f"{c.folder / 'config.json'}: missing; --refit needs each member's config")
-        models.append(refit_member(read_json(c.folder / "config.json"), x_tv, y_tv, epochs, seed))
+        path = c.folder / "config.json"
+        if not path.is_file():
+            raise ArtifactError(f"{path}: missing; --refit needs each member's config")
+        config = CnnConfig.from_json(read_json(path), where=str(path), extra="ignore")  # it also holds best_epoch
+        models.append(refit_member(config, x_tv, y_tv, epochs, seed))
         info[c.name] = TrainValRefit(epochs, len(x_tv))
     return models, info
 

@@ -198,14 +198,15 @@ def _train_and_publish(
     from ensemble.combine.members import member_probas, prediction_copy
     from ensemble.inference import final_members as fm
     from ensemble.search.cnn import model as cnn
+    from ensemble.search.cnn.config import CnnConfig
 
     folder = run.path(FOLDER)
     m = read_manifest(folder)
     x, y = run.dataset.x_train, run.dataset.y_train
     member_seed = fm.member_seed(m, source, seed)
     entry = fm.new_entry(m, source, member_seed, epochs, len(y))
-    config = {k: v for k, v in read_json(folder / str(m.member(source).config)).items() if k in cnn.DEFAULTS}
-    config["epochs"] = epochs
+    config = CnnConfig.from_json(read_json(folder / str(m.member(source).config)), extra="ignore")
+    config = config.replace(epochs=epochs)
     say(f"member {entry.name}: {source}'s configuration, seed {member_seed}, {epochs} epochs")
     t0 = time.time()
 
@@ -224,7 +225,7 @@ def _train_and_publish(
     views = list(m.tta.views)
     fast = [prediction_copy(model, entry.name)]
     proba = member_probas(fast, run.x_test, views, batch_size=256, names=[entry.name]).mean(axis=1)[0]
-    fm.publish(run, entry, model, config, proba)
+    fm.publish(run, entry, model, config.to_json(), proba)
     say(
         f"{entry.name} joined the vote: trained in {info['train_seconds']:.0f}s, predicted the test set "
         f"and published in {time.time() - t0 - info['train_seconds']:.0f}s"

@@ -155,13 +155,13 @@ def _refit_jobs(
 ) -> list[RefitJob]:
     """What refitting each CNN member takes: its config, seed, epochs, the time needed, its files."""
     from ensemble.inference.refit_devices import RefitJob
-    from ensemble.search.cnn import model as cnn
+    from ensemble.search.cnn.config import CnnConfig
 
     jobs = []
     for entry in cnns:
-        path, config = src.member_files(run, entry)
-        config = {k: v for k, v in config.items() if k in cnn.DEFAULTS}
-        epochs = int(config["epochs"])
+        path, raw = src.member_files(run, entry)
+        config = CnnConfig.from_json(raw, extra="ignore")  # a trial's config.json also holds its best_epoch
+        epochs = config.epochs
         need = epochs * n_rows / trial_speed(run, entry, storage_url)
         member_seed = seed + (entry.trial or 0)
         jobs.append(RefitJob(entry.name, config, member_seed, epochs, need, tmp / str(entry.file), path))

@@ -16,12 +16,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from ensemble.combine.records import MemberRefit
 from ensemble.errors import TrialError
+from ensemble.search.cnn.config import CnnConfig
 from ensemble.search.cnn.limits import TrainerLimits
 from ensemble.search.cnn.pool import Trainer, TrainerPool
 from ensemble.search.devices import Devices
@@ -32,7 +32,7 @@ class RefitJob:
     """One member to refit: its config, seed and epochs, the time it needs, where its refitted and old models go."""
 
     name: str
-    config: dict[str, Any]
+    config: CnnConfig
     seed: int
     epochs: int
     need_seconds: float

@@ -99,11 +99,11 @@ def _plan(
     run: Run, s: Preset, stages: Stages, end: float, log: Log, storage_url: str | None, pool: TrainerPool | None
 ) -> PlannedSearch:
     """Measure, plan members x epochs until ``end`` (searches + refits), and record the plan in stages.json."""
-    from ensemble.search.cnn import model as cnn
+    from ensemble.search.cnn.config import CnnConfig
     from ensemble.search.planned import plan_search
 
     _, space = cnn_space(s)
-    config = cnn.validate_config({k: v for k, v in space.defaults().items() if k in cnn.DEFAULTS})
+    config = CnnConfig.from_json(space.defaults(), extra="ignore")
     assert s.plan is not None
     refits = s.plan.refit_members if s.plan.refit_members is None else min(s.plan.refit_members, s.top_k)
     settings = dataclasses.replace(

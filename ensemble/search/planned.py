@@ -14,10 +14,11 @@ import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import TYPE_CHECKING, TypedDict
 
 from ensemble.search.artifacts import CNN_STUDY
 from ensemble.search.cnn import spec as worker_spec
+from ensemble.search.cnn.config import CnnConfig
 from ensemble.search.plan import Plan, PlanSettings, Workload, make_plan, revise
 
 if TYPE_CHECKING:
@@ -91,7 +92,7 @@ class PlannedSearch:
 
 def plan_search(
     run: Run,
-    config: dict[str, Any],
+    config: CnnConfig,
     *,
     settings: PlanSettings,
     max_train: int | None,
@@ -99,7 +100,7 @@ def plan_search(
     log: Callable[[str], None],
     previous: dict[str, int] | None = None,
     storage_url: str | None = None,
-    probe: Callable[[dict[str, Any], int], float] | None = None,
+    probe: Callable[[CnnConfig, int], float] | None = None,
 ) -> PlannedSearch:
     """Measure the speed of ``config`` here, now, and plan the members that fit until ``end``.
 

@@ -461,11 +461,12 @@ def _straightforward(models: list, x: np.ndarray, views: list[str]) -> np.ndarra
 
 def _small_cnn(seed: int):
     """An ``ensemble.search.cnn.model`` member (BatchNorm, dropout, augmentation layer), folded as predict folds it."""
+    from ensemble.search.cnn.config import CnnConfig
     from ensemble.search.cnn.model import build_model
     from ensemble.search.cnn.simplify import inference_model
 
     keras.utils.set_random_seed(seed)
-    model = build_model({"conv_blocks": 2, "filters": 4, "dense_units": 8})
+    model = build_model(CnnConfig(conv_blocks=2, filters=4, dense_units=8))
     for layer in model.layers:  # non-trivial BatchNorm statistics, so folding changes the arithmetic
         if type(layer).__name__ == "BatchNormalization":
             rng = np.random.default_rng(seed)
@@ -553,9 +554,10 @@ def test_a_folding_that_changes_outputs_is_refused(
 ) -> None:
     """A broken fold is never used: strict raises, otherwise the original model is kept and a warning logged."""
     from ensemble.search.cnn import simplify
+    from ensemble.search.cnn.config import CnnConfig
     from ensemble.search.cnn.model import build_model
 
-    model = build_model({"conv_blocks": 2, "filters": 4, "dense_units": 8})
+    model = build_model(CnnConfig(conv_blocks=2, filters=4, dense_units=8))
     real = simplify._rebuild
 
     def broken(cfg, folded, layers):  # the folded copy with its first kernel zeroed

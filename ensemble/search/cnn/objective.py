@@ -21,6 +21,7 @@ from ensemble.errors import EnsembleError, TrialError, one_line
 from ensemble.search.artifacts import CNN_STUDY, trial_path, upload_trial
 from ensemble.search.cnn import model as cnn
 from ensemble.search.cnn.arrays import search_arrays
+from ensemble.search.cnn.config import CnnConfig
 from ensemble.search.cnn.limits import RECYCLE_AFTER
 from ensemble.search.cnn.measure import curve_png, overhead, recent_speed
 from ensemble.search.cnn.parallel import Meter
@@ -160,14 +161,14 @@ def _trial_function(
     return objective
 
 
-def _trial_config(trial: optuna.Trial, space: Space, settings: SearchSettings) -> dict[str, Any]:
+def _trial_config(trial: optuna.Trial, space: Space, settings: SearchSettings) -> CnnConfig:
     """The trial's CNN config: sampled from the space, with the settings' precision and planned epochs."""
-    config = cnn.validate_config(space.suggest(trial), where=str(space.path))
-    config["mixed_precision"] = config["mixed_precision"] or settings.mixed_precision
+    config = CnnConfig.from_json(space.suggest(trial), where=str(space.path))
+    config = config.replace(mixed_precision=config.mixed_precision or settings.mixed_precision)
     planned = settings.epochs() if callable(settings.epochs) else settings.epochs
     if planned:
-        config["epochs"] = int(planned)
-    trial.set_user_attr("epochs", config["epochs"])  # what the deadline pruner projects with
+        config = config.replace(epochs=int(planned))
+    trial.set_user_attr("epochs", config.epochs)  # what the deadline pruner projects with
     return config
 
 
@@ -183,7 +184,7 @@ def _lease(pool: TrainerPool | None) -> Iterator[Trainer | None]:
 
 def _train(
     trial: optuna.Trial,
-    config: dict[str, Any],
+    config: CnnConfig,
     folder: Path,
     seed: int,
     on_epoch: Callable[[int, dict[str, float]], None],
@@ -228,6 +229,7 @@ def discard(folder: Path) -> None:
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def _short(config: dict[str, Any]) -> str:
+def _short(config: CnnConfig) -> str:
     keys = ("conv_blocks", "filters", "kernel_size", "optimizer", "learning_rate", "batch_size", "epochs")
-    return ", ".join(f"{k}={config[k]:.3g}" if isinstance(config[k], float) else f"{k}={config[k]}" for k in keys)
+    values = {k: getattr(config, k) for k in keys}
+    return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())

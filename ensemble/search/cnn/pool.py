@@ -31,6 +31,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from ensemble.search.cnn.config import CnnConfig
 from ensemble.search.cnn.limits import TrainerLimits, trainer_env
 from ensemble.search.cnn.serve import serve
 from ensemble.search.cnn.trainer import OnEpoch, WorkerError
@@ -77,7 +78,7 @@ class Trainer:
             self.ready = True
 
     def train(
-        self, config: dict[str, Any], folder: Path, *, seed: int, on_epoch: OnEpoch, job: str = "trial"
+        self, config: CnnConfig, folder: Path, *, seed: int, on_epoch: OnEpoch, job: str = "trial"
     ) -> dict[str, Any]:
         """Train one trial (see :func:`ensemble.search.cnn.trainer.train_and_save`); ``on_epoch`` may raise to prune.
 
@@ -86,7 +87,7 @@ class Trainer:
         """
         try:
             self.wait_ready()
-            self._send((job, config, str(folder), seed))
+            self._send((job, config.to_json(), str(folder), seed))  # the config as JSON across processes
             kind, value, rss, pending = self._exchange(on_epoch)
         except WorkerError:
             self.close()
@@ -104,11 +105,11 @@ class Trainer:
             raise pending if pending is not None else WorkerError("pruned without a request")
         return value
 
-    def probe(self, config: dict[str, Any], images: int) -> float:
+    def probe(self, config: CnnConfig, images: int) -> float:
         """The speed probe (training images/s of ``config``) as a job of this trainer, which stays warm after it."""
         try:
             self.wait_ready()
-            self._send(("probe", config, images))
+            self._send(("probe", config.to_json(), images))
             msg = self._recv()
         except WorkerError:
             self.close()
@@ -269,7 +270,7 @@ class TrainerPool:
                 self._free.append(trainer)
                 self._cond.notify()
 
-    def probe(self, config: dict[str, Any], images: int) -> float:
+    def probe(self, config: CnnConfig, images: int) -> float:
         """The speed probe on ``images`` training rows as the first trainer's first job; that trainer then trains
         the search's first trial, warm (the probe's own process: :func:`.trainer.probe_speed`)."""
         with self.lease() as trainer:

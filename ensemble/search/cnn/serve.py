@@ -12,10 +12,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ensemble.errors import one_line
+from ensemble.search.cnn.config import CnnConfig, ConfigValue
 from ensemble.search.cnn.memory import release
-from ensemble.search.cnn.trainer import ARRAYS, PruneRequested, die_with_parent, train_and_save
+from ensemble.search.cnn.trainer import ARRAYS, OnEpoch, PruneRequested, die_with_parent, train_and_save
 from ensemble.search.devices import VISIBLE_ENV
+
+Arrays = dict[str, np.ndarray]  # the trainer's arrays by name (ARRAYS)
 
 
 def rss_mb() -> float:
@@ -35,8 +40,6 @@ def serve(conn: Any, arrays_path: str, env: dict[str, str], parent: int) -> None
     die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the search decides
     os.environ.update(env)
-    import numpy as np
-
     try:
         with np.load(arrays_path) as npz:
             arrays = {k: npz[k] for k in ARRAYS if k in npz.files}  # a refit's: x_train and y_train only
@@ -67,7 +70,13 @@ def serve(conn: Any, arrays_path: str, env: dict[str, str], parent: int) -> None
 
 
 def _one_trial(
-    conn: Any, arrays: dict[str, Any], config: dict[str, Any], folder: str, seed: int, *, fit_only: bool = False
+    conn: Any,
+    arrays: Arrays,
+    config: dict[str, ConfigValue],
+    folder: str,
+    seed: int,
+    *,
+    fit_only: bool = False,
 ) -> None:
     """Train a trial and save its files; ``fit_only``: fit on all of ``x_train`` and save the model at ``folder``."""
 
@@ -77,10 +86,11 @@ def _one_trial(
             raise PruneRequested(epoch)
 
     try:
+        c = CnnConfig.from_json(config)  # sent as JSON (:meth:`CnnConfig.to_json`)
         if fit_only:
-            result = _fit(arrays, config, Path(folder), seed, on_epoch)
+            result = _fit(arrays, c, Path(folder), seed, on_epoch)
         else:
-            result = train_and_save(config, arrays, Path(folder), seed=seed, on_epoch=on_epoch, release=False)
+            result = train_and_save(c, arrays, Path(folder), seed=seed, on_epoch=on_epoch, release=False)
         pinned = {"cuda_visible_devices": os.environ[VISIBLE_ENV]} if VISIBLE_ENV in os.environ else {}
         conn.send(("done", {**result, "trainer_pid": os.getpid(), **pinned}, rss_mb()))
     except PruneRequested as p:
@@ -91,7 +101,7 @@ def _one_trial(
         release()  # after the answer: the search records the trial while this trainer tidies up
 
 
-def _fit(arrays: dict[str, Any], config: dict[str, Any], out: Path, seed: int, on_epoch: Any) -> dict[str, Any]:
+def _fit(arrays: Arrays, config: CnnConfig, out: Path, seed: int, on_epoch: OnEpoch) -> dict[str, float]:
     """A refit: ``config`` trained on every row of ``x_train``, saved for prediction at ``out``."""
     from ensemble.search.cnn import model as cnn
     from ensemble.search.cnn.simplify import save_for_inference
@@ -102,12 +112,13 @@ def _fit(arrays: dict[str, Any], config: dict[str, Any], out: Path, seed: int, o
     return {"epochs_run": info["epochs_run"], "seconds": round(time.perf_counter() - t0, 1)}
 
 
-def _probe(conn: Any, arrays: dict[str, Any], config: dict[str, Any], images: int) -> None:
+def _probe(conn: Any, arrays: Arrays, config: dict[str, ConfigValue], images: int) -> None:
     """The speed probe (:func:`ensemble.search.cnn.trainer.probe_fit`) on ``images`` rows of ``x_train``."""
     from ensemble.search.cnn.trainer import probe_fit
 
     try:
-        conn.send(("done", probe_fit(config, arrays["x_train"], arrays["y_train"], images=images), rss_mb()))
+        speed = probe_fit(CnnConfig.from_json(config), arrays["x_train"], arrays["y_train"], images=images)
+        conn.send(("done", speed, rss_mb()))
     except Exception as exc:
         conn.send(("error", one_line(exc, 300, typed=True), rss_mb()))
     finally:

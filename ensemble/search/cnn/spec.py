@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ensemble.errors import UsageError
-from ensemble.search.cnn import model as cnn
+from ensemble.search.cnn.config import CnnConfig, check_space_values
 from ensemble.search.spaces import Space, load_space_text
 
 if TYPE_CHECKING:
@@ -132,9 +132,8 @@ def _space(text: Any, where: str) -> Space:
     if not isinstance(text, str) or len(text) > MAX_SPACE_CHARS:
         raise UsageError(f"{where}: field 'space' must be YAML text of at most {MAX_SPACE_CHARS:,} characters")
     label = f"{where}, field 'space'"
-    space = load_space_text(text, where=label, known=cnn.DEFAULTS)
-    cnn.validate_config(space.defaults(), where=label)
-    cnn.validate_space(space.params, where=label)
+    space = load_space_text(text, where=label, known=CnnConfig.keys())
+    check_space_values(space, where=label)
     return space
 
 

@@ -19,6 +19,7 @@ from ensemble.search.artifacts import CNN_STUDY, name_metric, trial_path
 from ensemble.search.cnn import model as cnn
 from ensemble.search.cnn import spec as worker_spec
 from ensemble.search.cnn.arrays import write_arrays
+from ensemble.search.cnn.config import DEFAULT, CnnConfig, ConfigValue, check_space_values
 from ensemble.search.cnn.limits import TrainerLimits
 from ensemble.search.cnn.objective import SearchSettings, TrialFailed, discard, make_objective
 from ensemble.search.cnn.parallel import AUTO_MAX, Meter, optimize, parse_jobs
@@ -52,20 +53,19 @@ def make_pruner(name: str, max_epochs: int) -> optuna.pruners.BasePruner:
 
 
 def load_cnn_space(path: str | Path) -> Space:
-    """Read the CNN search space; keys must be config keys of :mod:`ensemble.search.cnn.model`."""
-    space = load_space(path, known=cnn.DEFAULTS)
-    cnn.validate_config(space.defaults(), where=str(path))
-    cnn.validate_space(space.params, where=str(path))  # every choice and both ends of each range
+    """Read the CNN search space; keys must be :class:`~ensemble.search.cnn.config.CnnConfig` keys."""
+    space = load_space(path, known=CnnConfig.keys())
+    check_space_values(space, where=str(path))  # its defaults, every choice and both ends of each range
     return space
 
 
-def known_good_params(space: Space) -> dict[str, Any]:
-    """cnn.DEFAULTS for every ranged key of ``space`` whose default lies inside its range."""
-    out: dict[str, Any] = {}
+def known_good_params(space: Space) -> dict[str, ConfigValue]:
+    """The config's default of every ranged key of ``space`` whose default lies inside its range."""
+    out: dict[str, ConfigValue] = {}
     for key, spec in space.params.items():
         if not isinstance(spec, dict):
             continue
-        value = cnn.DEFAULTS[key]
+        value = getattr(DEFAULT, key)
         if spec["type"] == "categorical":
             if value in spec["choices"]:
                 out[key] = value
@@ -142,7 +142,7 @@ def run_search(
     jobs = parse_jobs(settings.jobs)
     if jobs != 1 and not settings.isolate:
         raise UsageError("several trials at once need trainer processes (isolate=True): Keras state is per process")
-    epochs = space.defaults().get("epochs", cnn.DEFAULTS["epochs"])
+    epochs = space.defaults().get("epochs", DEFAULT.epochs)
     seed = settings.seed if settings.sampler_seed is None else settings.sampler_seed
     study = open_study(run, storage_url, seed=seed, pruner=pruner or make_pruner(settings.pruner, epochs))
     space.check_fits(study, run=run.name)  # before any trial: a changed space would fail every one

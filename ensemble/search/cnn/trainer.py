@@ -24,6 +24,7 @@ from ensemble.io import write_json
 from ensemble.metrics import accuracy, log_loss
 from ensemble.search.artifacts import save_probas
 from ensemble.search.cnn import model as cnn
+from ensemble.search.cnn.config import CnnConfig, ConfigValue
 from ensemble.search.cnn.memory import release as release_memory
 from ensemble.search.cnn.simplify import save_for_inference
 
@@ -41,7 +42,7 @@ class PruneRequested(Exception):
 
 
 def train_and_save(
-    config: dict[str, Any],
+    config: CnnConfig,
     arrays: dict[str, np.ndarray],
     folder: Path,
     *,
@@ -66,7 +67,7 @@ def train_and_save(
         t0 = time.perf_counter()
         probas = dict(zip(PARTS, predict_parts(model, [arrays[f"x_{part}"] for part in PARTS])))
         predict_s = time.perf_counter() - t0
-        _save(folder, model, probas, {**config, "best_epoch": info["best_epoch"]})
+        _save(folder, model, probas, {**config.to_json(), "best_epoch": info["best_epoch"]})
         params = cnn.count_params(model)
     finally:
         if release:
@@ -115,7 +116,7 @@ def partial_dir(folder: Path) -> Path:
     return folder.with_name(f".{folder.name}.partial")
 
 
-def _save(folder: Path, model: Any, probas: dict[str, np.ndarray], config: dict[str, Any]) -> None:
+def _save(folder: Path, model: Any, probas: dict[str, np.ndarray], config: dict[str, ConfigValue]) -> None:
     """Write the trial's files into a ``.partial`` folder, then rename it: a kill never leaves half a trial."""
     tmp = partial_dir(folder)
     shutil.rmtree(tmp, ignore_errors=True)
@@ -127,28 +128,32 @@ def _save(folder: Path, model: Any, probas: dict[str, np.ndarray], config: dict[
     tmp.rename(folder)
 
 
-def probe_fit(config: dict[str, Any], x: np.ndarray, y: np.ndarray, *, images: int = 4096) -> float:
+def probe_fit(config: CnnConfig, x: np.ndarray, y: np.ndarray, *, images: int = 4096) -> float:
     """Training images/s of ``config`` here, now: the second of two epochs on ``images`` digits of ``x``."""
     keep = np.random.default_rng(0).permutation(len(y))[:images]
     marks: list[float] = []
-    cnn.fit_model({**config, "epochs": 2}, x[keep], y[keep], on_epoch=lambda e, logs: marks.append(time.perf_counter()))
+
+    def mark(epoch: int, logs: dict[str, float]) -> None:
+        marks.append(time.perf_counter())
+
+    cnn.fit_model(config.replace(epochs=2), x[keep], y[keep], on_epoch=mark)
     return len(keep) / max(marks[1] - marks[0], 1e-9)
 
 
-def _probe_child(conn: Any, arrays_path: str, config: dict[str, Any], env: dict[str, str], parent: int) -> None:
+def _probe_child(conn: Any, arrays_path: str, config: dict[str, ConfigValue], env: dict[str, str], parent: int) -> None:
     die_with_parent(parent)
     os.environ.update(env)
     try:
         with np.load(arrays_path) as npz:
             x, y = npz["x"], npz["y"]
-        conn.send(("done", probe_fit(config, x, y, images=len(y))))
+        conn.send(("done", probe_fit(CnnConfig.from_json(config), x, y, images=len(y))))
     except BaseException as exc:
         conn.send(("error", one_line(exc, typed=True)))
     finally:
         conn.close()
 
 
-def probe_speed(config: dict[str, Any], x: np.ndarray, y: np.ndarray, *, images: int = 4096) -> float:
+def probe_speed(config: CnnConfig, x: np.ndarray, y: np.ndarray, *, images: int = 4096) -> float:
     """Training images/s of ``config`` on this machine now: the second of two epochs on ``images`` digits.
 
     Runs in a spawned process (like a trial), so the figure includes what a trial pays per image. The search
@@ -163,7 +168,8 @@ def probe_speed(config: dict[str, Any], x: np.ndarray, y: np.ndarray, *, images:
     with tempfile.TemporaryDirectory(prefix="ensemble-probe-") as tmp:
         path = Path(tmp) / "probe.npz"
         np.savez(path, x=x[keep], y=y[keep])
-        proc = ctx.Process(target=_probe_child, args=(child, str(path), config, env, os.getpid()), daemon=True)
+        args = (child, str(path), config.to_json(), env, os.getpid())  # the config as JSON across processes
+        proc = ctx.Process(target=_probe_child, args=args, daemon=True)
         proc.start()
         child.close()
         try:

@@ -18,6 +18,7 @@ from ensemble.cli import main
 from ensemble.data.runs import open_run
 from ensemble.errors import SpaceError
 from ensemble.search.cnn import model as cnn
+from ensemble.search.cnn.config import DEFAULT
 from ensemble.search.cnn.study import SearchSettings, finished_trials, load_cnn_space, run_search
 from ensemble.search.storage import open_storage, was_killed
 
@@ -177,7 +178,7 @@ def test_first_trial_of_a_new_study_is_the_known_good_default(tmp_path: Path) ->
     f.write_text(
         "filters: {type: categorical, choices: [16, 24]}\nlearning_rate: {type: float, low: 1.0e-2, high: 0.1}\n"
     )
-    assert known_good_params(load_cnn_space(f)) == {"filters": cnn.DEFAULTS["filters"]}  # lr default is outside
+    assert known_good_params(load_cnn_space(f)) == {"filters": DEFAULT.filters}  # lr default is outside
 
 
 def test_isolated_worker_trains_reports_and_prunes(tiny) -> None:
@@ -193,9 +194,9 @@ def test_isolated_worker_trains_reports_and_prunes(tiny) -> None:
 
 
 def test_batchnorm_momentum_follows_training_length() -> None:
-    assert cnn.bn_momentum(33_600, cnn.DEFAULTS) == 0.99  # 263 steps x 8 epochs
-    assert cnn.bn_momentum(3_200, cnn.DEFAULTS) == 0.9  # demo data: 25 steps x 8 epochs
-    model = cnn.build_model(cnn.DEFAULTS, momentum=0.9)
+    assert cnn.bn_momentum(33_600, DEFAULT) == 0.99  # 263 steps x 8 epochs
+    assert cnn.bn_momentum(3_200, DEFAULT) == 0.9  # demo data: 25 steps x 8 epochs
+    model = cnn.build_model(DEFAULT, momentum=0.9)
     assert {layer.momentum for layer in model.layers if type(layer).__name__ == "BatchNormalization"} == {0.9}
 
 

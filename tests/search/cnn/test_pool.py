@@ -152,11 +152,11 @@ def test_trainers_cap_their_share_of_gpu_memory(monkeypatch: pytest.MonkeyPatch)
 
 
 def test_the_speed_probe_is_the_first_trainers_first_job_and_it_then_trains_the_first_trial(tiny) -> None:
-    from ensemble.search.cnn import model as cnn
+    from ensemble.search.cnn.config import CnnConfig
     from ensemble.search.cnn.study import trainers
 
     run, space = tiny
-    config = cnn.validate_config({k: v for k, v in space.defaults().items() if k in cnn.DEFAULTS})
+    config = CnnConfig.from_json(space.defaults())
     settings = SearchSettings(trials=1, pruner="none")
     with trainers(run, settings, _quiet) as pool:
         speed = pool.probe(config, 128)
