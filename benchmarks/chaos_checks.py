@@ -149,7 +149,7 @@ def _predict(folder: Path, test_csv: Path, *, tta: bool) -> Any:
 
     with tempfile.TemporaryDirectory() as tmp:
         got = run_predict(folder, test_csv, Path(tmp) / "s.csv", tta=tta, progress=False, say=lambda _: None)
-    return got["proba"]
+    return got.proba
 
 
 def final_model_proba(root: Path, test_csv: Path, storage: Any) -> tuple[Any, str, bool]:

@@ -37,6 +37,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -240,9 +241,9 @@ def compare(y: np.ndarray, product: np.ndarray, kernel: np.ndarray, names: tuple
         "kernel_accuracy": float((pb == y).mean()),
         "product_errors": errors["product"],
         "kernel_errors": errors["kernel"],
-        "mcnemar": {**test, "words": mcnemar_words(test, *names)},
+        "mcnemar": {**asdict(test), "words": mcnemar_words(test, *names)},
         "product_wins": errors["product"] < errors["kernel"],
-        "significant_5pct": test["p_value"] < 0.05,
+        "significant_5pct": test.p_value < 0.05,
     }
 
 

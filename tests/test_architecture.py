@@ -140,3 +140,84 @@ def test_every_manifest_written_reads_back_as_written(tiny_finished_run, tmp_pat
     assert "ensemble" in own and own <= {"ensemble", "ensemble-full"}, own
     for path, text in written:
         assert json.dumps(Manifest.from_json(json.loads(text), str(path)).to_json(), indent=2) + "\n" == text, path
+
+
+# ---------------------------------------------------------------- no untyped dict crosses a public function
+#: Public functions and methods that may take or return ``dict[str, Any]`` / ``Mapping[str, Any]``, each
+#: with its reason. Everything else crosses modules as a record (a frozen dataclass, or a TypedDict for a
+#: JSON/CSV row written as it is). An entry that no longer has such an annotation fails the test too.
+ANY_DICT_ALLOWED = {
+    # Optuna's own params and attrs: a trial's params and a study's or trial's user/system attrs.
+    "ensemble.search.spaces:Space.suggest": "a trial's sampled params, as Optuna's trial.params",
+    "ensemble.search.spaces:Space.defaults": "the space's defaults as Optuna params (the enqueued first trial)",
+    "ensemble.search.baselines.spaces:first_params": "the params Optuna enqueues as a family's first trial",
+    "ensemble.search.baselines.preprocess:split_params": "a trial's Optuna params split into preprocessing/model",
+    "ensemble.search.baselines.models:check_params": "a family's fixed Optuna params, checked before the search",
+    "ensemble.search.baselines.studies:family_summary": "a baseline study's summary, set as study user attrs",
+    "ensemble.search.cnn.study:run_search": "publish: the search spec, written as the study's user attrs",
+    "ensemble.search.dbstorage:ReconnectingStorage.__init__": "stale_tags: Optuna system attrs of stale trials",
+    # Keras's own contract.
+    "ensemble.search.cnn.augment:RandomAffine.get_config": "Keras's Layer.get_config returns a dict of anything",
+    # JSON-file and user-setting edges, before they become records.
+    "ensemble.pipeline.state:Stages.data": "stages.json as read (its writers add keys freely)",
+    "ensemble.pipeline.stages:ReportOutcome.from_summary": "summary.json as read",
+    "ensemble.pipeline.presets:Preset.as_dict": "the settings as stages.json records them",
+    "ensemble.pipeline.presets:settings_for": "overrides: the user's --set JSON values",
+    "ensemble.pipeline.presets:parse_overrides": "the user's --set JSON values",
+    "ensemble.pipeline.run:run_pipeline": "overrides: the user's --set JSON values",
+    "ensemble.api:fit": "settings: the user's setting overrides (--set JSON or a Python mapping)",
+}
+_ANY_DICT = ("dict[str, Any]", "Mapping[str, Any]")
+
+
+def _public_functions(tree: ast.Module) -> list[tuple[str, ast.FunctionDef | ast.AsyncFunctionDef]]:
+    """Public module-level functions and public methods (``__init__`` included) of public classes."""
+    out: list[tuple[str, ast.FunctionDef | ast.AsyncFunctionDef]] = []
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and not node.name.startswith("_"):
+            out.append((node.name, node))
+        elif isinstance(node, ast.ClassDef) and not node.name.startswith("_"):
+            for sub in node.body:
+                if isinstance(sub, ast.FunctionDef | ast.AsyncFunctionDef) and (
+                    not sub.name.startswith("_") or sub.name == "__init__"
+                ):
+                    out.append((f"{node.name}.{sub.name}", sub))
+    return out
+
+
+def _any_dict_annotations(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> list[str]:
+    """``arg: annotation`` (``-> annotation`` for the return) of each ``dict[str, Any]``-like annotation."""
+    a = fn.args
+    args = [*a.posonlyargs, *a.args, *a.kwonlyargs, *[x for x in (a.vararg, a.kwarg) if x is not None]]
+    found = [(x.arg, ast.unparse(x.annotation)) for x in args if x.annotation is not None]
+    if fn.returns is not None:
+        found.append(("->", ast.unparse(fn.returns)))
+    return [f"{name}: {text}" for name, text in found if any(t in text for t in _ANY_DICT)]
+
+
+def _any_dict_crossings() -> dict[str, list[str]]:
+    out = {}
+    for name, path in MODULES.items():
+        for qual, fn in _public_functions(ast.parse(path.read_text())):
+            hits = _any_dict_annotations(fn)
+            if hits:
+                out[f"{name}:{qual}"] = hits
+    return out
+
+
+def test_no_untyped_dict_crosses_a_public_function() -> None:
+    """No ``dict[str, Any]`` in a public signature but Optuna's, Keras's and the JSON edges listed above."""
+    crossings = _any_dict_crossings()
+    new = {k: v for k, v in crossings.items() if k not in ANY_DICT_ALLOWED}
+    assert not new, "untyped dicts in public signatures (use a record):\n" + "\n".join(
+        f"{k} {v}" for k, v in new.items()
+    )
+    stale = sorted(set(ANY_DICT_ALLOWED) - set(crossings))
+    assert not stale, f"allowed but no longer there (remove from ANY_DICT_ALLOWED): {stale}"
+
+
+def test_the_untyped_dict_check_sees_a_signature() -> None:
+    """The walk above finds a known one (not vacuous), and a record-typed function is not flagged."""
+    crossings = _any_dict_crossings()
+    assert crossings["ensemble.search.spaces:Space.suggest"] == ["->: dict[str, Any]"]
+    assert "ensemble.report.summary:leaderboard_rows" not in crossings

@@ -7,8 +7,8 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -44,6 +44,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+@dataclass(frozen=True)
+class Prediction:
+    """What ``ensemble predict`` made: the labels written, the probabilities, the prediction time, the views."""
+
+    labels: np.ndarray
+    proba: np.ndarray
+    seconds: float  # predicting only (not loading)
+    views: list[str]
+
+
 def run_predict(
     ensemble_dir: str | Path,
     test: str | Path,
@@ -54,7 +64,7 @@ def run_predict(
     batch_size: int = 128,
     progress: bool = True,
     say: Callable[[str], None] = print,
-) -> dict[str, Any]:
+) -> Prediction:
     """The ``ensemble predict`` pipeline: verify, load, predict, write the submission atomically."""
     from ensemble.combine.manifest import N_CLASSES
     from ensemble.combine.tta import IDENTITY
@@ -87,4 +97,4 @@ def run_predict(
     if proba_path:
         say(f"wrote {proba_path}: probabilities float32 {proba.shape}")
     say(f"predicted in {seconds:.1f}s ({len(images) / seconds:,.0f} images/s), total {time.perf_counter() - t0:.1f}s")
-    return {"labels": labels, "proba": proba, "seconds": seconds, "views": views}
+    return Prediction(labels, proba, seconds, list(views))

@@ -150,7 +150,7 @@ class _Predicted:
     """The CNN candidates' probabilities on validation and holdout, per predicted view: (M, V, N, 10)."""
 
     cnns: list[Candidate]
-    originals: list[Any]  # the Keras models as saved
+    originals: list[keras.Model]  # the Keras models as saved
     views: list[str]  # identity first
     val: np.ndarray
     holdout: np.ndarray
@@ -223,8 +223,8 @@ class _Vote:
         return [i for i in self.keep if i >= self.n_cnn]
 
     def cnn_members(
-        self, models: list[Any], refit_info: dict[str, TrainValRefit]
-    ) -> list[tuple[Candidate, float, Any, TrainValRefit | None]]:
+        self, models: list[keras.Model], refit_info: dict[str, TrainValRefit]
+    ) -> list[tuple[Candidate, float, keras.Model, TrainValRefit | None]]:
         """(candidate, weight, Keras model, refit record) of each kept CNN, ``models`` in ``kept_cnn`` order."""
         out = []
         for i, model in zip(self.kept_cnn, models):
@@ -267,7 +267,7 @@ def _vote(
 
 def _kept_models(
     run: Run, pred: _Predicted, vote: _Vote, *, refit: bool, seed: int, say: Callable[[str], None]
-) -> tuple[list[Any], dict[str, TrainValRefit]]:
+) -> tuple[list[keras.Model], dict[str, TrainValRefit]]:
     """The kept CNNs' models: as trained, or (``refit``) retrained on train + validation for their best epoch count."""
     if not refit:
         return [pred.originals[i] for i in vote.kept_cnn], {}
@@ -288,7 +288,7 @@ def _kept_models(
 
 
 def _ensemble_proba(
-    fast: list[Any],
+    fast: list[keras.Model],
     vote: _Vote,
     views: list[str],
     x: np.ndarray,

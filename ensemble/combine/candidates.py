@@ -18,6 +18,8 @@ from ensemble.search.artifacts import (
 )
 
 if TYPE_CHECKING:
+    import optuna
+
     from ensemble.data.runs import Run
 
 
@@ -33,10 +35,10 @@ class Candidate:
     val_accuracy: float
     val_logloss: float
     attrs: dict[str, Any]
-    trial: Any = None  # its FrozenTrial (to download its files from the artifact store)
+    trial: optuna.trial.FrozenTrial | None = None  # its FrozenTrial (to download its files from the artifact store)
 
 
-def study_candidates(run: Run, storage: Any, study_name: str, kind: str) -> list[Candidate]:
+def study_candidates(run: Run, storage: optuna.storages.BaseStorage, study_name: str, kind: str) -> list[Candidate]:
     """The study's completed trials, best first; their folders are where this machine keeps them."""
     import optuna
 
@@ -55,7 +57,7 @@ def study_candidates(run: Run, storage: Any, study_name: str, kind: str) -> list
     return sorted(out, key=lambda c: (-c.val_accuracy, c.val_logloss, c.number))
 
 
-def fetch(run: Run, storage: Any, c: Candidate) -> Candidate:
+def fetch(run: Run, storage: optuna.storages.BaseStorage, c: Candidate) -> Candidate:
     """``c`` with its files on this machine: downloaded from the artifact store when they are not here."""
     if not c.folder.is_dir() and c.trial is not None:
         c.folder = local_trial(run, c.study, c.trial, storage)
@@ -73,7 +75,13 @@ def elsewhere(c: Candidate) -> str:
 
 
 def with_files_here(
-    run: Run, storage: Any, cands: list[Candidate], say: Callable[[str], None], *, study: str, need: bool = True
+    run: Run,
+    storage: optuna.storages.BaseStorage,
+    cands: list[Candidate],
+    say: Callable[[str], None],
+    *,
+    study: str,
+    need: bool = True,
 ) -> list[Candidate]:
     """The candidates whose files are on this machine (fetched from the artifact store first, if one is set).
 
@@ -98,7 +106,11 @@ def with_files_here(
 
 
 def find_candidates(
-    run: Run, storage: Any, top_k: int, include_baselines: bool, say: Callable[[str], None] = print
+    run: Run,
+    storage: optuna.storages.BaseStorage,
+    top_k: int,
+    include_baselines: bool,
+    say: Callable[[str], None] = print,
 ) -> tuple[list, list]:
     """Top-k CNN trials by validation accuracy (log loss breaks ties), and the best trial per baseline study.
 

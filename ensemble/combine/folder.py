@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -17,12 +17,14 @@ from ensemble.search.baselines.saved import SAVED_FILES
 from ensemble.search.cnn.simplify import model_cost, save_for_inference
 
 if TYPE_CHECKING:
+    import keras
+
     from ensemble.data.runs import Run
 
 
 def write_folder(
     run: Run,
-    cnns: list[tuple[Candidate, float, Any, TrainValRefit | None]],
+    cnns: list[tuple[Candidate, float, keras.Model, TrainValRefit | None]],
     baselines: list[tuple[Candidate, float]],
     *,
     probas: dict[str, np.ndarray],
@@ -47,7 +49,7 @@ def write_folder(
 
 
 def _copy_cnn(
-    tmp: Path, c: Candidate, weight: float, model: Any, refit: TrainValRefit | None, refitted: bool
+    tmp: Path, c: Candidate, weight: float, model: keras.Model, refit: TrainValRefit | None, refitted: bool
 ) -> MemberEntry:
     rel = f"members/{c.name}.keras"
     if refitted:

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -22,6 +22,9 @@ from ensemble.combine.tta import SIDE, stack_views
 from ensemble.data.arrays import as_images
 from ensemble.errors import ArtifactError, EnsembleError, UsageError, one_line
 from ensemble.search.cnn.simplify import bfloat16_model, inference_model, native_bfloat16, resolve_precision
+
+if TYPE_CHECKING:
+    import keras
 
 Advance = Callable[[int], None]
 log = logging.getLogger(__name__)
@@ -39,7 +42,7 @@ class _OneTracePerModel(logging.Filter):
         return "triggered tf.function retracing" not in record.getMessage()
 
 
-def load_keras_model(path: str | Path, name: str = "", *, data: bytes | None = None) -> Any:
+def load_keras_model(path: str | Path, name: str = "", *, data: bytes | None = None) -> keras.Model:
     """Load a ``.keras`` member under the current backend (safe mode) and check its input and output shapes.
 
     With ``data`` (bytes already checked against the manifest) the model is built from those bytes,
@@ -71,7 +74,7 @@ def load_keras_model(path: str | Path, name: str = "", *, data: bytes | None = N
     return model
 
 
-def prediction_copy(model: Any, name: str) -> Any:
+def prediction_copy(model: keras.Model, name: str) -> keras.Model:
     """:func:`inference_model` of ``model`` (BatchNorm folded); a backend's error there is one ArtifactError line."""
     try:
         return inference_model(model)

@@ -225,7 +225,7 @@ def _train_and_publish(
     views = list(m.tta.views)
     fast = [prediction_copy(model, entry.name)]
     proba = member_probas(fast, run.x_test, views, batch_size=256, names=[entry.name]).mean(axis=1)[0]
-    fm.publish(run, entry, model, config.to_json(), proba)
+    fm.publish(run, entry, model, config, proba)
     say(
         f"{entry.name} joined the vote: trained in {info['train_seconds']:.0f}s, predicted the test set "
         f"and published in {time.time() - t0 - info['train_seconds']:.0f}s"

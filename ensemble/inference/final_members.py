@@ -12,7 +12,7 @@ from __future__ import annotations
 import shutil
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -23,7 +23,10 @@ from ensemble.inference.refit import FOLDER, test_proba_file
 from ensemble.io import read_json, rebuilt_dir, save_npy, write_json
 
 if TYPE_CHECKING:
+    import keras
+
     from ensemble.data.runs import Run
+    from ensemble.search.cnn.config import CnnConfig
 
 SEED_STEP = 1000  # member k of a configuration trains with seed + k * SEED_STEP + trial
 
@@ -82,7 +85,7 @@ def can_extend(run: Run) -> str | None:
     return None
 
 
-def publish(run: Run, entry: MemberEntry, model: Any, config: dict[str, Any], proba: np.ndarray) -> None:
+def publish(run: Run, entry: MemberEntry, model: keras.Model, config: CnnConfig, proba: np.ndarray) -> None:
     """Rebuild ``ensemble-full`` with one more member in a temporary folder and swap it in whole."""
     from ensemble.combine.manifest import write_manifest
     from ensemble.search.cnn.simplify import save_for_inference
@@ -91,7 +94,7 @@ def publish(run: Run, entry: MemberEntry, model: Any, config: dict[str, Any], pr
         shutil.copytree(run.path(FOLDER), tmp)
         m = read_manifest(tmp)
         save_for_inference(model, tmp / str(entry.file))
-        write_json(tmp / str(entry.config), config)
+        write_json(tmp / str(entry.config), config.to_json())
         save_npy(tmp / str(entry.test_proba), proba.astype(np.float32))
         if m.refit_full is None:
             raise ArtifactError(f"{run.path(FOLDER, MANIFEST)}: not a refit (no refit_full record)")

@@ -11,10 +11,15 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import jax
+    import keras
+    import numpy as np
 
 
-def prediction_devices() -> list[Any]:
+def prediction_devices() -> list[jax.Device]:
     """The JAX devices to spread members over: every local device of the default platform; [] when not JAX or one."""
     import keras
 
@@ -27,7 +32,7 @@ def prediction_devices() -> list[Any]:
 
 
 @contextlib.contextmanager
-def on(device: Any) -> Iterator[None]:
+def on(device: jax.Device | None) -> Iterator[None]:
     """Arrays created and computations run under this block go to ``device`` (None: the default one)."""
     if device is None:
         yield
@@ -41,10 +46,10 @@ def on(device: Any) -> Iterator[None]:
 class OnDevice:
     """A model that predicts on the device it was loaded on (its weights are there)."""
 
-    def __init__(self, model: Any, device: Any) -> None:
+    def __init__(self, model: keras.Model, device: jax.Device | None) -> None:
         self.model, self.device = model, device
 
-    def predict_on_batch(self, x: Any) -> Any:
+    def predict_on_batch(self, x: np.ndarray) -> np.ndarray:
         with on(self.device):
             return self.model.predict_on_batch(x)
 

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -28,10 +28,13 @@ from ensemble.combine.tta import IDENTITY
 from ensemble.errors import ArtifactError
 from ensemble.io import read_json, rebuilt_dir, save_npy
 from ensemble.search.artifacts import CNN_STUDY, ModelId, sha256_file, trial_path
+from ensemble.search.cnn.config import CnnConfig
 from ensemble.search.cnn.simplify import save_for_inference
 from ensemble.search.devices import Devices, select
 
 if TYPE_CHECKING:
+    import keras
+
     from ensemble.data.runs import Run
     from ensemble.inference.refit_devices import RefitJob
 
@@ -52,15 +55,20 @@ class RefitSource:
     source_sha256: str
     trial_folder: Path | None = None
 
-    def member_files(self, run: Run, entry: MemberEntry) -> tuple[Path, dict[str, Any]]:
+    def member_files(self, run: Run, entry: MemberEntry) -> tuple[Path, CnnConfig]:
         """(the member's current .keras file, its config) from the ensemble folder or the trial folder."""
         if self.trial_folder is not None:
-            return self.trial_folder / "model.keras", read_json(self.trial_folder / "config.json")
+            return self.trial_folder / "model.keras", _read_config(self.trial_folder / "config.json")
         ens = run.path("ensemble")
         if not entry.config or not entry.file:
             where = ens / (entry.file or MANIFEST)
             raise ArtifactError(f"{where}: no config recorded for {entry.name}; cannot refit it")
-        return ens / entry.file, read_json(ens / entry.config)
+        return ens / entry.file, _read_config(ens / entry.config)
+
+
+def _read_config(path: Path) -> CnnConfig:
+    """A member's config file (a trial's config.json also holds its best_epoch: skipped)."""
+    return CnnConfig.from_json(read_json(path), where=str(path), extra="ignore")
 
 
 def refit_source(run: Run, final: str) -> RefitSource | None:
@@ -155,12 +163,10 @@ def _refit_jobs(
 ) -> list[RefitJob]:
     """What refitting each CNN member takes: its config, seed, epochs, the time needed, its files."""
     from ensemble.inference.refit_devices import RefitJob
-    from ensemble.search.cnn.config import CnnConfig
 
     jobs = []
     for entry in cnns:
-        path, raw = src.member_files(run, entry)
-        config = CnnConfig.from_json(raw, extra="ignore")  # a trial's config.json also holds its best_epoch
+        path, config = src.member_files(run, entry)
         epochs = config.epochs
         need = epochs * n_rows / trial_speed(run, entry, storage_url)
         member_seed = seed + (entry.trial or 0)
@@ -170,7 +176,7 @@ def _refit_jobs(
 
 def _refit_members(
     jobs: list[RefitJob], x: np.ndarray, y: np.ndarray, deadline: float | None, say: Callable[[str], None]
-) -> tuple[list[Any], dict[str, MemberRefit]]:
+) -> tuple[list[keras.Model], dict[str, MemberRefit]]:
     """Refit the members one after another in this process; one that would end past ``deadline`` keeps its model."""
     from ensemble.combine.members import load_keras_model
     from ensemble.search.cnn import model as cnn
@@ -204,7 +210,7 @@ def _refit_on(
     y: np.ndarray,
     deadline: float | None,
     say: Callable[[str], None],
-) -> tuple[list[Any], dict[str, MemberRefit]]:
+) -> tuple[list[keras.Model], dict[str, MemberRefit]]:
     """:func:`_refit_members` over several devices at once (:mod:`.refit_devices`); the models loaded back."""
     from ensemble.combine.members import load_keras_model
     from ensemble.inference.refit_devices import refit_on_devices

@@ -204,7 +204,7 @@ def report_stage(
     else:
         log("report", f"submission rewritten from {result.refit.name if result.refit else final.name}")
     stages.finish("report", time.time() - t0, final_model=final.name)
-    return ReportOutcome(final.name, final.metrics["holdout_accuracy"], result.submission)
+    return ReportOutcome(final.name, final.scored.holdout_accuracy, result.submission)
 
 
 def refit_stage(run: Run, s: Preset, stages: Stages, end: float, log: Log, final: str, storage_url: str | None) -> bool:

@@ -7,6 +7,7 @@ while ``ensemble run``, ``search`` or ``worker`` are writing, and never fails or
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -99,25 +100,31 @@ def run_status(name: str, storage_url: str | None = None) -> RunStatus:
     )
 
 
-def stage_rows(entries: dict[str, Any]) -> tuple[StageStatus, ...]:
-    """The stages of ``ensemble run`` in order (and any other recorded), done or not."""
+def stage_rows(entries: Mapping[str, object]) -> tuple[StageStatus, ...]:
+    """The stages of ``ensemble run`` in order (and any other recorded), done or not (stages.json's ``stages``)."""
     names = list(STAGES) + [n for n in entries if n not in STAGES]
     rows = []
     for name in names:
-        entry = entries.get(name) or {}
+        entry = _mapping(entries.get(name))
+        seconds, finished = entry.get("seconds"), entry.get("finished")
         rows.append(
             StageStatus(
                 name=name,
                 done=bool(entry.get("done")),
-                seconds=entry.get("seconds"),
-                finished=entry.get("finished"),
+                seconds=seconds if isinstance(seconds, int | float) and not isinstance(seconds, bool) else None,
+                finished=finished if isinstance(finished, str) else None,
                 note=_note(entry),
             )
         )
     return tuple(rows)
 
 
-def _note(entry: dict[str, Any]) -> str:
+def _mapping(value: object) -> Mapping[str, object]:
+    """A JSON object of stages.json (anything else, a missing one included: empty)."""
+    return value if isinstance(value, dict) else {}
+
+
+def _note(entry: Mapping[str, object]) -> str:
     """A stage's extra fields in a few words: ``skipped: ...``, ``cut short``, ``2 complete``, ``members 4``."""
     words = []
     for key, value in entry.items():
@@ -136,7 +143,7 @@ def _note(entry: dict[str, Any]) -> str:
     return "; ".join(words)
 
 
-def current_plan(data: dict[str, Any], cnn: optuna.Study | None) -> PlanStatus | None:
+def current_plan(data: Mapping[str, object], cnn: optuna.Study | None) -> PlanStatus | None:
     """The CNN plan of ``ensemble run`` (None for a run without one): the last revision the search recorded
     in stages.json; while the search runs, the study's target (revised after each trial); else the first plan."""
     from ensemble.search.cnn.spec import SPEC_ATTR
@@ -144,9 +151,9 @@ def current_plan(data: dict[str, Any], cnn: optuna.Study | None) -> PlanStatus |
     first = data.get("plan")
     if not isinstance(first, dict):
         return None
-    history = ((data.get("stages") or {}).get("cnn_search") or {}).get("plan") or []
-    if history:
-        last = history[-1]
+    history = _mapping(_mapping(data.get("stages")).get("cnn_search")).get("plan")
+    if isinstance(history, list) and history:
+        last = _mapping(history[-1])
         return PlanStatus(int(last["members"]), int(last["epochs"]), str(last["why"]), last.get("images_per_second"))
     spec = cnn.user_attrs.get(SPEC_ATTR) if cnn is not None else None
     if isinstance(spec, dict) and isinstance(spec.get("target"), int) and isinstance(spec.get("epochs"), int):

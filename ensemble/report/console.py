@@ -35,7 +35,7 @@ def print_report(result: ReportResult) -> None:
         table.add_row(*[fmt(k, r) for _, k in HEADERS], style=style)
     console.print(table)
     if result.mcnemar:
-        console.print(result.mcnemar["words"], soft_wrap=True)
+        console.print(result.mcnemar.words, soft_wrap=True)
     for g in result.gains:
         gain = "" if g.gain is None else f" ({g.gain * 100:+.2f} pts)"
         console.print(f"  {g.step}: holdout {g.holdout_accuracy:.4f}{gain}", soft_wrap=True)
@@ -46,7 +46,7 @@ def print_report(result: ReportResult) -> None:
         how = "kept as trained" if m.seed is None else f"seed {m.seed}, {m.epochs} epochs on {m.rows:,} digits"
         console.print(f"  {m.name} ({m.configuration}'s configuration): {how}, weight {m.weight:.4f}", soft_wrap=True)
     console.print(
-        f"final model: {final.name} (holdout accuracy {final.metrics['holdout_accuracy']:.4f}) -> "
+        f"final model: {final.name} (holdout accuracy {final.scored.holdout_accuracy:.4f}) -> "
         f"{result.submission} (checked: {sum(result.submission_counts):,} rows)",
         soft_wrap=True,
     )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
 
 from ensemble.combine.manifest import Manifest
 
@@ -19,7 +18,7 @@ class FinalMember:
     rows: int | None  # the labeled digits it trained on
     weight: float
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> dict[str, object]:
         return asdict(self)
 
 

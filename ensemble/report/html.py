@@ -9,7 +9,7 @@ import io
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     import optuna
 
     from ensemble.data.runs import Run
-    from ensemble.report.summary import Gain, ReportResult
+    from ensemble.report.summary import Gain, LeaderboardRow, ReportResult
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1180px;color:#212529;
@@ -43,7 +43,7 @@ HEADERS = (
 )  # fmt: skip
 
 
-def fmt(key: str, row: dict[str, Any]) -> str:
+def fmt(key: str, row: LeaderboardRow) -> str:
     """One leaderboard cell as text."""
     v = row.get(key)
     if key == "ci":
@@ -71,7 +71,7 @@ def _size(n: int) -> str:
     return str(n)
 
 
-def write_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
+def write_csv(path: Path, rows: list[LeaderboardRow]) -> Path:
     from ensemble.report.summary import CSV_COLUMNS
 
     buf = io.StringIO()
@@ -189,8 +189,8 @@ def sections(run: Run, result: ReportResult, figs: Figures) -> list[Section]:
     out = [
         Section(
             "Final model",
-            f"{final.name} has the best holdout accuracy ({final.metrics['holdout_accuracy']:.4f}, "
-            f"{final.metrics['holdout_correct']:,}/{len(result.y):,}); ties go to the cheaper model. "
+            f"{final.name} has the best holdout accuracy ({final.scored.holdout_accuracy:.4f}, "
+            f"{final.scored.holdout_correct:,}/{len(result.y):,}); ties go to the cheaper model. "
             f"It wrote {result.submission} ({sum(result.submission_counts):,} rows, checked; "
             f"predicted labels {counts})." + (f" Final refit: {result.refit.note}" if result.refit else ""),
         ),
@@ -210,7 +210,7 @@ def sections(run: Run, result: ReportResult, figs: Figures) -> list[Section]:
 
         out.append(members_section(result))
     mc = result.mcnemar
-    out.append(Section("Is the ensemble really better?", mc["words"] if mc else "No ensemble was built in this run."))
+    out.append(Section("Is the ensemble really better?", mc.words if mc else "No ensemble was built in this run."))
     out.append(_gains_section(result.gains))
     pc_rows = [[str(r.digit), f"{r.n:,}", f"{r.correct:,}", f"{r.accuracy:.4f}"] for r in figs.per_class]
     out.append(

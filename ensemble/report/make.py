@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -44,10 +44,10 @@ def make_report(
     result.files = write_outputs(run, result, storage_url=storage_url, gallery=gallery)
     summary = {
         "final_model": final.name,
-        "holdout_accuracy": final.metrics["holdout_accuracy"],
+        "holdout_accuracy": final.scored.holdout_accuracy,
         "submission": str(sub),
         "leaderboard": leaderboard_rows(result.entries),
-        "mcnemar": {k: v for k, v in (result.mcnemar or {}).items()},
+        "mcnemar": result.mcnemar.to_json() if result.mcnemar else {},
         "tta_and_ensembling": [g.as_dict() for g in result.gains],
         "refit_full": result.refit.note if result.refit else None,
         "refit_sha256": refit_sha256(run) if result.refit else None,
@@ -59,7 +59,7 @@ def make_report(
 
 
 def run_report(
-    run: Any,
+    run: Run,
     *,
     storage_url: str | None = None,
     top_cnn: int = 5,

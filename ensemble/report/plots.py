@@ -17,6 +17,8 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
+    from ensemble.report.summary import LeaderboardRow
+
 DPI = 100
 
 
@@ -38,7 +40,7 @@ def _png(fig: Figure) -> bytes:
     return buf.getvalue()
 
 
-def leaderboard_chart(rows: list[dict[str, Any]]) -> bytes:
+def leaderboard_chart(rows: list[LeaderboardRow]) -> bytes:
     """Holdout accuracy with its 95% interval, one bar per model."""
     rows = rows[::-1]
     colors = {"ensemble": "#2b8a3e", "cnn": "#1c7ed6", "baseline": "#868e96"}

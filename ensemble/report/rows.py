@@ -8,7 +8,7 @@ views and with the identity view only, whose costs are those of its members' row
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,12 +17,15 @@ import numpy as np
 from ensemble.combine.manifest import MANIFEST, Manifest, MemberEntry, read_manifest
 from ensemble.combine.records import Comparison, EnsembleRow
 from ensemble.combine.voting import soft_vote
-from ensemble.errors import ArtifactError
+from ensemble.errors import ArtifactError, UsageError
 from ensemble.metrics import accuracy
+from ensemble.report.stats import Score
 from ensemble.search.artifacts import ModelId, load_proba, trial_path
 from ensemble.search.devices import merged_devices
 
 if TYPE_CHECKING:
+    import optuna
+
     from ensemble.data.runs import Run
 
 
@@ -43,9 +46,16 @@ class Entry:
     n_train: int | None = None
     device: str | None = None  # what it trained on: tensorflow/cpu, jax/gpu, cpu, cuda (XGBoost)
     note: str = ""
-    metrics: dict[str, Any] = field(default_factory=dict)
+    metrics: Score | None = None  # its holdout scores, once the report scored it
     #: which model the row is: a trial's, a row of the built ensemble, or None (the final model's refit)
     model: ModelId | EnsembleRow | None = None
+
+    @property
+    def scored(self) -> Score:
+        """The row's holdout scores (an error before the report scored it)."""
+        if self.metrics is None:
+            raise UsageError(f"{self.name}: not scored on the holdout yet")
+        return self.metrics
 
 
 def _trial_size(folder: Path) -> int | None:
@@ -64,7 +74,7 @@ def proba_loader(folder: Path, part: str) -> Callable[[], np.ndarray]:
 
 
 def trial_entries(
-    run: Run, storage: Any, *, top_cnn: int, say: Callable[[str], None] = print
+    run: Run, storage: optuna.storages.BaseStorage, *, top_cnn: int, say: Callable[[str], None] = print
 ) -> tuple[list[Entry], dict[ModelId, Entry]]:
     """The best trial of each baseline study and the top CNN trials (by validation accuracy).
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -37,33 +37,55 @@ def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = ECE_BIN
     return float(ece)
 
 
-def score(y: np.ndarray, p: np.ndarray) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Score:
+    """A model's holdout scores: accuracy with its 95% interval, log loss and calibration error."""
+
+    holdout_accuracy: float
+    ci95_low: float
+    ci95_high: float
+    holdout_correct: int
+    holdout_logloss: float
+    ece: float
+
+
+@dataclass(frozen=True)
+class McNemarTest:
+    """The exact McNemar test of two models: a_only = A right & B wrong, b_only = A wrong & B right."""
+
+    a_only: int
+    b_only: int
+    p_value: float
+    n: int
+
+
+def score(y: np.ndarray, p: np.ndarray) -> Score:
     """Holdout accuracy with its 95% interval, log loss and calibration error."""
     correct = int((p.argmax(axis=1) == y).sum())
     lo, hi = wilson_interval(correct, len(y))
-    return {
-        "holdout_accuracy": correct / len(y),
-        "ci95_low": lo,
-        "ci95_high": hi,
-        "holdout_correct": correct,
-        "holdout_logloss": log_loss(y, p),
-        "ece": expected_calibration_error(y, p),
-    }
+    return Score(
+        holdout_accuracy=correct / len(y),
+        ci95_low=lo,
+        ci95_high=hi,
+        holdout_correct=correct,
+        holdout_logloss=log_loss(y, p),
+        ece=expected_calibration_error(y, p),
+    )
 
 
-def mcnemar(y: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray) -> dict[str, Any]:
+def mcnemar(y: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray) -> McNemarTest:
     """Exact McNemar test: b = A right & B wrong, c = A wrong & B right; two-sided binomial p-value."""
     from scipy.stats import binomtest
 
     a_ok, b_ok = pred_a == y, pred_b == y
     b, c = int((a_ok & ~b_ok).sum()), int((~a_ok & b_ok).sum())
     p = 1.0 if b + c == 0 else float(binomtest(min(b, c), b + c, 0.5).pvalue)
-    return {"a_only": b, "b_only": c, "p_value": p, "n": len(y)}
+    return McNemarTest(a_only=b, b_only=c, p_value=p, n=len(y))
 
 
-def mcnemar_words(test: dict[str, Any], a: str, b: str) -> str:
+def mcnemar_words(test: McNemarTest, a: str, b: str) -> str:
     """The McNemar result in plain words."""
-    n, x, z, p = test["n"], test["a_only"], test["b_only"], test["p_value"]
+    n, x, z, p = test.n, test.a_only, test.b_only, test.p_value
     head = f"On the {n:,} holdout digits, {a} got {x} right that {b} got wrong, and {b} got {z} right that {a} missed."
     if x + z == 0:
         return head + " They make exactly the same mistakes, so there is no difference to test."

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, TypedDict
 
 import numpy as np
 
@@ -19,7 +19,7 @@ from ensemble.combine.manifest import Manifest
 from ensemble.combine.records import Comparison
 from ensemble.errors import NoModelError, UsageError
 from ensemble.report.rows import Entry, ensemble_entries, trial_entries
-from ensemble.report.stats import mcnemar, mcnemar_words, score
+from ensemble.report.stats import McNemarTest, mcnemar, mcnemar_words, score
 
 if TYPE_CHECKING:
     from ensemble.data.runs import Run
@@ -39,7 +39,7 @@ def _cost_key(e: Entry) -> tuple[float, float]:
 
 def rank(entries: list[Entry]) -> list[Entry]:
     """Best holdout accuracy first; equal correct counts go to the cheaper model."""
-    return sorted(entries, key=lambda e: (-e.metrics["holdout_correct"], *_cost_key(e), e.name))
+    return sorted(entries, key=lambda e: (-e.scored.holdout_correct, *_cost_key(e), e.name))
 
 
 @dataclass(frozen=True)
@@ -83,6 +83,42 @@ def tta_and_ensembling(manifest: Manifest | None) -> list[Gain]:
     return out
 
 
+@dataclass(frozen=True)
+class McNemar:
+    """The McNemar test of the best ensemble row (``a``) against the best single model (``b``), and in words."""
+
+    test: McNemarTest
+    a: str
+    b: str
+    words: str
+
+    def to_json(self) -> dict[str, object]:
+        """As summary.json's ``mcnemar``: the test's counts and p-value, the two names, the words."""
+        return {**asdict(self.test), "a": self.a, "b": self.b, "words": self.words}
+
+
+class LeaderboardRow(TypedDict):
+    """One row of leaderboard.csv and of summary.json's ``leaderboard``, as written (rounded)."""
+
+    rank: int
+    model: str
+    kind: str
+    family: str
+    holdout_accuracy: float
+    ci95_low: float
+    ci95_high: float
+    holdout_correct: int
+    holdout_logloss: float
+    ece: float
+    val_accuracy: float | None
+    fit_seconds: float | None
+    predict_ms_per_1000: float | None
+    params: int | None
+    size_bytes: int | None
+    n_train: int | None
+    device: str | None
+
+
 @dataclass
 class ReportResult:
     """What the report found: every model ranked on the holdout, and (once made) what was written."""
@@ -91,7 +127,7 @@ class ReportResult:
     manifest: Manifest | None  # the built ensemble's, if any
     y: np.ndarray  # holdout labels
     gains: list[Gain]  # what each ensembling step added on the holdout
-    mcnemar: dict[str, Any] | None = None
+    mcnemar: McNemar | None = None
     refit: Entry | None = None  # the final model refitted on all labels, when there is one
     final_members: list[FinalMember] = field(default_factory=list)  # the refit's CNNs, when there is a refit
     submission: Path | None = None
@@ -126,7 +162,7 @@ def collect(
     return ReportResult(ranked, manifest, y, tta_and_ensembling(manifest))
 
 
-def significance(result: ReportResult) -> dict[str, Any] | None:
+def significance(result: ReportResult) -> McNemar | None:
     """McNemar between the best ensemble row and the best single model."""
     ranked = result.entries
     ens = [e for e in ranked if e.kind == "ensemble"]
@@ -136,26 +172,26 @@ def significance(result: ReportResult) -> dict[str, Any] | None:
     y = result.y
     a, b = ens[0], single[0]
     t = mcnemar(y, a.holdout().argmax(1), b.holdout().argmax(1))
-    return {**t, "a": a.name, "b": b.name, "words": mcnemar_words(t, a.name, b.name)}
+    return McNemar(t, a.name, b.name, mcnemar_words(t, a.name, b.name))
 
 
-def leaderboard_rows(entries: list[Entry]) -> list[dict[str, Any]]:
+def leaderboard_rows(entries: list[Entry]) -> list[LeaderboardRow]:
     """Rows of leaderboard.csv (rounded)."""
-    out = []
+    out: list[LeaderboardRow] = []
     for i, e in enumerate(entries, start=1):
-        m = e.metrics
+        m = e.scored
         out.append(
             {
                 "rank": i,
                 "model": e.name,
                 "kind": e.kind,
                 "family": e.family,
-                "holdout_accuracy": round(m["holdout_accuracy"], 6),
-                "ci95_low": round(m["ci95_low"], 6),
-                "ci95_high": round(m["ci95_high"], 6),
-                "holdout_correct": m["holdout_correct"],
-                "holdout_logloss": round(m["holdout_logloss"], 6) + 0.0,
-                "ece": round(m["ece"], 6),
+                "holdout_accuracy": round(m.holdout_accuracy, 6),
+                "ci95_low": round(m.ci95_low, 6),
+                "ci95_high": round(m.ci95_high, 6),
+                "holdout_correct": m.holdout_correct,
+                "holdout_logloss": round(m.holdout_logloss, 6) + 0.0,
+                "ece": round(m.ece, 6),
                 "val_accuracy": None if e.val_accuracy is None else round(e.val_accuracy, 6),
                 "fit_seconds": None if e.fit_seconds is None else round(float(e.fit_seconds), 2),
                 "predict_ms_per_1000": None if e.predict_ms is None else round(e.predict_ms, 2),

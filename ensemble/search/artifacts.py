@@ -21,6 +21,8 @@ import numpy as np
 from ensemble.errors import ArtifactError
 
 if TYPE_CHECKING:
+    import optuna
+
     from ensemble.data.runs import Run
 
 PARTS = ("val", "holdout", "test")
@@ -41,7 +43,7 @@ def is_run_study(name: str) -> bool:
     return name == CNN_STUDY or name.startswith(BASELINE_PREFIX)
 
 
-def name_metric(study: Any) -> None:
+def name_metric(study: optuna.Study) -> None:
     """Name the study's value ``val_accuracy`` for optuna-dashboard (Optuna's ``set_metric_names``).
 
     Written only when the study does not have that name yet, so processes that join an existing
@@ -158,7 +160,9 @@ def open_artifact_store(location: str | None = None) -> Any:
     return oa.FileSystemArtifactStore(where)
 
 
-def upload_trial(trial: Any, folder: Path, store: Any = None, storage: Any = None) -> int:
+def upload_trial(
+    trial: optuna.Trial | optuna.trial.FrozenTrial, folder: Path, store: Any = None, storage: Any = None
+) -> int:
     """Upload every file of a trial's folder to the artifact store (``store`` or ``$ENSEMBLE_ARTIFACTS``).
 
     ``storage``: needed for a FrozenTrial (a live ``optuna.Trial`` knows its own).
@@ -174,7 +178,9 @@ def upload_trial(trial: Any, folder: Path, store: Any = None, storage: Any = Non
     return len(files)
 
 
-def local_trial(run: Run, study: str, trial: Any, storage: Any, store: Any = None) -> Path:
+def local_trial(
+    run: Run, study: str, trial: optuna.trial.FrozenTrial, storage: optuna.storages.BaseStorage, store: Any = None
+) -> Path:
     """The trial's folder on this machine, downloaded from the artifact store first if it is not here."""
     folder = trial_path(run, study, trial.number)
     if folder.is_dir() and any(folder.iterdir()):

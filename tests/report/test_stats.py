@@ -28,8 +28,8 @@ def test_mcnemar_counts_disagreements_and_says_it_in_words() -> None:
     b[:20] = 1  # b wrong on 20 that a gets right
     a[95:] = 1  # a wrong on 5 that b gets right
     t = mcnemar(y, a, b)
-    assert (t["a_only"], t["b_only"]) == (20, 5)
-    assert t["p_value"] < 0.01
+    assert (t.a_only, t.b_only) == (20, 5)
+    assert t.p_value < 0.01
     words = mcnemar_words(t, "ensemble", "cnn-3")
     assert "ensemble got 20 right that cnn-3 got wrong" in words and "significantly more accurate" in words
     same = mcnemar(y, a, a)
@@ -40,5 +40,5 @@ def test_score_counts_the_holdout_digits_right() -> None:
     y = np.array([0, 1, 2, 3])
     p = np.eye(10)[[0, 1, 2, 9]] * 0.9 + 0.01
     s = score(y, p)
-    assert s["holdout_correct"] == 3 and s["holdout_accuracy"] == pytest.approx(0.75)
-    assert s["ci95_low"] < 0.75 < s["ci95_high"]
+    assert s.holdout_correct == 3 and s.holdout_accuracy == pytest.approx(0.75)
+    assert s.ci95_low < 0.75 < s.ci95_high

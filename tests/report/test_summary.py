@@ -10,6 +10,7 @@ from conftest import write_dataset
 from ensemble.cli import main
 from ensemble.data.runs import open_run
 from ensemble.report.rows import Entry
+from ensemble.report.stats import Score
 from ensemble.report.submission import check_submission
 from ensemble.report.summary import rank
 
@@ -17,7 +18,7 @@ from ensemble.report.summary import rank
 def test_rank_breaks_accuracy_ties_by_cost() -> None:
     def entry(name: str, correct: int, ms: float | None) -> Entry:
         e = Entry(name, "cnn", "cnn", lambda: None, lambda: None, predict_ms=ms)
-        e.metrics = {"holdout_correct": correct}
+        e.metrics = Score(correct / 100, 0.0, 1.0, correct, 0.1, 0.0)
         return e
 
     order = [e.name for e in rank([entry("slow", 99, 9.0), entry("fast", 99, 1.0), entry("best", 100, 50.0)])]

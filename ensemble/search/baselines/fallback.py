@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from ensemble.search.artifacts import FALLBACK_STUDY, name_metric
 
@@ -11,7 +12,7 @@ if TYPE_CHECKING:
     from ensemble.data.runs import Run
 
 
-def fallback_model(run: Run, storage_url: str | None, log: Any, rows: int = 5000) -> None:
+def fallback_model(run: Run, storage_url: str | None, log: Callable[[str], None], rows: int = 5000) -> None:
     """A k-nearest-neighbours model on at most ``rows`` training digits (seconds), saved as a baseline trial."""
     import optuna
     from sklearn.neighbors import KNeighborsClassifier

@@ -134,7 +134,7 @@ class _Progress:
             self.progress.update(self.ids[n], advance=1)
 
 
-def _summarize(fams: list, studies: dict, results: list, wall: float, run: Any, storage: str | None) -> int:
+def _summarize(fams: list, studies: dict, results: list, wall: float, run: Run, storage: str | None) -> int:
     from ensemble.errors import EnsembleError
     from ensemble.search.baselines.studies import family_summary
     from ensemble.search.storage import optuna_cli_args, stored_study

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -32,14 +31,14 @@ def recent_speed(ends: list[float], n_train: int) -> dict[str, float]:
     return {"recent_images_per_second": round(n_train / float(np.median(steps)), 1)} if len(steps) else {}
 
 
-def overhead(started: float, ends: list[float], metrics: dict[str, Any]) -> dict[str, float]:
+def overhead(started: float, ends: list[float], train_seconds: float) -> dict[str, float]:
     """The trial's wall time so far, and the part of it that was not steady training (``overhead_seconds``).
 
     Steady training: the epochs run x the median time between epoch ends (the first epoch's extra time,
     compiling, goes to the overhead, with process start-up, data loading, predicting and saving). With one
-    epoch, the training time the trainer measured stands in.
+    epoch, the training time the trainer measured (``train_seconds``) stands in.
     """
     wall = time.perf_counter() - started
     steps = np.diff(ends)
-    training = len(ends) * float(np.median(steps)) if len(steps) else float(metrics.get("train_seconds", 0.0))
+    training = len(ends) * float(np.median(steps)) if len(steps) else float(train_seconds)
     return {"trial_seconds": round(wall, 3), "overhead_seconds": round(max(0.0, wall - training), 3)}

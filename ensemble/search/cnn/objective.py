@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import numpy as np
 
@@ -27,7 +27,7 @@ from ensemble.search.cnn.measure import curve_png, overhead, recent_speed
 from ensemble.search.cnn.parallel import Meter
 from ensemble.search.cnn.pool import Trainer, TrainerPool
 from ensemble.search.cnn.takeover import TrialTakenOver
-from ensemble.search.cnn.trainer import partial_dir, train_and_save
+from ensemble.search.cnn.trainer import TrialMetrics, partial_dir, train_and_save
 from ensemble.search.devices import CPU
 from ensemble.search.interrupt import interrupted
 from ensemble.search.spaces import Space
@@ -145,7 +145,7 @@ def _trial_function(
             "device": where,
             "n_train": n_train,
             **recent_speed(ends, n_train),
-            **overhead(started, ends, metrics),
+            **overhead(started, ends, metrics["train_seconds"]),
             "artifact_dir": str(folder),
             "data_fingerprint": run.dataset.fingerprint,
         }
@@ -190,7 +190,7 @@ def _train(
     on_epoch: Callable[[int, dict[str, float]], None],
     where: Trainer | dict[str, np.ndarray],
     say: Callable[[str], None],
-) -> dict[str, Any]:
+) -> TrialMetrics:
     """Train the trial in the trainer ``where`` (or here, on ``where``'s arrays); a failure fails only this trial."""
     import optuna
 

@@ -29,13 +29,17 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 from ensemble.search.cnn.config import CnnConfig
 from ensemble.search.cnn.limits import TrainerLimits, trainer_env
 from ensemble.search.cnn.serve import serve
-from ensemble.search.cnn.trainer import OnEpoch, WorkerError
+from ensemble.search.cnn.trainer import FitOutcome, OnEpoch, TrialMetrics, WorkerError
 from ensemble.search.devices import CPU, Device
+
+if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
+    from multiprocessing.process import BaseProcess
 
 
 class Trainer:
@@ -44,12 +48,12 @@ class Trainer:
     def __init__(self, arrays_path: Path, limits: TrainerLimits, device: Device | None = None) -> None:
         self.arrays_path, self.limits = arrays_path, limits
         self.device = device or Device(CPU, None)
-        self.proc: Any = None
-        self.conn: Any = None
+        self.proc: BaseProcess | None = None
+        self.conn: Connection | None = None
         self.trials = 0  # trials the current process has trained
         self.starts = 0  # processes started so far
         self.ready = False
-        self.retiring: list[tuple[Any, threading.Thread]] = []  # retired processes that may still be exiting
+        self.retiring: list[tuple[BaseProcess, threading.Thread]] = []  # retired processes that may still be exiting
 
     @property
     def alive(self) -> bool:
@@ -77,9 +81,19 @@ class Trainer:
                 raise WorkerError(msg[1])
             self.ready = True
 
+    @overload
     def train(
-        self, config: CnnConfig, folder: Path, *, seed: int, on_epoch: OnEpoch, job: str = "trial"
-    ) -> dict[str, Any]:
+        self, config: CnnConfig, folder: Path, *, seed: int, on_epoch: OnEpoch, job: Literal["trial"] = "trial"
+    ) -> TrialMetrics: ...
+
+    @overload
+    def train(
+        self, config: CnnConfig, folder: Path, *, seed: int, on_epoch: OnEpoch, job: Literal["fit"]
+    ) -> FitOutcome: ...
+
+    def train(
+        self, config: CnnConfig, folder: Path, *, seed: int, on_epoch: OnEpoch, job: Literal["trial", "fit"] = "trial"
+    ) -> TrialMetrics | FitOutcome:
         """Train one trial (see :func:`ensemble.search.cnn.trainer.train_and_save`); ``on_epoch`` may raise to prune.
 
         ``job="fit"``: fit ``config`` on all the trainer's ``x_train`` and save the model for prediction at
@@ -139,7 +153,7 @@ class Trainer:
             else:
                 raise WorkerError(f"unexpected message from the trial worker: {msg[0]!r}")
 
-    def _send(self, msg: Any) -> None:
+    def _send(self, msg: object) -> None:
         try:
             self.conn.send(msg)
         except OSError:  # a broken pipe: the process is gone
@@ -188,7 +202,7 @@ class Trainer:
         self.retiring = []
 
 
-def _reap(proc: Any, conn: Any, grace: float) -> None:
+def _reap(proc: BaseProcess, conn: Connection, grace: float) -> None:
     """Wait ``grace`` seconds for ``proc`` to exit, then terminate it (and kill it if it still lingers)."""
     proc.join(grace)
     if proc.is_alive():

@@ -10,15 +10,18 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ensemble.errors import one_line
 from ensemble.search.cnn.config import CnnConfig, ConfigValue
 from ensemble.search.cnn.memory import release
-from ensemble.search.cnn.trainer import ARRAYS, OnEpoch, PruneRequested, die_with_parent, train_and_save
+from ensemble.search.cnn.trainer import ARRAYS, FitOutcome, OnEpoch, PruneRequested, die_with_parent, train_and_save
 from ensemble.search.devices import VISIBLE_ENV
+
+if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
 
 Arrays = dict[str, np.ndarray]  # the trainer's arrays by name (ARRAYS)
 
@@ -35,7 +38,7 @@ def rss_mb() -> float:
     return 0.0
 
 
-def serve(conn: Any, arrays_path: str, env: dict[str, str], parent: int) -> None:
+def serve(conn: Connection, arrays_path: str, env: dict[str, str], parent: int) -> None:
     """The trainer process: import Keras, load the arrays, then train the trials it is sent until told to exit."""
     die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the search decides
@@ -70,7 +73,7 @@ def serve(conn: Any, arrays_path: str, env: dict[str, str], parent: int) -> None
 
 
 def _one_trial(
-    conn: Any,
+    conn: Connection,
     arrays: Arrays,
     config: dict[str, ConfigValue],
     folder: str,
@@ -101,7 +104,7 @@ def _one_trial(
         release()  # after the answer: the search records the trial while this trainer tidies up
 
 
-def _fit(arrays: Arrays, config: CnnConfig, out: Path, seed: int, on_epoch: OnEpoch) -> dict[str, float]:
+def _fit(arrays: Arrays, config: CnnConfig, out: Path, seed: int, on_epoch: OnEpoch) -> FitOutcome:
     """A refit: ``config`` trained on every row of ``x_train``, saved for prediction at ``out``."""
     from ensemble.search.cnn import model as cnn
     from ensemble.search.cnn.simplify import save_for_inference
@@ -112,7 +115,7 @@ def _fit(arrays: Arrays, config: CnnConfig, out: Path, seed: int, on_epoch: OnEp
     return {"epochs_run": info["epochs_run"], "seconds": round(time.perf_counter() - t0, 1)}
 
 
-def _probe(conn: Any, arrays: Arrays, config: dict[str, ConfigValue], images: int) -> None:
+def _probe(conn: Connection, arrays: Arrays, config: dict[str, ConfigValue], images: int) -> None:
     """The speed probe (:func:`ensemble.search.cnn.trainer.probe_fit`) on ``images`` rows of ``x_train``."""
     from ensemble.search.cnn.trainer import probe_fit
 

@@ -15,7 +15,7 @@ import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, NotRequired, TypedDict
 
 import numpy as np
 
@@ -28,9 +28,42 @@ from ensemble.search.cnn.config import CnnConfig, ConfigValue
 from ensemble.search.cnn.memory import release as release_memory
 from ensemble.search.cnn.simplify import save_for_inference
 
+if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
+
+    import keras
+
 OnEpoch = Callable[[int, dict[str, float]], None]
 ARRAYS = ("x_train", "y_train", "x_val", "y_val", "x_holdout", "x_test")
 PARTS = ("val", "holdout", "test")  # what a trial predicts and saves
+
+
+class TrialMetrics(TypedDict):
+    """What a trained trial measured; the trial's user attrs take it as it is.
+
+    ``trainer_pid`` and ``cuda_visible_devices`` (a pinned GPU): added when a trainer process trained it.
+    """
+
+    val_accuracy: float
+    val_logloss: float
+    epochs_run: int
+    best_epoch: int
+    train_seconds: float
+    predict_seconds: float
+    images_per_second: float
+    params: int
+    backend_device: str  # what the backend trained on ('cpu' on a GPU slot without CUDA)
+    trainer_pid: NotRequired[int]
+    cuda_visible_devices: NotRequired[str]
+
+
+class FitOutcome(TypedDict):
+    """What a refit job (``job="fit"``) of a trainer process measured."""
+
+    epochs_run: int
+    seconds: float
+    trainer_pid: NotRequired[int]
+    cuda_visible_devices: NotRequired[str]
 
 
 class WorkerError(TrialError):
@@ -49,7 +82,7 @@ def train_and_save(
     seed: int,
     on_epoch: OnEpoch,
     release: bool = True,
-) -> dict[str, Any]:
+) -> TrialMetrics:
     """Fit, predict val/holdout/test, save model.keras, probabilities and config.json; return metrics.
 
     ``release``: free Keras's session afterwards (``False``: the caller does, e.g. after answering the search).
@@ -73,7 +106,7 @@ def train_and_save(
         if release:
             release_memory()
     y_val = arrays["y_val"]
-    return {
+    metrics: TrialMetrics = {
         "val_accuracy": accuracy(y_val, probas["val"]),
         "val_logloss": log_loss(y_val, probas["val"]),
         "epochs_run": info["epochs_run"],
@@ -82,11 +115,12 @@ def train_and_save(
         "predict_seconds": round(predict_s, 2),
         "images_per_second": round(info["images_per_second"], 1),
         "params": params,
-        "backend_device": cnn.device_name(),  # what the backend trained on ('cpu' on a GPU slot without CUDA)
+        "backend_device": cnn.device_name(),
     }
+    return metrics
 
 
-def predict_parts(model: Any, parts: list[np.ndarray], batch_size: int = 1024) -> list[np.ndarray]:
+def predict_parts(model: keras.Model, parts: list[np.ndarray], batch_size: int = 1024) -> list[np.ndarray]:
     """Probabilities of each of ``parts`` from one prediction of them all, padded to whole batches: every batch
     has one shape, so the backend traces (JAX: compiles) the prediction step once per model, not once per
     part's last batch."""
@@ -116,7 +150,7 @@ def partial_dir(folder: Path) -> Path:
     return folder.with_name(f".{folder.name}.partial")
 
 
-def _save(folder: Path, model: Any, probas: dict[str, np.ndarray], config: dict[str, ConfigValue]) -> None:
+def _save(folder: Path, model: keras.Model, probas: dict[str, np.ndarray], config: dict[str, ConfigValue]) -> None:
     """Write the trial's files into a ``.partial`` folder, then rename it: a kill never leaves half a trial."""
     tmp = partial_dir(folder)
     shutil.rmtree(tmp, ignore_errors=True)
@@ -140,7 +174,9 @@ def probe_fit(config: CnnConfig, x: np.ndarray, y: np.ndarray, *, images: int = 
     return len(keep) / max(marks[1] - marks[0], 1e-9)
 
 
-def _probe_child(conn: Any, arrays_path: str, config: dict[str, ConfigValue], env: dict[str, str], parent: int) -> None:
+def _probe_child(
+    conn: Connection, arrays_path: str, config: dict[str, ConfigValue], env: dict[str, str], parent: int
+) -> None:
     die_with_parent(parent)
     os.environ.update(env)
     try:
