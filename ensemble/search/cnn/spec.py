@@ -12,6 +12,7 @@ Nothing read from the storage becomes a path, and no file is written.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -119,10 +120,10 @@ def read(raw: Any, *, run: str) -> Spec:
         space=_space(raw["space"], where),
         target=_int(raw, "target", 1, MAX_TARGET, where),
         count=_choice(raw, "count", COUNTS, where),
-        epochs=_int(raw, "epochs", 1, MAX_EPOCHS, where, optional=True),
+        epochs=_optional_int(raw, "epochs", 1, MAX_EPOCHS, where),
         pruner=_choice(raw, "pruner", PRUNERS, where),
         seed=_int(raw, "seed", 0, MAX_SEED, where),
-        max_train=_int(raw, "max_train", 1, MAX_ROWS, where, optional=True),
+        max_train=_optional_int(raw, "max_train", 1, MAX_ROWS, where),
         mixed_precision=mixed,
     )
 
@@ -137,22 +138,24 @@ def _space(text: Any, where: str) -> Space:
     return space
 
 
-def _int(raw: dict[str, Any], field: str, low: int, high: int, where: str, *, optional: bool = False) -> Any:
+def _int(raw: Mapping[str, object], field: str, low: int, high: int, where: str) -> int:
     value = raw[field]
-    if value is None and optional:
-        return None
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise UsageError(f"{where}: field '{field}' must be an integer from {low} to {high:,}, got {_show(value)}")
     return value
 
 
-def _choice(raw: dict[str, Any], field: str, allowed: tuple[str, ...], where: str) -> str:
+def _optional_int(raw: Mapping[str, object], field: str, low: int, high: int, where: str) -> int | None:
+    return None if raw[field] is None else _int(raw, field, low, high, where)
+
+
+def _choice(raw: Mapping[str, object], field: str, allowed: tuple[str, ...], where: str) -> str:
     if raw[field] not in allowed:
         raise UsageError(f"{where}: field '{field}' must be one of {', '.join(allowed)}, got {_show(raw[field])}")
     return str(raw[field])
 
 
-def _show(value: Any) -> str:
+def _show(value: object) -> str:
     """A value read from the storage, fit for a one-line message (escaped, short)."""
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
