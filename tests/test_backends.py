@@ -20,6 +20,8 @@ import numpy as np
 import pytest
 from conftest import TINY_CNN_SPACE, write_dataset
 
+pytestmark = pytest.mark.slow  # end to end: run with -m slow (CI runs both)
+
 ORDER = ("torch", "tensorflow", "jax")
 JOB = Path(__file__).with_name("backend_job.py")
 

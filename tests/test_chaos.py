@@ -13,6 +13,8 @@ from optuna.storages.journal import JournalFileBackend
 
 from ensemble.report.submission import check_submission
 
+pytestmark = pytest.mark.slow  # end to end: run with -m slow (CI runs both)
+
 pytest.importorskip("keras")
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 CHAOS = BENCHMARKS / "chaos.py"

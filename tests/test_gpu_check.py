@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import optuna
+import pytest
 from conftest import REPO
 
 SCRIPT = REPO / "benchmarks" / "gpu_check.sh"
@@ -26,6 +27,7 @@ esac
 """
 
 
+@pytest.mark.slow
 def test_the_script_runs_a_tiny_check_on_the_cpu(tmp_path: Path) -> None:
     """The whole script: tool check, sampler, ``ensemble run --preset best`` (tiny settings), summary, copies."""
     import os

@@ -25,6 +25,7 @@ def test_the_notebook_is_stored_without_outputs() -> None:
     assert all(not c.get("outputs") and c.get("execution_count") is None for c in nb.cells if c.cell_type == "code")
 
 
+@pytest.mark.slow
 def test_the_quickstart_notebook_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ENSEMBLE_RUNS", str(tmp_path / "runs"))
     monkeypatch.setenv("ENSEMBLE_CACHE", str(tmp_path / "cache"))

@@ -162,6 +162,7 @@ def test_build_without_cnn_study_is_a_usage_error(tmp_path: Path, runs_env: Path
         build_ensemble(open_run("empty", say=lambda s: None), top_k=0)
 
 
+@pytest.mark.slow
 def test_refit_uses_train_plus_val_and_keeps_holdout_out(run, monkeypatch: pytest.MonkeyPatch) -> None:
     import ensemble.combine.build as build
 

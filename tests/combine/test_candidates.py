@@ -39,6 +39,7 @@ def run_with_a_trial_from_elsewhere(runs_env: Path, tmp_path: Path) -> str:
     return "r"
 
 
+@pytest.mark.slow
 def test_build_and_report_leave_out_a_trial_trained_elsewhere_and_say_so(run_with_a_trial_from_elsewhere, capsys):
     name = run_with_a_trial_from_elsewhere
     line = f"cnn-trial-0002 (trained on host {AWAY_HOST}) has no files here"
@@ -54,6 +55,7 @@ def test_build_and_report_leave_out_a_trial_trained_elsewhere_and_say_so(run_wit
     assert {"cnn-trial-0000", "cnn-trial-0001"} <= set(models) and "cnn-trial-0002" not in models
 
 
+@pytest.mark.slow
 def test_build_and_report_stop_alike_when_no_top_trial_has_files_here(run_with_a_trial_from_elsewhere, capsys):
     name = run_with_a_trial_from_elsewhere
     root = Path("runs") / name

@@ -118,6 +118,7 @@ def refitted(runs_env: Path, tmp_path: Path):
     return run
 
 
+@pytest.mark.slow
 def test_members_join_the_refit_and_the_report_lists_them(refitted) -> None:
     import time
 

@@ -159,6 +159,7 @@ def run_script(code: str, *args: Path, env: dict[str, str]) -> subprocess.Comple
     return r
 
 
+@pytest.mark.slow
 def test_predicts_under_another_backend(tmp_path: Path) -> None:
     """A .keras saved under this backend predicts the same under JAX or torch, when one is installed."""
     import importlib.util
@@ -194,6 +195,7 @@ print(json.dumps({"devices": ens.devices, "where": where, "gpus": backend_gpu_co
 """
 
 
+@pytest.mark.slow
 def test_members_predict_on_four_jax_host_devices_at_once(tmp_path: Path) -> None:
     """Under JAX with 4 host devices, 5 members load and predict on devices 0-3, 0, with the same probabilities."""
     pytest.importorskip("jax")

@@ -54,6 +54,7 @@ def test_report_submits_the_refit_of_the_final_model_only(built) -> None:
         assert current_refit(run, final) is None
 
 
+@pytest.mark.slow
 def test_members_refit_one_per_device_at_once_on_four_gpus(built, four_gpus: Path) -> None:
     run = built
     m = refit_full(run, final="ensemble (TTA)", say=lambda s: None, devices="all")

@@ -50,6 +50,7 @@ def _extra(root: Path) -> list[dict]:
     return [e for e in manifest["members"] if e.get("extra_of")]
 
 
+@pytest.mark.slow
 def test_a_killed_final_stage_keeps_the_last_valid_submission(tmp_path: Path, runs_env: Path) -> None:
     from ensemble.inference.predict import load_ensemble
 

@@ -107,6 +107,7 @@ def metric_names(root: Path, study: str) -> list[str] | None:
     return optuna.load_study(study_name=study, storage=storage).metric_names
 
 
+@pytest.mark.slow
 def test_run_end_to_end_then_resume(tmp_path: Path, runs_env: Path, capsys) -> None:
     from ensemble.inference.predict import load_ensemble
 
@@ -154,6 +155,7 @@ def test_run_end_to_end_then_resume(tmp_path: Path, runs_env: Path, capsys) -> N
     np.testing.assert_array_equal(check_submission(root / "submission.csv", n_rows=40), final_labels("e2e"))
 
 
+@pytest.mark.slow
 def test_run_through_a_symlinked_runs_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     real = tmp_path / "disk" / "runs"
     real.mkdir(parents=True)
@@ -176,6 +178,7 @@ def test_run_with_a_changed_space_stops_before_any_trial(tmp_path: Path, runs_en
     assert study_trials(runs_env / "sp") == {"cnn": ["COMPLETE"]}  # no new trial, no baseline started
 
 
+@pytest.mark.slow
 def test_run_cut_short_without_any_model_still_writes_a_submission(tmp_path: Path, runs_env: Path) -> None:
     args = tiny_args(tmp_path, "short", "--time-budget", "1s")
     args[args.index("baselines=logreg,knn")] = "baselines="  # no baselines: the only CNN trial gets cut
@@ -214,6 +217,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow
 def test_a_kill_between_the_refit_and_its_report_is_mended_by_a_rerun(tmp_path: Path, runs_env: Path) -> None:
     import subprocess
     import sys

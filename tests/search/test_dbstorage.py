@@ -47,6 +47,7 @@ def test_a_call_that_fails_for_a_lost_connection_is_made_again(monkeypatch: pyte
         dbstorage.retrying(lambda: calls.append(1) or int("x"))
 
 
+@pytest.mark.slow
 def test_a_search_goes_on_through_a_database_restart_mid_trial(postgres_url: str, tmp_path: Path) -> None:
     pytest.importorskip("keras")
     data = write_dataset(tmp_path / "data", n_train=120, n_test=20)

@@ -21,6 +21,8 @@ from ensemble.search import storage
 from ensemble.search.restart import delete_run
 from ensemble.search.storage import STORAGE_ENV, open_storage, redact
 
+pytestmark = pytest.mark.slow  # end to end: run with -m slow (CI runs both)
+
 pytest.importorskip("keras")
 
 
@@ -109,6 +111,7 @@ from types import SimpleNamespace
 from pathlib import Path
 import optuna
 from ensemble.search.storage import open_storage
+
 run = SimpleNamespace(name=sys.argv[3] if len(sys.argv) > 3 else "hb", path=lambda *p: Path(sys.argv[2]).joinpath(*p))
 study = optuna.create_study(study_name="cnn", storage=open_storage(run, sys.argv[1], heartbeat=True),
                             direction="maximize", load_if_exists=True)

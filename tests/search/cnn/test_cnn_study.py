@@ -68,6 +68,7 @@ def test_forced_pruning_gives_pruned_trial(tiny) -> None:
     assert t.state == optuna.trial.TrialState.PRUNED and list(t.intermediate_values) == [1]
 
 
+@pytest.mark.slow
 def test_resume_continues_and_stale_running_trials_fail(tiny) -> None:
     run, space, _ = tiny
     run_search(run, space, SearchSettings(isolate=False, trials=1, pruner="none"), say=_quiet)
@@ -181,6 +182,7 @@ def test_first_trial_of_a_new_study_is_the_known_good_default(tmp_path: Path) ->
     assert known_good_params(load_cnn_space(f)) == {"filters": DEFAULT.filters}  # lr default is outside
 
 
+@pytest.mark.slow
 def test_isolated_worker_trains_reports_and_prunes(tiny) -> None:
     run, space, _ = tiny
     study = run_search(run, space, SearchSettings(trials=1, pruner="none"), say=_quiet)
@@ -220,6 +222,7 @@ def _space_with(tmp_path: Path, name: str, filters: str, lr: str = "low: 1.0e-3,
     return f
 
 
+@pytest.mark.slow
 def test_a_changed_space_is_refused_before_any_trial(runs_env: Path, tmp_path: Path) -> None:
     data = write_dataset(tmp_path / "data", n_train=200, n_test=20)
     cli = [sys.executable, "-m", "ensemble", "search", "--run", "sp", "--data", str(data), "--pruner", "none"]
@@ -252,6 +255,7 @@ def _interrupt_when(proc: subprocess.Popen, log: Path, mark: str) -> int:
     return proc.wait(120)
 
 
+@pytest.mark.slow
 def test_ctrl_c_mid_trial_does_not_spend_it_and_the_resume_runs_it_again(runs_env: Path, tmp_path: Path) -> None:
     data = write_dataset(tmp_path / "data", n_train=200, n_test=20)
     space = tmp_path / "cnn.yaml"

@@ -45,6 +45,7 @@ class KillsTrainer(optuna.pruners.BasePruner):
         return False
 
 
+@pytest.mark.slow
 def test_a_trainer_trains_several_trials_is_recycled_and_a_killed_one_fails_only_its_trial(tiny) -> None:
     run, space = tiny
     run.path("models", "cnn").mkdir(parents=True)

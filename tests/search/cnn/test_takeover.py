@@ -18,6 +18,8 @@ from conftest import TINY_CNN_SPACE, stored_cnn_trials, wait_until, write_datase
 
 from ensemble.search.storage import open_storage
 
+pytestmark = pytest.mark.slow  # end to end: run with -m slow (CI runs both)
+
 pytest.importorskip("keras")
 
 

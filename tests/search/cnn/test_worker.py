@@ -15,6 +15,8 @@ from conftest import TINY_CNN_SPACE, stored_cnn_trials, wait_until, write_datase
 
 from ensemble.cli import main
 
+pytestmark = pytest.mark.slow  # end to end: run with -m slow (CI runs both)
+
 pytest.importorskip("keras")
 TARGET = 5
 
