@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ensemble.errors import ArtifactError, UsageError
 from ensemble.io import read_json
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
     from ensemble.inference.final_model import FinalModel
 
 #: what ``data`` may be: a path (folder, zip), None (the default search), or (x_train, y_train, x_test)
-DataArg = str | os.PathLike[str] | tuple[Any, Any, Any] | None
+DataArg = str | os.PathLike[str] | tuple[ArrayLike, ArrayLike, ArrayLike] | None
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,10 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def umask() -> int:
@@ -65,7 +68,7 @@ def atomic_write(path: str | Path, data: str | bytes, *, durable: bool = True) -
     return path
 
 
-def write_json(path: str | Path, obj: Any) -> Path:
+def write_json(path: str | Path, obj: object) -> Path:
     """Atomically write ``obj`` as indented JSON."""
     return atomic_write(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
@@ -133,7 +136,7 @@ def rebuilt_dir(final: Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def save_npy(path: str | Path, array: Any) -> Path:
+def save_npy(path: str | Path, array: np.ndarray) -> Path:
     """Atomically save a NumPy array as .npy."""
     import io
 

@@ -13,7 +13,8 @@ import subprocess
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from ensemble.search.artifacts import baseline_study
 from ensemble.search.devices import VISIBLE_ENV, free_gpu
@@ -90,7 +91,9 @@ def _child_setup(nice: int, cores: list[int]) -> None:
 class BaselineWorker(threading.Thread):
     """Runs ``ensemble baselines`` child processes one group at a time, forwarding their output."""
 
-    def __init__(self, run: Run, s: Preset, deadline: float, log: Any, storage_url: str | None) -> None:
+    def __init__(
+        self, run: Run, s: Preset, deadline: float, log: Callable[[str], None], storage_url: str | None
+    ) -> None:
         super().__init__(daemon=True)
         self.run_, self.s, self.deadline, self.log, self.storage_url = run, s, deadline, log, storage_url
         self.proc: subprocess.Popen | None = None
@@ -99,7 +102,7 @@ class BaselineWorker(threading.Thread):
         self.gpu_env = baselines_gpu_env(s.devices)
         if self.gpu_env:
             log(f"XGBoost may use gpu:{self.gpu_env[VISIBLE_ENV]}, a GPU without CNN trainers")
-        self.on_done: Any = None
+        self.on_done: Callable[[], None] | None = None
 
     def command(self, families: list[str], trials: int) -> list[str]:
         left = max(1, int(0.6 * (self.deadline - time.time())))  # leave time for the refits of the best

@@ -15,7 +15,8 @@ import signal
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from types import FrameType
+from typing import TYPE_CHECKING
 
 from ensemble.errors import Interrupted
 
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
 INTERRUPTED_REASON = "interrupted (Ctrl-C): queued again"
 
 
-def interrupted(trial: optuna.Trial, *, queue: bool = True, **retry_attrs: Any) -> Interrupted:
+def interrupted(trial: optuna.Trial, *, queue: bool = True, **retry_attrs: object) -> Interrupted:
     """Tag ``trial`` as interrupted (not counted) and queue its parameters again (``queue=False``: the caller
     queues it again itself, as a baseline refit is); the exception to raise."""
     trial.set_user_attr("fail_reason", INTERRUPTED_REASON)
@@ -51,7 +52,7 @@ def on_interrupt(stop: Callable[[], None] | None = None) -> Iterator[threading.E
         yield event
         return
 
-    def handler(signum: int, frame: Any) -> None:
+    def handler(signum: int, frame: FrameType | None) -> None:
         event.set()
         if stop is not None:
             stop()

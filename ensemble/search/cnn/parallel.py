@@ -30,7 +30,7 @@ AUTO_GAIN = 1.25  # a round of 2k trials at once must train this much faster tha
 AUTO_MAX = 8  # trials at once, at most, for "auto"
 
 
-def parse_jobs(value: Any) -> int | str:
+def parse_jobs(value: object) -> int | str:
     """A positive integer or ``"auto"`` (also from text: ``--set trials_per_device=3``)."""
     if value == "auto":
         return "auto"

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ensemble.errors import UsageError
 from ensemble.search.cnn.config import CnnConfig, check_space_values
@@ -83,14 +83,14 @@ def publish(
         study.set_user_attr(SPEC_ATTR, spec)
 
 
-def update(study: optuna.Study, **changes: Any) -> None:
+def update(study: optuna.Study, **changes: object) -> None:
     """Change some fields of the published spec (the plan's revisions: target and epochs)."""
     spec = study.user_attrs.get(SPEC_ATTR)
     if spec is not None and any(spec.get(k) != v for k, v in changes.items()):
         study.set_user_attr(SPEC_ATTR, {**spec, **changes})
 
 
-def read(raw: Any, *, run: str) -> Spec:
+def read(raw: object, *, run: str) -> Spec:
     """The spec recorded in run ``run``'s study, checked field by field (one-line UsageError naming the field)."""
     from ensemble import __version__
 
@@ -128,7 +128,7 @@ def read(raw: Any, *, run: str) -> Spec:
     )
 
 
-def _space(text: Any, where: str) -> Space:
+def _space(text: object, where: str) -> Space:
     """Parse and check the space's YAML text as ``load_cnn_space`` checks a file (no file is written)."""
     if not isinstance(text, str) or len(text) > MAX_SPACE_CHARS:
         raise UsageError(f"{where}: field 'space' must be YAML text of at most {MAX_SPACE_CHARS:,} characters")
