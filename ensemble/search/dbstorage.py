@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import optuna
 from optuna.storages import BaseStorage
@@ -43,7 +43,11 @@ def is_disconnect(exc: BaseException) -> bool:
     return False
 
 
-def retrying(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def retrying(call: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
     """``call(*args, **kwargs)``, made again while it fails for a lost connection (at most ``RECONNECT_S`` s)."""
     waited, wait = 0.0, FIRST_WAIT_S
     while True:
@@ -74,7 +78,7 @@ class ReconnectingStorage(BaseStorage, BaseHeartbeat):
     def get_heartbeat_interval(self) -> int | None:
         return self.inner.get_heartbeat_interval() if self.beats else None  # type: ignore[attr-defined]
 
-    def get_heartbeat_stale_trial_callback(self) -> Any:
+    def get_heartbeat_stale_trial_callback(self) -> Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None:
         return self.inner.get_heartbeat_stale_trial_callback()  # type: ignore[attr-defined]
 
     def record_heartbeat(self, trial_id: int) -> None:
@@ -99,8 +103,8 @@ class ReconnectingStorage(BaseStorage, BaseHeartbeat):
         return getattr(self.inner, name)
 
 
-def _retried(name: str) -> Any:
-    def method(self: ReconnectingStorage, *args: Any, **kwargs: Any) -> Any:
+def _retried(name: str) -> Callable[..., object]:
+    def method(self: ReconnectingStorage, *args: object, **kwargs: object) -> object:
         return retrying(getattr(self.inner, name), *args, **kwargs)
 
     method.__name__ = name

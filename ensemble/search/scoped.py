@@ -13,12 +13,13 @@ run before its last ``.``. So run ``a`` does not see run ``a.b``'s ``a.b.cnn`` (
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import optuna
 from optuna.storages import BaseStorage
 from optuna.storages._heartbeat import BaseHeartbeat
+from optuna.study import StudyDirection
 
 SEPARATOR = "."
 
@@ -40,7 +41,7 @@ class RunScopedStorage(BaseStorage):
         self.inner = inner
         self.prefix = stored_name(run_name, "")
 
-    def create_new_study(self, directions: Sequence[Any], study_name: str | None = None) -> int:
+    def create_new_study(self, directions: Sequence[StudyDirection], study_name: str | None = None) -> int:
         if study_name and SEPARATOR in study_name:
             raise ValueError(f"a run's study name cannot contain '{SEPARATOR}': '{study_name}'")
         return self.inner.create_new_study(directions, self.prefix + study_name if study_name else None)
@@ -66,8 +67,8 @@ class RunScopedStorage(BaseStorage):
         return getattr(self.inner, name)
 
 
-def _delegate(name: str) -> Any:
-    def method(self: RunScopedStorage, *args: Any, **kwargs: Any) -> Any:
+def _delegate(name: str) -> Callable[..., object]:
+    def method(self: RunScopedStorage, *args: object, **kwargs: object) -> object:
         return getattr(self.inner, name)(*args, **kwargs)
 
     method.__name__ = name
@@ -97,7 +98,7 @@ class RunScopedHeartbeatStorage(RunScopedStorage, BaseHeartbeat):
     def get_heartbeat_interval(self) -> int | None:
         return self.inner.get_heartbeat_interval()
 
-    def get_heartbeat_stale_trial_callback(self) -> Any:
+    def get_heartbeat_stale_trial_callback(self) -> Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None:
         return self.inner.get_heartbeat_stale_trial_callback()
 
 
