@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -148,7 +148,7 @@ def fit(
     storage: str | None = None,
     artifacts: str | os.PathLike[str] | None = None,
     restart: bool = False,
-    settings: Mapping[str, Any] | None = None,
+    settings: Mapping[str, object] | None = None,
     progress: bool = True,
 ) -> Result:
     """Run the whole job (or continue it) and return the finished run; ``ensemble run`` calls this.

@@ -158,14 +158,9 @@ ANY_DICT_ALLOWED = {
     "ensemble.search.dbstorage:ReconnectingStorage.__init__": "stale_tags: Optuna system attrs of stale trials",
     # Keras's own contract.
     "ensemble.search.cnn.augment:RandomAffine.get_config": "Keras's Layer.get_config returns a dict of anything",
-    # JSON-file and user-setting edges, before they become records.
+    # JSON-file edges, before they become records.
     "ensemble.pipeline.state:Stages.data": "stages.json as read (its writers add keys freely)",
     "ensemble.pipeline.stages:ReportOutcome.from_summary": "summary.json as read",
-    "ensemble.pipeline.presets:Preset.as_dict": "the settings as stages.json records them",
-    "ensemble.pipeline.presets:settings_for": "overrides: the user's --set JSON values",
-    "ensemble.pipeline.presets:parse_overrides": "the user's --set JSON values",
-    "ensemble.pipeline.run:run_pipeline": "overrides: the user's --set JSON values",
-    "ensemble.api:fit": "settings: the user's setting overrides (--set JSON or a Python mapping)",
 }
 _ANY_DICT = ("dict[str, Any]", "Mapping[str, Any]")
 

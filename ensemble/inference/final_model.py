@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -23,7 +23,11 @@ from ensemble.errors import ArtifactError
 from ensemble.search.artifacts import ModelId
 
 if TYPE_CHECKING:
+    import keras
+
     from ensemble.data.runs import Run, RunFolder
+    from ensemble.inference.predict import Ensemble
+    from ensemble.search.baselines.models import ProbaModel
 
 
 @dataclass
@@ -34,7 +38,7 @@ class FinalModel:
     #: the folder it was loaded from (an ensemble folder or a trial folder)
     source: Path
     kind: str
-    model: Any
+    model: Ensemble | keras.Model | ProbaModel
     tta: bool = True
 
     def predict_proba(self, images: np.ndarray, *, batch_size: int = 128) -> np.ndarray:

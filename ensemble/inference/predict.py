@@ -12,7 +12,7 @@ import io
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -30,6 +30,9 @@ from ensemble.data.arrays import as_images
 from ensemble.errors import ArtifactError, DataError, one_line
 from ensemble.inference.placement import OnDevice, on, prediction_devices
 
+if TYPE_CHECKING:
+    import keras
+
 # ------------------------------------------------------------------------------ ensemble
 
 
@@ -43,7 +46,7 @@ class Member:
     file: str | None = None
     probas: dict[str, str] = field(default_factory=dict)
     model_dir: str | None = None
-    model: Any = None
+    model: keras.Model | OnDevice | None = None
     #: A baseline's model files as loaded: file name -> path in the manifest (picked from the manifest).
     model_files: dict[str, str] = field(default_factory=dict)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 from ensemble.errors import UsageError
 from ensemble.search.cnn.parallel import parse_jobs
@@ -46,7 +46,7 @@ class Preset:
     # labeled digit with new seeds while they fit the budget (0: off); see ensemble.inference.extend
     final_members: int = 12
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> dict[str, object]:
         return dataclasses.asdict(self)
 
 
@@ -167,7 +167,7 @@ def scaled_budget(seconds: float, rows: int) -> float:
 OVERRIDES_ENV = "ENSEMBLE_RUN_OVERRIDES"  # JSON object merged into the preset (tests, experiments)
 
 
-def settings_for(preset: str, overrides: dict[str, Any] | None = None) -> Preset:
+def settings_for(preset: str, overrides: Mapping[str, object] | None = None) -> Preset:
     """The preset's settings with overrides ($ENSEMBLE_RUN_OVERRIDES, then ``overrides``) applied."""
     if preset not in PRESETS:
         raise UsageError(f"--preset must be one of {', '.join(PRESETS)}, got '{preset}'")
@@ -182,7 +182,7 @@ def settings_for(preset: str, overrides: dict[str, Any] | None = None) -> Preset
     return s
 
 
-def _checked(s: Preset, key: str, value: Any) -> Any:
+def _checked(s: Preset, key: str, value: object) -> object:
     """``value`` for setting ``key``, of the type the setting has (a JSON object for ``plan``)."""
     if key == "plan":
         if value is None:
@@ -216,9 +216,9 @@ def _checked(s: Preset, key: str, value: Any) -> Any:
     return value
 
 
-def parse_overrides(items: list[str] | None) -> dict[str, Any]:
+def parse_overrides(items: list[str] | None) -> dict[str, object]:
     """``KEY=VALUE`` pairs; VALUE is read as JSON when it parses (numbers, true, null), else as text."""
-    out: dict[str, Any] = {}
+    out: dict[str, object] = {}
     for item in items or []:
         key, sep, value = item.partition("=")
         if not sep:

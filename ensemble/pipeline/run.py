@@ -15,8 +15,8 @@ of them) at a lower priority (``nice``), so they use what the CNN leaves and slo
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
 from ensemble.pipeline.presets import STAGES, scaled_budget, settings_for
 from ensemble.pipeline.state import Budget, Log, Stages, clock
@@ -32,7 +32,7 @@ def run_pipeline(
     preset: str = "quick",
     time_budget: float | None = None,
     restart: bool = False,
-    overrides: dict[str, Any] | None = None,
+    overrides: Mapping[str, object] | None = None,
     storage_url: str | None = None,
     say: Callable[[str], None] | None = None,
 ) -> ReportOutcome:
@@ -55,7 +55,7 @@ def _run_locked(
     preset: str,
     time_budget: float | None,
     restart: bool,
-    overrides: dict[str, Any] | None,
+    overrides: Mapping[str, object] | None,
     storage_url: str | None,
     say: Callable[[str], None] | None,
 ) -> ReportOutcome:

@@ -167,7 +167,7 @@ def _describe(dist: optuna.distributions.BaseDistribution) -> str:
     return f"{kind} {dist.low:g}..{dist.high:g}{' (log)' if dist.log else ''}"  # type: ignore[attr-defined]
 
 
-def _check_entry(where: str, key: str, spec: Any) -> None:
+def _check_entry(where: str, key: str, spec: object) -> None:
     if not isinstance(spec, dict):
         return
     kind = spec.get("type")
@@ -195,7 +195,7 @@ def _check_entry(where: str, key: str, spec: Any) -> None:
         raise SpaceError(f"{where}: key '{key}': 'step' cannot be combined with log: true")
 
 
-def parse_space(path: str | Path, data: Any, known: Iterable[str] | None = None) -> Space:
+def parse_space(path: str | Path, data: object, known: Iterable[str] | None = None) -> Space:
     """Validate a mapping read from ``path``; ``known`` lists the allowed keys (typo check)."""
     path = Path(path)
     if not isinstance(data, Mapping) or not data:
