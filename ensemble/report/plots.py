@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 import warnings
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -24,7 +24,7 @@ DPI = 100
 
 def _subplots(
     nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float], squeeze: bool = True
-) -> tuple[Figure, Any]:
+) -> tuple[Figure, Axes | np.ndarray]:
     """``pyplot.subplots`` on a new ``Figure`` of its own: no pyplot state, no backend switch."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure

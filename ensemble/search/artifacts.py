@@ -14,7 +14,7 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -22,6 +22,7 @@ from ensemble.errors import ArtifactError
 
 if TYPE_CHECKING:
     import optuna
+    from optuna.artifacts import Boto3ArtifactStore, FileSystemArtifactStore
 
     from ensemble.data.runs import Run
 
@@ -137,7 +138,7 @@ def sha256_file(path: str | Path) -> str:
 ARTIFACTS_ENV = "ENSEMBLE_ARTIFACTS"
 
 
-def open_artifact_store(location: str | None = None) -> Any:
+def open_artifact_store(location: str | None = None) -> FileSystemArtifactStore | Boto3ArtifactStore | None:
     """Optuna's artifact store at ``location`` (default ``$ENSEMBLE_ARTIFACTS``), or None for none.
 
     A folder (a shared mount) gives ``FileSystemArtifactStore``; ``s3://bucket/prefix`` gives
@@ -161,7 +162,10 @@ def open_artifact_store(location: str | None = None) -> Any:
 
 
 def upload_trial(
-    trial: optuna.Trial | optuna.trial.FrozenTrial, folder: Path, store: Any = None, storage: Any = None
+    trial: optuna.Trial | optuna.trial.FrozenTrial,
+    folder: Path,
+    store: FileSystemArtifactStore | Boto3ArtifactStore | None = None,
+    storage: optuna.storages.BaseStorage | None = None,
 ) -> int:
     """Upload every file of a trial's folder to the artifact store (``store`` or ``$ENSEMBLE_ARTIFACTS``).
 
@@ -179,7 +183,11 @@ def upload_trial(
 
 
 def local_trial(
-    run: Run, study: str, trial: optuna.trial.FrozenTrial, storage: optuna.storages.BaseStorage, store: Any = None
+    run: Run,
+    study: str,
+    trial: optuna.trial.FrozenTrial,
+    storage: optuna.storages.BaseStorage,
+    store: FileSystemArtifactStore | Boto3ArtifactStore | None = None,
 ) -> Path:
     """The trial's folder on this machine, downloaded from the artifact store first if it is not here."""
     folder = trial_path(run, study, trial.number)

@@ -118,7 +118,7 @@ def make_preprocessor(
     """An unfitted pipeline: optional deskew, pixel scaling, then PCA when ``pca_components`` > 0."""
     if not isinstance(deskew, bool):
         raise InvalidValueError(f"deskew must be true or false, got {deskew!r}")
-    steps: list[tuple[str, Any]] = [("deskew", Deskew())] if deskew else []
+    steps: list[tuple[str, BaseEstimator]] = [("deskew", Deskew())] if deskew else []
     steps.append(("scale", PixelScaler()))
     if pca_components:
         n = int(pca_components)

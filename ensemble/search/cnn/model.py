@@ -210,7 +210,7 @@ def fit_model(
 class _BestEpoch:
     """Keras callback (duck-typed base) tracking per-epoch logs and the best weights."""
 
-    def __new__(cls, on_epoch: Callable[[int, dict[str, float]], None] | None) -> Any:
+    def __new__(cls, on_epoch: Callable[[int, dict[str, float]], None] | None) -> keras.callbacks.Callback:
         import keras
 
         class Tracker(keras.callbacks.Callback):
