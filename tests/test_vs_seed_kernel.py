@@ -65,7 +65,7 @@ def test_kernel_vs_final_model_on_the_holdout(runs_env: Path, tmp_path: Path, ca
     assert c["kernel_errors"] == int((kernel.argmax(1) != y).sum())
     test = mcnemar(y, product.argmax(1), kernel.argmax(1))
     assert (c["mcnemar"]["a_only"], c["mcnemar"]["b_only"]) == (test.a_only, test.b_only)
-    assert c["product_errors"] - c["kernel_errors"] == test["b_only"] - test["a_only"]
+    assert c["product_errors"] - c["kernel_errors"] == test.b_only - test.a_only
     assert c["product_wins"] == (c["product_errors"] < c["kernel_errors"])
     k = saved["kernel"]
     assert k["epochs"] == 1 and k["n_train"] == 200 and k["budget_seconds"] == 20

@@ -212,6 +212,7 @@ def test_subsample_is_stratified_and_deterministic():
     assert len(subsample(y, 0, seed=0)) == 1000
 
 
+@pytest.mark.slow
 def test_ctrl_c_mid_trial_does_not_spend_it_and_the_next_call_runs_it_again(setup, tmp_path):
     data, spaces = setup
     slow = "search_rows: 0\npca_components: 0\nn_estimators: {type: int, low: 4000, high: 5000}\n"  # seconds a trial

@@ -90,6 +90,7 @@ def _kill_on(pool_seen: list[TrainerPool], label: str) -> optuna.pruners.BasePru
     return KillsTrainer()
 
 
+@pytest.mark.slow
 def test_eight_trials_spread_over_four_gpus_and_a_killed_trainer_fails_only_its_trial(
     four_gpus: Path, runs_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
