@@ -8,15 +8,16 @@ from typing import Any
 
 import numpy as np
 
+from ensemble.search.cnn.config import CnnConfig
 
-def quick_config(epochs: int) -> dict[str, Any]:
+
+def quick_config(epochs: int) -> CnnConfig:
     """The quick space's default CNN configuration, trained for ``epochs``."""
-    from ensemble.search.cnn import model as cnn
     from ensemble.search.cnn.study import load_cnn_space
     from ensemble.search.spaces import space_file
 
     defaults = load_cnn_space(space_file("cnn_quick.yaml")).defaults()
-    return cnn.validate_config({**{k: v for k, v in defaults.items() if k in cnn.DEFAULTS}, "epochs": epochs})
+    return CnnConfig.from_json(defaults, extra="ignore").replace(epochs=epochs)
 
 
 def errors(proba: np.ndarray, y: np.ndarray) -> int:
@@ -46,11 +47,11 @@ def progress(label: str, epochs: int) -> Any:
     return on_epoch
 
 
-def train_product(config: dict[str, Any], x: np.ndarray, y: np.ndarray, seed: int, label: str) -> tuple[Any, float]:
+def train_product(config: CnnConfig, x: np.ndarray, y: np.ndarray, seed: int, label: str) -> tuple[Any, float]:
     """The product's training (``fit_model``, no validation: the weights at the last epoch); (model, seconds)."""
     from ensemble.search.cnn import model as cnn
 
-    model, info = cnn.fit_model(config, x, y, seed=seed, on_epoch=progress(label, config["epochs"]))
+    model, info = cnn.fit_model(config, x, y, seed=seed, on_epoch=progress(label, config.epochs))
     return model, float(info["train_seconds"])
 
 

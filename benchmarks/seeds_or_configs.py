@@ -21,22 +21,22 @@ import json
 import sys
 from itertools import combinations, product
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from machine import machine_line  # benchmarks/machine.py
 from member_kit import errors, header, row, train_product, vote
 
+from ensemble.search.cnn.config import CnnConfig
 
-def best_two(root: Path) -> list[tuple[str, float, dict[str, Any]]]:
+
+def best_two(root: Path) -> list[tuple[str, float, CnnConfig]]:
     """The run's two CNN trials with the highest validation accuracy: (name, val accuracy, config)."""
     with (root / "report" / "leaderboard.csv").open() as f:
         board = {r["model"]: float(r["val_accuracy"]) for r in csv.DictReader(f) if r["kind"] == "cnn"}
     trials = []
     for folder in sorted((root / "models" / "cnn").glob("trial-*")):
         name = f"cnn-{folder.name}"
-        config = json.loads((folder / "config.json").read_text())
-        config.pop("best_epoch", None)
+        config = CnnConfig.from_json(json.loads((folder / "config.json").read_text()), extra="ignore")
         trials.append((name, board[name], config))
     trials.sort(key=lambda t: -t[1])
     if len(trials) < 2:
@@ -78,10 +78,10 @@ def main(argv: list[str] | None = None) -> int:
     probas: dict[str, list[np.ndarray]] = {"best": [], "next": []}
     seconds: dict[str, list[float]] = {"best": [], "next": []}
     for role, (name, val, config) in zip(probas, trials, strict=True):
-        print(f"{role}: {name}, validation accuracy {val:.6f} in the run; config {json.dumps(config)}")
+        print(f"{role}: {name}, validation accuracy {val:.6f} in the run; config {json.dumps(config.to_json())}")
     for seed in args.seeds:  # the two configurations alternate, so the machine's drift hits both
         for role, (name, _, config) in zip(probas, trials, strict=True):
-            cfg = cnn.validate_config({**config, "epochs": args.epochs})
+            cfg = config.replace(epochs=args.epochs)
             model, took = train_product(cfg, x, y, seed, f"seed {seed} {role}")
             probas[role].append(cnn.predict_proba(model, xh))
             seconds[role].append(took / args.epochs)

@@ -29,21 +29,23 @@ import numpy as np
 from machine import machine_line  # benchmarks/machine.py
 from member_kit import errors, header, mean_vote_errors, quick_config, row, train_product, vote
 
+from ensemble.search.cnn.config import CnnConfig
 
-def train_cyclic(config: dict[str, Any], x: np.ndarray, y: np.ndarray, seed: int, cycles: int) -> tuple[Any, list]:
+
+def train_cyclic(config: CnnConfig, x: np.ndarray, y: np.ndarray, seed: int, cycles: int) -> tuple[Any, list]:
     """One training with a restarted cosine schedule; (model, [trainable + all weights at each cycle's end])."""
     import keras
 
     from ensemble.search.cnn import model as cnn
 
-    epochs = config["epochs"]
+    epochs = config.epochs
     if epochs % cycles:
         raise SystemExit(f"--epochs {epochs} is not a multiple of --cycles {cycles}")
     keras.utils.set_random_seed(seed)  # the same initial weights as fit_model's training of this seed
     model = cnn.build_model(config, momentum=cnn.bn_momentum(len(x), config))
     cnn.compile_model(model, config, len(x))
-    per_cycle = math.ceil(len(x) / config["batch_size"]) * epochs // cycles
-    peak = float(config["learning_rate"])
+    per_cycle = math.ceil(len(x) / config.batch_size) * epochs // cycles
+    peak = float(config.learning_rate)
     sched = keras.optimizers.schedules.CosineDecayRestarts(peak, per_cycle, t_mul=1.0, m_mul=1.0, alpha=1e-3)
     opt = model.optimizer
     cyclic = opt.__class__.from_config({**opt.get_config(), "learning_rate": sched})
@@ -62,7 +64,7 @@ def train_cyclic(config: dict[str, Any], x: np.ndarray, y: np.ndarray, seed: int
                 snaps.append((trainable, [w.copy() for w in self.model.get_weights()]))
 
     x_in, y_in = cnn.on_device(cnn.as_input(x)), cnn.on_device(cnn.one_hot(y))
-    model.fit(x_in, y_in, batch_size=config["batch_size"], epochs=epochs, callbacks=[Snapshot()], verbose=0)
+    model.fit(x_in, y_in, batch_size=config.batch_size, epochs=epochs, callbacks=[Snapshot()], verbose=0)
     return model, snaps
 
 
@@ -107,7 +109,7 @@ def swa_probas(model: Any, snaps: list, x: np.ndarray, xh: np.ndarray) -> tuple[
     return stale, cnn.predict_proba(model, xh), change
 
 
-def one_seed(config: dict[str, Any], parts: tuple, seed: int, cycles: int) -> dict[str, Any]:
+def one_seed(config: CnnConfig, parts: tuple, seed: int, cycles: int) -> dict[str, Any]:
     """Both trainings of one seed; every model's holdout probabilities and the trainings' seconds."""
     from ensemble.search.cnn import model as cnn
 
@@ -185,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {machine_line()}")
     print(
         f"run {args.run}: train {len(y):,} rows, holdout {len(yh):,}; {args.epochs} epochs; cyclic: {args.cycles} "
-        f"cycles of {args.epochs // args.cycles} epochs, peak learning rate {config['learning_rate']:.2e}"
+        f"cycles of {args.epochs // args.cycles} epochs, peak learning rate {config.learning_rate:.2e}"
     )
     results = [one_seed(config, (x, y, xh, yh), seed, args.cycles) for seed in args.seeds]
     report(results, yh, args.cycles)
