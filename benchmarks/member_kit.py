@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import argparse
 import time
 from itertools import combinations
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ensemble.search.cnn.config import CnnConfig
+
+if TYPE_CHECKING:
+    from ensemble.data.runs import Run
 
 
 def quick_config(epochs: int) -> CnnConfig:
@@ -18,6 +22,26 @@ def quick_config(epochs: int) -> CnnConfig:
 
     defaults = load_cnn_space(space_file("cnn_quick.yaml")).defaults()
     return CnnConfig.from_json(defaults, extra="ignore").replace(epochs=epochs)
+
+
+def member_parser(doc: str, *, run_help: str, epochs: int) -> argparse.ArgumentParser:
+    """The options every member benchmark takes: --run, --seeds, --epochs, --max-train."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    ap.add_argument("--run", required=True, help=run_help)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--epochs", type=int, default=epochs)
+    ap.add_argument("--max-train", type=int, default=None, help="train on at most this many rows (a quick check)")
+    return ap
+
+
+def run_parts(name: str, max_train: int | None) -> tuple[Run, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Run ``name``, its train part (at most ``max_train`` rows) and its holdout part: (run, x, y, xh, yh)."""
+    from ensemble.data.runs import open_run
+
+    run = open_run(name, say=lambda s: None)
+    x, y = run.part("train")
+    xh, yh = run.part("holdout")
+    return run, x[:max_train], y[:max_train], xh, yh
 
 
 def errors(proba: np.ndarray, y: np.ndarray) -> int:

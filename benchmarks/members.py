@@ -17,7 +17,6 @@ the raw model of the same seed, in the same run.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any
 
 import numpy as np
 from machine import machine_line  # benchmarks/machine.py
+from member_kit import member_parser, quick_config, run_parts
 
 from ensemble.search.cnn.config import CnnConfig
 
@@ -55,25 +55,14 @@ def train_pair(config: CnnConfig, x: np.ndarray, y: np.ndarray, seed: int, momen
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--run", required=True, help="a run folder name (its split is used)")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--epochs", type=int, default=16)
+    ap = member_parser(__doc__, run_help="a run folder name (its split is used)", epochs=16)
     ap.add_argument("--ema-momentum", type=float, default=0.999)
-    ap.add_argument("--max-train", type=int, default=None, help="train on at most this many rows (a quick check)")
     args = ap.parse_args(argv)
 
-    from ensemble.data.runs import open_run
     from ensemble.search.cnn import model as cnn
-    from ensemble.search.cnn.study import load_cnn_space
-    from ensemble.search.spaces import space_file
 
-    run = open_run(args.run, say=lambda s: None)
-    x, y = run.part("train")
-    x, y = x[: args.max_train], y[: args.max_train]
-    xh, yh = run.part("holdout")
-    defaults = load_cnn_space(space_file("cnn_quick.yaml")).defaults()
-    config = CnnConfig.from_json(defaults, extra="ignore").replace(epochs=args.epochs)
+    _, x, y, xh, yh = run_parts(args.run, args.max_train)
+    config = quick_config(args.epochs)
     print(f"machine: {machine_line()}")
     print(f"run {args.run}: train {len(y):,} rows, holdout {len(yh):,}; {args.epochs} epochs, EMA {args.ema_momentum}")
     probas: dict[str, list[np.ndarray]] = {"raw": [], "EMA": []}

@@ -15,7 +15,6 @@ epochs (``--epochs``, so the comparison is per equal epochs), with the product's
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import sys
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 from machine import machine_line  # benchmarks/machine.py
-from member_kit import errors, header, row, train_product, vote
+from member_kit import errors, header, member_parser, row, run_parts, train_product, vote
 
 from ensemble.search.cnn.config import CnnConfig
 
@@ -58,20 +57,11 @@ def pair_means(best: list[np.ndarray], nxt: list[np.ndarray], y: np.ndarray) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--run", required=True, help="a finished run with 2+ CNN trials")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--epochs", type=int, default=8)
-    ap.add_argument("--max-train", type=int, default=None, help="train on at most this many rows (a quick check)")
-    args = ap.parse_args(argv)
+    args = member_parser(__doc__, run_help="a finished run with 2+ CNN trials", epochs=8).parse_args(argv)
 
-    from ensemble.data.runs import open_run
     from ensemble.search.cnn import model as cnn
 
-    run = open_run(args.run, say=lambda s: None)
-    x, y = run.part("train")
-    x, y = x[: args.max_train], y[: args.max_train]
-    xh, yh = run.part("holdout")
+    run, x, y, xh, yh = run_parts(args.run, args.max_train)
     trials = best_two(run.root)
     print(f"machine: {machine_line()}")
     print(f"run {args.run}: train {len(y):,} rows, holdout {len(yh):,}; {args.epochs} epochs each")

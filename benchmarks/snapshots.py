@@ -18,7 +18,6 @@ Then the votes of 2 and 3 one-cycle seeds: what the same time as 2 or 3 training
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 import time
@@ -27,7 +26,17 @@ from typing import Any
 
 import numpy as np
 from machine import machine_line  # benchmarks/machine.py
-from member_kit import errors, header, mean_vote_errors, quick_config, row, train_product, vote
+from member_kit import (
+    errors,
+    header,
+    mean_vote_errors,
+    member_parser,
+    quick_config,
+    row,
+    run_parts,
+    train_product,
+    vote,
+)
 
 from ensemble.search.cnn.config import CnnConfig
 
@@ -169,20 +178,11 @@ def report(results: list[dict[str, Any]], yh: np.ndarray, cycles: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--run", required=True, help="a run folder name (its split is used)")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--epochs", type=int, default=8)
+    ap = member_parser(__doc__, run_help="a run folder name (its split is used)", epochs=8)
     ap.add_argument("--cycles", type=int, default=4)
-    ap.add_argument("--max-train", type=int, default=None, help="train on at most this many rows (a quick check)")
     args = ap.parse_args(argv)
 
-    from ensemble.data.runs import open_run
-
-    run = open_run(args.run, say=lambda s: None)
-    x, y = run.part("train")
-    x, y = x[: args.max_train], y[: args.max_train]
-    xh, yh = run.part("holdout")
+    _, x, y, xh, yh = run_parts(args.run, args.max_train)
     config = quick_config(args.epochs)
     print(f"machine: {machine_line()}")
     print(
